@@ -1,3 +1,3 @@
-"""wg-failover's shared core: the fleet file model, WireGuard access, wg-quick rendering, the CLI."""
+"""wg-failover's shared core: fleet file model, WireGuard access, wg-quick rendering, the CLI."""
 
 __version__ = "0.1.0"

@@ -53,7 +53,8 @@ def _check_key(value: str) -> str:
     try:
         raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise ValueError("is not valid base64 (expected a WireGuard key as `wg pubkey` prints it)")
+        msg = "is not valid base64 (expected a WireGuard key as `wg pubkey` prints it)"
+        raise ValueError(msg) from None
     if len(raw) != 32:
         raise ValueError(f"decodes to {len(raw)} bytes; a WireGuard key is 32 bytes")
     return value
@@ -87,7 +88,7 @@ def parse_host_port(value: str) -> HostPort:
         try:
             ipaddress.IPv6Address(host.split("%")[0])
         except ValueError:
-            raise ValueError(f"{host!r} in {value!r} is not an IPv6 address")
+            raise ValueError(f"{host!r} in {value!r} is not an IPv6 address") from None
         ipv6 = True
     else:
         if value.count(":") > 1:
@@ -118,7 +119,7 @@ def _check_ip(value: str) -> str:
     try:
         ipaddress.ip_address(value)
     except ValueError:
-        raise ValueError(f"{value!r} is not an IP address")
+        raise ValueError(f"{value!r} is not an IP address") from None
     return value
 
 
@@ -126,7 +127,7 @@ def _check_host_cidr(value: str) -> str:
     try:
         iface = ipaddress.ip_interface(value)
     except ValueError:
-        raise ValueError(f"{value!r} is not an address in CIDR form, e.g. 10.66.1.2/32")
+        raise ValueError(f"{value!r} is not an address in CIDR form, e.g. 10.66.1.2/32") from None
     if "/" not in value:
         raise ValueError(f"{value!r} needs a prefix length, e.g. {value}/{iface.max_prefixlen}")
     return value
@@ -138,8 +139,8 @@ def _check_network(value: str) -> str:
     except ValueError as exc:
         if "has host bits set" in str(exc):
             net = ipaddress.ip_network(value, strict=False)
-            raise ValueError(f"{value!r} has host bits set; did you mean {net}?")
-        raise ValueError(f"{value!r} is not a network in CIDR form, e.g. 0.0.0.0/0")
+            raise ValueError(f"{value!r} has host bits set; did you mean {net}?") from None
+        raise ValueError(f"{value!r} is not a network in CIDR form, e.g. 0.0.0.0/0") from None
     return value
 
 
@@ -330,7 +331,8 @@ def _cross_checks(data: dict[str, Any], bad: set[str]) -> list[Problem]:
         seen: dict[str, str] = {}
         for path, value in items:
             if value in seen:
-                problems.append(Problem(path, f"duplicate {what} {value!r} (also at {seen[value]})"))
+                msg = f"duplicate {what} {value!r} (also at {seen[value]})"
+                problems.append(Problem(path, msg))
             else:
                 seen[value] = path
 

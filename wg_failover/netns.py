@@ -11,6 +11,7 @@ interface names must be unique machine-wide: they carry the prefix too (and fit 
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import shutil
@@ -31,7 +32,9 @@ class NetnsError(RuntimeError):
     pass
 
 
-def _run(argv: Sequence[str], check: bool = True, timeout: float = 20) -> subprocess.CompletedProcess:
+def _run(
+    argv: Sequence[str], check: bool = True, timeout: float = 20
+) -> subprocess.CompletedProcess:
     proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise NetnsError(f"`{' '.join(argv)}` failed: {proc.stderr.strip() or proc.returncode}")
@@ -224,10 +227,8 @@ def cleanup_prefix(prefix: str) -> list[str]:
             continue
         pids = _run(["ip", "netns", "pids", ns], check=False).stdout.split()
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
         for _ in range(50):
             if not _run(["ip", "netns", "pids", ns], check=False).stdout.split():
                 break

@@ -1,7 +1,8 @@
 """wg-quick(8) configs for workers and clients, rendered from the fleet.
 
 The client config is where the design's one idea lives: every worker is a peer with its own tunnel
-/32 and a keepalive (so every backup is warm), and the routed prefixes sit on the active worker only.
+/32 and a keepalive (so every backup is warm), and the routed prefixes sit on the active worker
+only.
 WireGuard's cryptokey routing gives a prefix to exactly one peer, so writing 0.0.0.0/0 on two peers
 would silently leave it on the last one.
 """
@@ -62,7 +63,9 @@ def render_worker(fleet: Fleet, worker: Worker | str, private_key: str | None = 
     return "\n".join(lines) + "\n"
 
 
-def client_peer_allowed_ips(fleet: Fleet, client: Client, worker: Worker, active: bool) -> list[str]:
+def client_peer_allowed_ips(
+    fleet: Fleet, client: Client, worker: Worker, active: bool
+) -> list[str]:
     """AllowedIPs of one worker peer on a client: its tunnel /32, plus the routes when active."""
     return ([*client.routes] if active else []) + [worker.tunnel_host_cidr]
 
