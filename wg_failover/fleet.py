@@ -347,11 +347,13 @@ def _cross_checks(data: dict[str, Any], bad: set[str]) -> list[Problem]:
             for p, v in values("workers", "tunnel_address")]
     nets += [(p, ipaddress.ip_network(ipaddress.ip_interface(v).ip))
              for p, v in values("clients", "address")]
-    for a in range(len(nets)):
-        for b in range(a):
-            (pa, na), (pb, nb) = nets[a], nets[b]
-            if na.version == nb.version and na.overlaps(nb):
-                problems.append(Problem(pa, f"{na} overlaps {nb} at {pb}"))
+    # Every entry is a single address, so overlapping means equal: a dict keeps this linear
+    # (a pairwise check took a minute at 10,000 clients).
+    first: dict[ipaddress.IPv4Network | ipaddress.IPv6Network, list[str]] = {}
+    for pa, na in nets:
+        for pb in first.get(na, []):
+            problems.append(Problem(pa, f"{na} overlaps {na} at {pb}"))
+        first.setdefault(na, []).append(pa)
 
     known = {v for _, v in values("workers", "name")}
     for i, e in entries("clients"):
