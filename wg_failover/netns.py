@@ -113,6 +113,8 @@ class NetLab:
     processes: list[subprocess.Popen] = field(default_factory=list)
     interfaces: list[WgInterface] = field(default_factory=list)
     _next_ip: int = 1
+    # True: wireguard-go runs in a session of its own, so it outlives this process (`lab up`).
+    detach: bool = False
 
     def __post_init__(self) -> None:
         if len(self.prefix) > 8 or not self.prefix.replace("-", "").isalnum():
@@ -187,7 +189,8 @@ class NetLab:
             ifname = self.ifname(ifname)
         env = dict(os.environ, WG_PROCESS_FOREGROUND="1")
         proc = host.popen(["wireguard-go", "-f", ifname], env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          start_new_session=self.detach)
         sock = WG_RUN_DIR / f"{ifname}.sock"
         deadline = time.monotonic() + 10
         while not sock.exists():
