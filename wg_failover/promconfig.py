@@ -1,0 +1,307 @@
+"""Render the shipped Prometheus and Alertmanager configs for one deployment, and run them.
+
+The files in `prometheus/` (prometheus.yml, rules/, alertmanager.yml) are the product. Tests, the
+lab and a real deployment all run those same files; only addresses change. So the render
+functions take the shipped text and swap exactly these things, nothing else:
+
+- `render_prometheus_config(*, responder_url, alertmanager_url, rules_dir, scrape_interval=None,
+  extra_static_exporters=(), blackbox_address=None, sd_refresh_interval=None) -> str`:
+  the responder's http_sd URL and scrape target, the Alertmanager target, the rule files'
+  directory (absolute), optionally the global scrape/evaluation interval (the lab and tests use
+  1 s), extra static exporter targets (`"host:port"` or `"worker=host:port"`), and the blackbox
+  exporter's address (the ICMP job is dropped when it is None: the lab runs no blackbox exporter).
+- `render_alertmanager_config(*, responder_url, token_file) -> str`: the responder's webhook
+  URL (`{responder_url}/v1/alerts`) and the bearer token file.
+- `render_*_text(source, ...)`: the same on text, pure (no file I/O).
+- `start_prometheus(config_path, data_dir, port) -> Popen` and
+  `start_alertmanager(config_path, data_dir, port, cluster_off=True) -> Popen` start the real
+  Debian binaries on 127.0.0.1 and return once `/-/ready` answers 200 (logs go to
+  `data_dir/*.log`); `stop_process(proc)` ends one; `find_free_port()` picks a loopback port.
+
+The shipped files live in `prometheus/` at the repository root (`SHIPPED_DIR`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "prometheus"
+PROMETHEUS_YML = SHIPPED_DIR / "prometheus.yml"
+ALERTMANAGER_YML = SHIPPED_DIR / "alertmanager.yml"
+RULES_DIR = SHIPPED_DIR / "rules"
+
+EXPORTER_JOB = "wg-failover-exporter"
+RESPONDER_JOB = "wg-failover-responder"
+BLACKBOX_JOB = "wg-failover-blackbox"
+RESPONDER_RECEIVER = "wg-failover-responder"
+
+PROMETHEUS_BIN = "prometheus"
+ALERTMANAGER_BIN = "prometheus-alertmanager"  # Debian's name for the alertmanager binary
+
+
+class PromConfigError(ValueError):
+    """A shipped file does not have the shape the renderer relies on, or bad arguments."""
+
+
+# --------------------------------------------------------------------------- pure rendering
+
+
+def _split_url(url: str, what: str) -> tuple[str, str, str]:
+    """(scheme, host:port, path without trailing slash) of an http(s) URL."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise PromConfigError(f"{what}: {url!r} is not an http:// or https:// URL")
+    return parts.scheme, parts.netloc, parts.path.rstrip("/")
+
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(duration: str) -> float:
+    """A simple Prometheus duration ("500ms", "5s", "1m") in seconds."""
+    m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)", str(duration).strip())
+    if not m:
+        raise PromConfigError(f"{duration!r} is not a duration such as 1s, 500ms or 1m")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def _job(config: dict[str, Any], name: str) -> dict[str, Any]:
+    for job in config.get("scrape_configs") or []:
+        if job.get("job_name") == name:
+            return job
+    raise PromConfigError(f"prometheus.yml has no scrape job {name!r}")
+
+
+def _static_target(item: str) -> dict[str, Any]:
+    worker, sep, address = item.rpartition("=")
+    if not address or ":" not in address:
+        raise PromConfigError(f"extra exporter {item!r}: write host:port or worker=host:port")
+    entry: dict[str, Any] = {"targets": [address]}
+    if sep:
+        entry["labels"] = {"worker": worker}
+    return entry
+
+
+def render_prometheus_text(
+    source: str,
+    *,
+    responder_url: str,
+    alertmanager_url: str,
+    rules_dir: Path | str,
+    scrape_interval: str | None = None,
+    extra_static_exporters: Sequence[str] = (),
+    blackbox_address: str | None = None,
+    sd_refresh_interval: str | None = None,
+) -> str:
+    """The shipped prometheus.yml text with this deployment's addresses swapped in (pure)."""
+    config = yaml.safe_load(source)
+    r_scheme, r_host, r_path = _split_url(responder_url, "responder_url")
+    a_scheme, a_host, a_path = _split_url(alertmanager_url, "alertmanager_url")
+
+    if scrape_interval:
+        limit = _seconds(scrape_interval)
+        glob = config.setdefault("global", {})
+        glob["scrape_interval"] = scrape_interval
+        glob["evaluation_interval"] = scrape_interval
+        # Prometheus refuses a scrape timeout longer than the interval; cap the shipped ones.
+        for section in (glob, *(config.get("scrape_configs") or [])):
+            if "scrape_timeout" in section and _seconds(section["scrape_timeout"]) > limit:
+                section["scrape_timeout"] = scrape_interval
+    config["rule_files"] = [str(Path(rules_dir).resolve() / "*.yml")]
+
+    am: dict[str, Any] = {"scheme": a_scheme, "static_configs": [{"targets": [a_host]}]}
+    if a_path:
+        am["path_prefix"] = a_path
+    config.setdefault("alerting", {})["alertmanagers"] = [am]
+
+    sd_url = f"{responder_url.rstrip('/')}/v1/targets"
+    exporter = _job(config, EXPORTER_JOB)
+    exporter["http_sd_configs"] = [{"url": sd_url, **_sd_extra(exporter, sd_refresh_interval)}]
+    if extra_static_exporters:
+        exporter["static_configs"] = [_static_target(t) for t in extra_static_exporters]
+    else:
+        exporter.pop("static_configs", None)
+
+    responder = _job(config, RESPONDER_JOB)
+    responder["scheme"] = r_scheme
+    responder["metrics_path"] = f"{r_path}/metrics"
+    responder["static_configs"] = [{"targets": [r_host]}]
+
+    jobs = config["scrape_configs"]
+    if blackbox_address is None:
+        config["scrape_configs"] = [j for j in jobs if j.get("job_name") != BLACKBOX_JOB]
+    else:
+        blackbox = _job(config, BLACKBOX_JOB)
+        blackbox["http_sd_configs"] = [{"url": sd_url,
+                                        **_sd_extra(blackbox, sd_refresh_interval)}]
+        # The relabelling's last address rewrite points at the blackbox exporter.
+        for rule in blackbox.get("relabel_configs") or []:
+            if rule.get("target_label") == "__address__":
+                rule["replacement"] = blackbox_address
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def _sd_extra(job: dict[str, Any], refresh: str | None) -> dict[str, Any]:
+    old = (job.get("http_sd_configs") or [{}])[0]
+    out = {k: v for k, v in old.items() if k != "url"}
+    if refresh:
+        out["refresh_interval"] = refresh
+    return out
+
+
+def render_alertmanager_text(source: str, *, responder_url: str, token_file: Path | str) -> str:
+    """The shipped alertmanager.yml text pointing at this responder and token file (pure)."""
+    config = yaml.safe_load(source)
+    _split_url(responder_url, "responder_url")
+    for receiver in config.get("receivers") or []:
+        if receiver.get("name") == RESPONDER_RECEIVER:
+            hooks = receiver.get("webhook_configs") or []
+            if not hooks:
+                break
+            for hook in hooks:
+                hook["url"] = f"{responder_url.rstrip('/')}/v1/alerts"
+                auth = hook.setdefault("http_config", {}).setdefault("authorization", {})
+                auth["credentials_file"] = str(Path(token_file).resolve())
+            return yaml.safe_dump(config, sort_keys=False)
+    raise PromConfigError(
+        f"alertmanager.yml has no receiver {RESPONDER_RECEIVER!r} with webhook_configs")
+
+
+def render_prometheus_config(
+    *,
+    responder_url: str,
+    alertmanager_url: str,
+    rules_dir: Path | str = RULES_DIR,
+    scrape_interval: str | None = None,
+    extra_static_exporters: Sequence[str] = (),
+    blackbox_address: str | None = None,
+    sd_refresh_interval: str | None = None,
+    source: Path = PROMETHEUS_YML,
+) -> str:
+    """The shipped prometheus.yml (or `source`) rendered for a deployment; see the module doc."""
+    return render_prometheus_text(
+        source.read_text(), responder_url=responder_url, alertmanager_url=alertmanager_url,
+        rules_dir=rules_dir, scrape_interval=scrape_interval,
+        extra_static_exporters=extra_static_exporters, blackbox_address=blackbox_address,
+        sd_refresh_interval=sd_refresh_interval)
+
+
+def render_alertmanager_config(
+    *, responder_url: str, token_file: Path | str, source: Path = ALERTMANAGER_YML
+) -> str:
+    """The shipped alertmanager.yml (or `source`) rendered for a deployment."""
+    return render_alertmanager_text(source.read_text(), responder_url=responder_url,
+                                    token_file=token_file)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def find_free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` right now (bind port 0 and let the kernel choose)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise FileNotFoundError(f"`{name}` not found: apt-get install prometheus "
+                                "prometheus-alertmanager")
+    return path
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 30,
+               log_path: Path | None = None) -> None:
+    """Poll `url` until it answers 200; fail early if `proc` exits, with its log's tail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before ready"
+                               + _log_tail(log_path))
+        with contextlib.suppress(OSError, urllib.error.URLError), \
+                urllib.request.urlopen(url, timeout=1) as resp:
+            if resp.status == 200:
+                return
+        if time.monotonic() > deadline:
+            stop_process(proc)
+            raise TimeoutError(f"{url} not ready after {timeout:g} s" + _log_tail(log_path))
+        time.sleep(0.1)
+
+
+def _log_tail(log_path: Path | None, lines: int = 20) -> str:
+    if log_path is None or not log_path.exists():
+        return ""
+    tail = log_path.read_text(errors="replace").splitlines()[-lines:]
+    return "\n--- " + str(log_path) + " ---\n" + "\n".join(tail)
+
+
+def _start(argv: list[str], log_path: Path, ready_url: str, timeout: float) -> subprocess.Popen:
+    log = log_path.open("ab")
+    try:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    finally:
+        log.close()  # the child holds its own descriptor
+    wait_ready(ready_url, proc, timeout, log_path)
+    return proc
+
+
+def start_prometheus(config_path: Path | str, data_dir: Path | str, port: int, *,
+                     timeout: float = 30) -> subprocess.Popen:
+    """Run the real `prometheus` on 127.0.0.1:`port`; returns once /-/ready answers."""
+    data = Path(data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    argv = [
+        _binary(PROMETHEUS_BIN),
+        f"--config.file={config_path}",
+        f"--storage.tsdb.path={data / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--storage.tsdb.retention.time=1d",
+    ]
+    return _start(argv, data / "prometheus.log", f"http://127.0.0.1:{port}/-/ready", timeout)
+
+
+def start_alertmanager(config_path: Path | str, data_dir: Path | str, port: int,
+                       cluster_off: bool = True, *, timeout: float = 30) -> subprocess.Popen:
+    """Run the real Alertmanager on 127.0.0.1:`port`; returns once /-/ready answers.
+
+    `cluster_off` passes an empty `--cluster.listen-address`: a single instance then opens no
+    gossip port (9094 by default, which two instances on one machine would fight over).
+    """
+    data = Path(data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    argv = [
+        _binary(ALERTMANAGER_BIN),
+        f"--config.file={config_path}",
+        f"--storage.path={data / 'am'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    if cluster_off:
+        argv.append("--cluster.listen-address=")
+    return _start(argv, data / "alertmanager.log", f"http://127.0.0.1:{port}/-/ready", timeout)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """Terminate a process this module started (SIGTERM, then SIGKILL after `timeout`)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
