@@ -1,0 +1,1 @@
+"""`wg-failover exporter`: WireGuard peer metrics and worker signals for Prometheus."""

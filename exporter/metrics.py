@@ -1,0 +1,77 @@
+"""The exporter's metric catalogue: one place for names, types, labels and meaning.
+
+The collector, `--help`, and docs/exporter.md all follow this list (a test checks the docs table
+against it), so a metric cannot be added in one place and forgotten in another.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    name: str  # full name as exposed (counters include `_total`)
+    type: str  # gauge | counter
+    labels: tuple[str, ...]
+    help: str
+
+
+ACTIVE_WINDOW_SECONDS = 180  # WireGuard re-keys every 120 s while traffic flows; 180 s = margin
+
+_DEFS = [
+    # --- peer metrics, same names and labels as the established Go exporter ---------------------
+    MetricDef("wireguard_device_info", "gauge", ("device", "public_key"),
+              "Metadata about a WireGuard device (always 1)."),
+    MetricDef("wireguard_peer_info", "gauge", ("device", "public_key", "endpoint", "name"),
+              "Metadata about a peer (always 1): its current endpoint and its name from the fleet "
+              "file (empty when unknown). Join on {device,public_key} with group_left."),
+    MetricDef("wireguard_peer_allowed_ips_info", "gauge", ("device", "public_key", "allowed_ips"),
+              "One series per allowed IP prefix of a peer (always 1)."),
+    MetricDef("wireguard_peer_receive_bytes_total", "counter", ("device", "public_key"),
+              "Bytes received from the peer."),
+    MetricDef("wireguard_peer_transmit_bytes_total", "counter", ("device", "public_key"),
+              "Bytes sent to the peer."),
+    MetricDef("wireguard_peer_last_handshake_seconds", "gauge", ("device", "public_key"),
+              "Unix time of the peer's latest handshake; 0 = never."),
+    # --- worker signals for failover and balancing ---------------------------------------------
+    MetricDef("wgfo_interface_up", "gauge", ("device",),
+              "1 when the device is administratively up (IFF_UP) and listening (has a listen "
+              "port); 0 otherwise, including a named --interface that cannot be read."),
+    MetricDef("wgfo_active_peers", "gauge", ("device",),
+              f"Peers with a handshake in the last {ACTIVE_WINDOW_SECONDS} s."),
+    MetricDef("wgfo_configured_peers", "gauge", ("device",), "Peers configured on the device."),
+    MetricDef("wgfo_worker_info", "gauge", ("worker", "region"),
+              "This worker's name and region from the fleet file (always 1; absent when the "
+              "worker is unknown)."),
+    MetricDef("wgfo_worker_capacity", "gauge", ("worker",),
+              "This worker's capacity in clients from the fleet file (absent when unlimited)."),
+    MetricDef("wgfo_cpu_usage_ratio", "gauge", (),
+              "Share of CPU time not idle (0..1, all CPUs) since the previous scrape, from "
+              "/proc/stat."),
+    MetricDef("wgfo_load_average", "gauge", ("period",),
+              "System load average over period = 1m, 5m, 15m."),
+    MetricDef("wgfo_interface_receive_bytes_total", "counter", ("device",),
+              "Bytes received by the interface (its /sys statistics)."),
+    MetricDef("wgfo_interface_transmit_bytes_total", "counter", ("device",),
+              "Bytes sent by the interface (its /sys statistics)."),
+    MetricDef("wgfo_scrape_success", "gauge", (),
+              "1 when every WireGuard read of this scrape worked, 0 when any failed."),
+    MetricDef("wgfo_scrape_duration_seconds", "gauge", (),
+              "Time this scrape spent reading WireGuard and the system."),
+]
+
+METRICS: dict[str, MetricDef] = {m.name: m for m in _DEFS}
+PEER_METRICS = {n for n in METRICS if n.startswith("wireguard_peer_")}
+
+
+def help_table() -> str:
+    """The catalogue as plain text for `--help`."""
+    lines = []
+    for m in _DEFS:
+        labels = "{" + ",".join(m.labels) + "}" if m.labels else ""
+        lines.append(f"  {m.name}{labels} ({m.type})")
+        lines.append(textwrap.fill(m.help, 96, initial_indent=" " * 6,
+                                   subsequent_indent=" " * 6))
+    return "\n".join(lines)
