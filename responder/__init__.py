@@ -1,0 +1,1 @@
+"""wg-failover responder: Alertmanager webhook in, durable fleet state, planner, assignments out."""

@@ -1,0 +1,79 @@
+"""`wg-failover responder`: run the responder (FastAPI on uvicorn, state in SQLite)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import resource
+
+from wg_failover.cli import CliError, fleet_argument
+from wg_failover.fleet import load_fleet, parse_host_port
+
+DEFAULT_DB = "/var/lib/wg-failover/responder.db"
+DEFAULT_LISTEN = "0.0.0.0:8080"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "responder",
+        help="run the responder: Alertmanager webhook in, client assignments out",
+        description=(
+            "Run the fleet's authority. It takes Alertmanager webhooks (POST /v1/alerts; labels "
+            "`worker` and `action` = failover|drain|notify), keeps worker health and client "
+            "assignments in SQLite (WAL; kill -9 safe), re-plans clients when a worker fails "
+            "or is drained, and serves each client its assignment (long-poll, SSE), the "
+            "Prometheus http_sd target list (/v1/targets) and /metrics. API docs: /docs."
+        ),
+    )
+    fleet_argument(p)
+    p.add_argument("--db", metavar="PATH", default=DEFAULT_DB,
+                   help=f"SQLite state file (default {DEFAULT_DB}); created if missing")
+    p.add_argument("--listen", metavar="HOST:PORT", default=DEFAULT_LISTEN,
+                   help=f"address to serve on (default {DEFAULT_LISTEN})")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"], help="default info")
+    p.set_defaults(func=run)
+
+
+def _raise_nofile() -> None:
+    # Each open SSE stream is a file descriptor; the usual soft limit of 1024 is far too low.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def run(args: argparse.Namespace) -> int:
+    import prometheus_client
+    import uvicorn
+
+    from .app import create_app
+
+    fleet = load_fleet(args.fleet)
+    listen = args.listen
+    try:
+        hp = parse_host_port(("0.0.0.0" + listen) if listen.startswith(":") else listen)
+    except ValueError as exc:
+        raise CliError(f"--listen: {exc}") from None
+    # `_created` series double the output and no rule or dashboard reads them.
+    prometheus_client.disable_created_metrics()
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _raise_nofile()
+    try:
+        app = create_app(fleet, args.db)
+    except OSError as exc:
+        raise CliError(f"cannot open --db {args.db}: {exc}") from None
+    config = uvicorn.Config(
+        app, host=hp.host, port=hp.port, log_level=args.log_level, access_log=False,
+        lifespan="on", backlog=4096, timeout_graceful_shutdown=2,
+        timeout_keep_alive=75,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    # uvicorn exits quietly when startup fails (port taken, unreadable db): say so.
+    if not server.started:
+        raise CliError(f"responder did not start on {listen} (see the log above)")
+    return 0

@@ -1,0 +1,140 @@
+"""The responder's Prometheus metrics (names agreed with the rules and dashboards; see the brief).
+
+Counters and histograms are ordinary prometheus_client objects. Everything that describes the
+current state (worker health, assignments, client probes) is produced at scrape time from the
+app's in-memory state by a collector, so a moved client's old series simply disappears.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .app import AppState
+
+PROBE_MAX_AGE = 30.0
+STATES = ("up", "down", "recovering", "draining")
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+DELAY_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.failovers = Counter("wgfo_failovers_total",
+                                 "Times a worker was marked down", ["worker"], registry=r)
+        self.moves = Counter("wgfo_client_moves_total",
+                             "Client assignments moved to another worker", ["reason"], registry=r)
+        self.deliveries = Counter("wgfo_webhook_deliveries_total",
+                                  "Alertmanager webhook deliveries by outcome", ["outcome"],
+                                  registry=r)
+        self.duplicate_alerts = Counter("wgfo_webhook_duplicate_alerts_total",
+                                        "Alerts in deliveries that were already applied",
+                                        registry=r)
+        self.alert_delay = Histogram("wgfo_alert_delivery_delay_seconds",
+                                     "Webhook received minus the alert's startsAt (firing alerts)",
+                                     buckets=DELAY_BUCKETS, registry=r)
+        self.notification_latency = Histogram(
+            "wgfo_notification_latency_seconds",
+            "Assignment committed to the client notified, by channel", ["channel"],
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.apply_latency = Histogram(
+            "wgfo_client_apply_latency_seconds",
+            "Assignment committed to the client's `applied` report", buckets=LATENCY_BUCKETS,
+            registry=r)
+        self.switches = Counter("wgfo_client_switches_total",
+                                "Fast-path switches reported by the client", ["client"],
+                                registry=r)
+        self.client_events = Counter("wgfo_client_events_total",
+                                     "Client event reports by type", ["type"], registry=r)
+        for outcome in ("applied", "duplicate", "unauthorized", "invalid", "error"):
+            self.deliveries.labels(outcome=outcome)
+        for ch in ("sse", "longpoll"):
+            self.notification_latency.labels(channel=ch)
+
+    def attach(self, state: AppState) -> None:
+        self.registry.register(_StateCollector(state))
+
+
+class _StateCollector(Collector):
+    def __init__(self, state: AppState):
+        self.state = state
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        st = self.state
+        views = st.views()
+        up = GaugeMetricFamily("wgfo_worker_up", "1 when the worker is up (drained or not)",
+                               labels=["worker"])
+        state = GaugeMetricFamily("wgfo_worker_state", "One-hot worker state",
+                                  labels=["worker", "state"])
+        draining = GaugeMetricFamily("wgfo_worker_draining", "1 when the worker is drained",
+                                     labels=["worker"])
+        assigned = GaugeMetricFamily("wgfo_worker_assigned_clients",
+                                     "Clients currently assigned to the worker", labels=["worker"])
+        loads: dict[str, int] = {}
+        for a in st.assignments.values():
+            if a.worker is not None:
+                loads[a.worker] = loads.get(a.worker, 0) + 1
+        for name, v in views.items():
+            up.add_metric([name], 1.0 if v.state == "up" else 0.0)
+            eff = v.state if v.state != "up" else ("draining" if v.draining else "up")
+            for s in STATES:
+                state.add_metric([name, s], 1.0 if s == eff else 0.0)
+            draining.add_metric([name], 1.0 if v.draining else 0.0)
+            assigned.add_metric([name], float(loads.get(name, 0)))
+        yield from (up, state, draining, assigned)
+
+        streams = GaugeMetricFamily("wgfo_client_streams_open", "Open SSE assignment streams")
+        streams.add_metric([], float(st.hub.streams_open))
+        yield streams
+        unpl = GaugeMetricFamily("wgfo_unplaceable_clients",
+                                 "Clients that must move but no healthy worker can take")
+        unpl.add_metric([], float(len(st.unplaceable)))
+        yield unpl
+
+        ca = GaugeMetricFamily("wgfo_client_assigned", "1 for each client's current worker",
+                               labels=["client", "worker"])
+        for c in st.fleet.clients:
+            a = st.assignments.get(c.name)
+            if a is not None and a.worker is not None:
+                ca.add_metric([c.name, a.worker], 1.0)
+        yield ca
+
+        now = time.time()
+        obs_up = GaugeMetricFamily(
+            "wgfo_client_observed_up",
+            "Share of reporting clients whose latest probe (<30 s old) to the worker answered",
+            labels=["worker"])
+        obs_n = GaugeMetricFamily("wgfo_client_observed_reporters",
+                                  "Clients with a probe report (<30 s old) for the worker",
+                                  labels=["worker"])
+        rtt = GaugeMetricFamily("wgfo_client_probe_rtt_seconds",
+                                "Latest probe round-trip time reported by the client",
+                                labels=["client", "worker"])
+        loss = GaugeMetricFamily("wgfo_client_probe_loss_ratio",
+                                 "Latest probe loss ratio reported by the client",
+                                 labels=["client", "worker"])
+        n_up: dict[str, int] = {}
+        n_all: dict[str, int] = {}
+        for client, (ts, workers) in sorted(st.probes.items()):
+            fresh = now - ts <= PROBE_MAX_AGE
+            for w, p in sorted(workers.items()):
+                if fresh:
+                    n_all[w] = n_all.get(w, 0) + 1
+                    n_up[w] = n_up.get(w, 0) + (1 if p.up else 0)
+                if p.rtt_ms is not None:
+                    rtt.add_metric([client, w], p.rtt_ms / 1000.0)
+                if p.loss is not None:
+                    loss.add_metric([client, w], p.loss)
+        for name in views:
+            if n_all.get(name):
+                obs_up.add_metric([name], n_up.get(name, 0) / n_all[name])
+            obs_n.add_metric([name], float(n_all.get(name, 0)))
+        yield from (obs_up, obs_n, rtt, loss)
