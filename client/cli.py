@@ -1,0 +1,152 @@
+"""`wg-failover switcher`: registered through the `wg_failover.commands` entry point."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from wg_failover import wg
+from wg_failover.cli import CliError, fleet_argument
+from wg_failover.fleet import load_fleet, parse_host_port
+
+from .cache import DEFAULT_STATE_DIR, cache_path
+from .metrics import SwitcherMetrics
+from .probe import ProbeError
+from .reporter import Reporter
+from .sources import HttpAssignmentSource
+from .switcher import Options, Switcher
+
+DESCRIPTION = """\
+Run beside a client's WireGuard interface (brought up from `wg-failover config client`). Every
+worker is a warm peer with its own tunnel /32; the routes sit on the active worker's peer only.
+
+The switcher probes each worker's tunnel address (ICMP echo through that worker's own peer, every
+--interval), and when the active worker misses K probes in a row while a backup answers, it moves
+the routes to the best answering backup with one `wg set IFACE peer KEY allowed-ips ...` (no
+restart, no new handshake), then tells the responder. It also follows the responder's assignment
+(SSE, long-poll fallback) and applies each new version, unless its probes see that worker dead.
+The last state is cached in --state-dir, so a restart resumes without the responder and without
+touching a healthy active peer. Needs root or CAP_NET_ADMIN (wg) and CAP_NET_RAW (ICMP).
+"""
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+        return value
+
+    return parse
+
+
+def _ms(text: str) -> float:
+    return _positive(float)(text) / 1000.0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "switcher", help="on a client: probe the tunnels, follow the assignment, switch peers",
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    fleet_argument(p)
+    p.add_argument("--client", required=True, metavar="NAME", help="this client's fleet name")
+    p.add_argument("--interface", required=True, metavar="IFACE",
+                   help="the client's WireGuard interface (e.g. wg0)")
+    p.add_argument("--responder", metavar="URL",
+                   help="responder base URL (default: responder.url from the fleet file)")
+    p.add_argument("--token-file", metavar="FILE",
+                   help="file holding this client's API token (sent as a bearer token)")
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
+                   help=f"where the last applied state is cached (default {DEFAULT_STATE_DIR})")
+    p.add_argument("--interval", type=_ms, default=0.1, metavar="MS",
+                   help="probe interval per worker in milliseconds (default 100)")
+    p.add_argument("-k", "--misses", dest="k", type=_positive(int), default=3, metavar="K",
+                   help="missed probes in a row that make a worker down (default 3)")
+    p.add_argument("--probe-timeout", type=_ms, default=None, metavar="MS",
+                   help="shortest wait for a probe's answer (default: one interval; longer "
+                   "automatically on slow paths)")
+    p.add_argument("--hold-down", type=float, default=10.0, metavar="SECONDS",
+                   help="a worker that went down must answer this long before the fast path "
+                   "returns to it (default 10)")
+    p.add_argument("--keepalive", type=_positive(int), default=25, metavar="SECONDS",
+                   help="PersistentKeepalive set on worker peers that have none (default 25)")
+    p.add_argument("--report-every", type=_positive(float), default=5.0, metavar="SECONDS",
+                   help="how often probe results go to the responder (default 5)")
+    p.add_argument("--metrics-listen", metavar="HOST:PORT",
+                   help="serve Prometheus metrics here, e.g. 127.0.0.1:9587 (default: off)")
+    p.add_argument("--once", action="store_true",
+                   help="reconcile, apply the current assignment (responder, else cache) and "
+                   "exit: 0 applied, 1 not applied")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning"],
+                   help="log verbosity (default info: one line per decision)")
+    p.set_defaults(func=run)
+
+
+def read_token(path: str | None) -> str | None:
+    if not path:
+        return None
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"--token-file {path}: cannot read: {exc.__class__.__name__}") from None
+    if not token or any(c.isspace() for c in token):
+        raise CliError(f"--token-file {path}: expected one token on one line")
+    return token
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
+        format="%(asctime)s.%(msecs)03d %(levelname)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # its request lines carry no decisions
+    fleet = load_fleet(args.fleet)
+    try:
+        client = fleet.client(args.client)
+    except KeyError as exc:
+        raise CliError(exc.args[0]) from None
+    if not fleet.preferences(client):
+        raise CliError(f"client {client.name} has no workers")
+    token = read_token(args.token_file)
+    url = args.responder or fleet.responder.url
+    if not url.startswith(("http://", "https://")):
+        raise CliError(f"--responder {url!r}: expected an http:// or https:// URL")
+    if args.metrics_listen:
+        try:
+            parse_host_port(args.metrics_listen)
+        except ValueError as exc:
+            raise CliError(f"--metrics-listen: {exc}") from None
+    try:
+        wg.show_dump(args.interface)
+    except wg.WgError as exc:
+        raise CliError(f"interface {args.interface}: {exc}") from None
+
+    opts = Options(interface=args.interface, interval=args.interval, k=args.k,
+                   hold_down=args.hold_down, probe_timeout=args.probe_timeout,
+                   keepalive=args.keepalive, report_every=args.report_every)
+    metrics = None
+    if args.metrics_listen:
+        metrics = SwitcherMetrics([w.name for w in fleet.preferences(client)])
+        try:
+            metrics.serve(args.metrics_listen)
+        except OSError as exc:
+            raise CliError(f"--metrics-listen {args.metrics_listen}: {exc}") from None
+    source = HttpAssignmentSource(
+        url, client.name, token,
+        on_connected=(lambda up: metrics.connected.set(1 if up else 0)) if metrics else None)
+    switcher = Switcher(fleet, client, opts, cache_path(args.state_dir, client.name),
+                        source=source, reporter=Reporter(url, client.name, token),
+                        metrics=metrics)
+    try:
+        if args.once:
+            return asyncio.run(switcher.run_once())
+        return asyncio.run(switcher.run())
+    except ProbeError as exc:
+        raise CliError(str(exc)) from None
+    except wg.WgError as exc:
+        raise CliError(f"interface {args.interface}: {exc}") from None

@@ -1,0 +1,365 @@
+"""The switcher's decisions, as plain logic on plain data (no sockets, no clock of its own).
+
+`Core` is fed probe results and responder assignments, each with the current monotonic time, and
+answers with actions (`Switch`, `Report`, `Note`) that the I/O shell in `client.switcher` carries
+out. Keeping time an argument makes every rule here testable without waiting.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+UP, DOWN, UNKNOWN = "up", "down", "unknown"
+
+
+# --------------------------------------------------------------------------- assignments
+
+
+class AssignmentError(ValueError):
+    """An assignment message we cannot use (wrong shape, wrong client)."""
+
+
+@dataclass(frozen=True)
+class Assignment:
+    client: str
+    worker: str
+    version: int
+    backups: tuple[str, ...] = ()
+    reason: str = ""
+    since: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Any, client: str | None = None) -> Assignment:
+        """Validate one assignment object as the responder sends it (SSE data, long-poll body)."""
+        if not isinstance(data, dict):
+            raise AssignmentError("assignment is not a JSON object")
+        worker, version = data.get("worker"), data.get("version")
+        if not isinstance(worker, str) or not worker:
+            raise AssignmentError("assignment has no worker")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            raise AssignmentError("assignment has no integer version")
+        who = data.get("client")
+        if client is not None and who not in (None, client):
+            raise AssignmentError(f"assignment is for client {who!r}, not {client!r}")
+        backups = data.get("backups") or []
+        if not isinstance(backups, list) or not all(isinstance(b, str) for b in backups):
+            raise AssignmentError("assignment backups is not a list of worker names")
+        reason = data.get("reason")
+        since = data.get("since")
+        return cls(
+            client=who or client or "",
+            worker=worker,
+            version=version,
+            backups=tuple(backups),
+            reason=reason if isinstance(reason, str) else "",
+            since=since if isinstance(since, str) else None,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"client": self.client, "worker": self.worker, "backups": list(self.backups),
+                "version": self.version, "reason": self.reason, "since": self.since}
+
+
+# --------------------------------------------------------------------------- probe health
+
+
+@dataclass
+class WorkerHealth:
+    """What the probes say about one worker: state, RTT (EWMA), loss over a window."""
+
+    name: str
+    window: int = 50
+    alpha: float = 0.125  # RFC 6298's gain for the smoothed RTT
+    srtt: float | None = None  # seconds
+    rttvar: float = 0.0
+    last_rtt: float | None = None
+    consecutive_misses: int = 0
+    state: str = UNKNOWN
+    up_since: float | None = None  # when it last came up (after being unknown or down)
+    down_since: float | None = None
+    last_reply: float | None = None  # monotonic time of the last answer
+    flapped: bool = False  # it was down at least once since the switcher started
+    results: deque = field(default_factory=deque)
+
+    def _push(self, ok: bool) -> None:
+        self.results.append(ok)
+        while len(self.results) > self.window:
+            self.results.popleft()
+
+    @property
+    def loss(self) -> float:
+        """Share of the last `window` probes that went unanswered (0 when nothing is known)."""
+        return (self.results.count(False) / len(self.results)) if self.results else 0.0
+
+    def record_reply(self, rtt: float, now: float) -> bool:
+        """An answered probe. Returns True when the state changed."""
+        self._push(True)
+        self.last_rtt = rtt
+        self.last_reply = now
+        if self.state != UP:
+            # The first answer after a silence usually waited for a WireGuard handshake: it says
+            # nothing about the path's RTT, and would stretch every deadline for a while.
+            self.consecutive_misses = 0
+            self.state, self.up_since, self.down_since = UP, now, None
+            return True
+        if self.srtt is None:
+            self.srtt, self.rttvar = rtt, rtt / 2
+        else:
+            self.rttvar += 0.25 * (abs(self.srtt - rtt) - self.rttvar)
+            self.srtt += self.alpha * (rtt - self.srtt)
+        self.consecutive_misses = 0
+        return False
+
+    def record_miss(self, now: float, k: int) -> bool:
+        """A probe whose deadline passed unanswered. Returns True when the state changed."""
+        self._push(False)
+        self.consecutive_misses += 1
+        if self.consecutive_misses >= k and self.state != DOWN:
+            if self.state == UP:
+                self.flapped = True
+            self.state, self.down_since, self.up_since = DOWN, now, None
+            return True
+        return False
+
+    def held_down(self, now: float, hold_down: float) -> bool:
+        """A worker that went down must answer for `hold_down` seconds before we return to it."""
+        return (self.flapped and self.state == UP and self.up_since is not None
+                and now - self.up_since < hold_down)
+
+    def timeout(self, interval: float, floor: float | None = None, cap: float = 2.0) -> float:
+        """How long to wait for a probe's answer: at least one interval, more on slow paths."""
+        base = interval if floor is None else floor
+        if self.srtt is None:
+            return max(base, 0.001)
+        return min(cap, max(base, self.srtt + 4 * self.rttvar))
+
+    def summary(self) -> dict[str, Any]:
+        rtt = None if self.srtt is None else round(self.srtt * 1000, 3)
+        return {"up": self.state == UP, "rtt_ms": rtt, "loss": round(self.loss, 4)}
+
+
+# --------------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True)
+class Switch:
+    """Move the routes to `to` (one `wg set`)."""
+
+    to: str
+    from_: str | None
+    kind: str  # "failover" (fast path), "assignment" (responder), "initial" (routes were nowhere)
+    reason: str
+    elapsed_ms: int | None = None
+    version: int | None = None
+
+
+@dataclass(frozen=True)
+class Report:
+    """One event for `POST /v1/clients/{name}/events`."""
+
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Note:
+    """A decision that changes nothing on the interface, worth one log line."""
+
+    message: str
+
+
+Action = Switch | Report | Note
+
+
+# --------------------------------------------------------------------------- the core
+
+
+@dataclass
+class Settings:
+    k: int = 3
+    hold_down: float = 10.0
+
+
+class Core:
+    """The switcher's state machine. Every public method takes `now` (monotonic seconds)."""
+
+    def __init__(
+        self,
+        workers: list[str],
+        settings: Settings | None = None,
+        active: str | None = None,
+        version: int = 0,
+        pending: Assignment | None = None,
+    ) -> None:
+        if not workers:
+            raise ValueError("a client needs at least one worker")
+        self.workers = list(workers)  # the fleet's preference order
+        self.settings = settings or Settings()
+        self.health = {w: WorkerHealth(w) for w in workers}
+        self.active = active
+        self.version = version  # the last responder version seen (applied or rejected)
+        self.pending = pending  # a responder assignment not applied yet (target dead/unknown)
+        self.pending_rejected = pending is not None  # a cached pending one was reported already
+        self.order = list(workers)  # fast-path preference: the responder's backups first
+        if pending is not None:
+            self._set_order(pending)
+        self.active_stuck_noted = False
+
+    # ------------------------------------------------------------------ probe input
+    def on_reply(self, worker: str, rtt: float, now: float) -> list[Action]:
+        h = self.health.get(worker)
+        if h is None:
+            return []
+        changed = h.record_reply(rtt, now)
+        out: list[Action] = []
+        if changed:
+            out.append(Note(f"probe: {worker} is up (first answer in {rtt * 1000:.1f} ms)"))
+            out.append(self.probe_report())
+        return out + self.evaluate(now)
+
+    def on_miss(self, worker: str, now: float) -> list[Action]:
+        h = self.health.get(worker)
+        if h is None:
+            return []
+        changed = h.record_miss(now, self.settings.k)
+        out: list[Action] = []
+        if changed:
+            ago = ("" if h.last_reply is None
+                   else f", last reply {(now - h.last_reply) * 1000:.0f} ms ago")
+            out.append(Note(f"probe: {worker} is down ({h.consecutive_misses} missed{ago})"))
+            out.append(self.probe_report())
+        return out + self.evaluate(now)
+
+    def probe_report(self) -> Report:
+        return Report({"type": "probe",
+                       "workers": {w: self.health[w].summary() for w in self.workers}})
+
+    # ------------------------------------------------------------------ decisions
+    def best_backup(self, now: float) -> str | None:
+        """The answering worker to fail over to: preference order, workers that flapped last."""
+        ranked = []
+        for idx, w in enumerate(self.order):
+            h = self.health[w]
+            if w == self.active or h.state != UP:
+                continue
+            ranked.append((h.held_down(now, self.settings.hold_down),
+                           h.consecutive_misses > 0, idx, w))
+        return min(ranked)[3] if ranked else None
+
+    def evaluate(self, now: float) -> list[Action]:
+        """Fast path first (is the active worker dead?), then a pending responder assignment."""
+        out: list[Action] = []
+        active_h = self.health.get(self.active) if self.active else None
+        if active_h is not None and active_h.state == DOWN:
+            to = self.best_backup(now)
+            if to is None:
+                if not self.active_stuck_noted:
+                    out.append(Note(f"active {self.active} is down and no backup answers; "
+                                    "keeping it"))
+                    self.active_stuck_noted = True
+            else:
+                since = active_h.last_reply
+                elapsed = None if since is None else int((now - since) * 1000)
+                reason = (f"{self.active} missed {active_h.consecutive_misses} probes"
+                          + (f" (last reply {elapsed} ms ago)" if elapsed is not None else "")
+                          + f"; {to} answers")
+                out.append(self._switch(to, "failover", reason, elapsed))
+                out.append(Report({"type": "switch", "from_worker": active_h.name,
+                                   "to_worker": to, "reason": reason,
+                                   "elapsed_ms": elapsed if elapsed is not None else 0}))
+        if self.pending is not None and self.pending.version == self.version:
+            out += self._try_pending(now)
+        if self.active is None:
+            # Routes sit on no peer: nothing flows, so take the best answering worker now.
+            to = self._first_up(now)
+            if to is not None:
+                out.append(self._switch(to, "initial", f"routes were on no peer; {to} answers"))
+        return out
+
+    def _first_up(self, now: float) -> str | None:
+        ups = [(self.health[w].held_down(now, self.settings.hold_down), i, w)
+               for i, w in enumerate(self.order) if self.health[w].state == UP]
+        return min(ups)[2] if ups else None
+
+    def _switch(self, to: str, kind: str, reason: str, elapsed_ms: int | None = None,
+                version: int | None = None) -> Switch:
+        act = Switch(to=to, from_=self.active, kind=kind, reason=reason, elapsed_ms=elapsed_ms,
+                     version=version)
+        self.active = to
+        self.active_stuck_noted = False
+        return act
+
+    def _set_order(self, a: Assignment) -> None:
+        known = [w for w in (a.worker, *a.backups) if w in self.health]
+        self.order = list(dict.fromkeys(known + self.workers))
+
+    # ------------------------------------------------------------------ responder input
+    def on_assignment(self, a: Assignment, now: float) -> list[Action]:
+        """A responder assignment: each version once, in order; never onto a dead worker."""
+        if a.version <= self.version:
+            return []
+        self.version = a.version
+        self.pending = None
+        self.pending_rejected = False
+        if a.worker not in self.health:
+            return [Report({"type": "rejected", "version": a.version, "worker": a.worker,
+                            "reason": f"{a.worker} is not one of this client's workers"}),
+                    Note(f"assignment v{a.version}: rejected, {a.worker} is not one of this "
+                         "client's workers")]
+        self._set_order(a)
+        self.pending = a
+        return self._try_pending(now, first=True) + self.evaluate(now)
+
+    def _try_pending(self, now: float, first: bool = False) -> list[Action]:
+        a = self.pending
+        if a is None:
+            return []
+        h = self.health[a.worker]
+        if a.worker == self.active:
+            self.pending = None
+            return [Note(f"assignment v{a.version}: {a.worker} is already active ({a.reason})"),
+                    Report({"type": "applied", "version": a.version, "worker": a.worker})]
+        # The responder is the authority: a fresh assignment to an answering worker is applied
+        # at once; one we rejected earlier waits out the hold-down once its worker is back.
+        if h.state == UP and (first or not h.held_down(now, self.settings.hold_down)):
+            self.pending = None
+            reason = f"responder v{a.version}" + (f": {a.reason}" if a.reason else "")
+            return [self._switch(a.worker, "assignment", reason, version=a.version),
+                    Report({"type": "applied", "version": a.version, "worker": a.worker})]
+        if h.state == DOWN and not self.pending_rejected:
+            self.pending_rejected = True
+            ago = "" if h.last_reply is None else f", last reply {now - h.last_reply:.1f} s ago"
+            why = f"probes see {a.worker} dead ({h.consecutive_misses} missed{ago})"
+            return [Report({"type": "rejected", "version": a.version, "worker": a.worker,
+                            "reason": why}),
+                    Note(f"assignment v{a.version}: rejected {a.worker}: {why}; will apply it "
+                         "if it comes back")]
+        if first:
+            return [Note(f"assignment v{a.version}: waiting for the first probe answers of "
+                         f"{a.worker}")]
+        return []
+
+
+# --------------------------------------------------------------------------- reconnects
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with jitter, bounded: reconnects spread out and never stop."""
+
+    base: float = 0.5
+    cap: float = 30.0
+    attempt: int = 0
+    rng: random.Random = field(default_factory=random.Random)
+
+    def next(self) -> float:
+        ceiling = min(self.cap, self.base * math.pow(2, self.attempt))
+        self.attempt = min(self.attempt + 1, 30)
+        # "Equal jitter": at least half the ceiling, so a flapping responder is not hammered.
+        return ceiling / 2 + self.rng.uniform(0, ceiling / 2)
+
+    def reset(self) -> None:
+        self.attempt = 0

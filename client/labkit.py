@@ -1,0 +1,246 @@
+"""A client-and-workers lab on real wireguard-go, shared by the switcher's tests and bench.
+
+Three workers each hold the same service address (10.99.0.1 on their loopback) behind their
+tunnel; one client carries every worker as a peer, routes 10.99.0.0/24 on its first choice. The
+switcher runs as a real process in the client's namespace.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wg_failover import wg
+from wg_failover.fleet import Fleet, dump_fleet
+from wg_failover.gen import Generated, generate_fleet
+from wg_failover.netns import WG_RUN_DIR, Host, NetLab, WgInterface
+from wg_failover.wgquick import render_client, render_worker, strip
+
+SERVICE = "10.99.0.1"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class WorkerNode:
+    name: str
+    host: Host
+    iface: WgInterface
+    config: str
+    addresses: list[str]
+
+
+@dataclass
+class SwitcherLab:
+    lab: NetLab
+    gen: Generated
+    workdir: Path
+    workers: dict[str, WorkerNode] = field(default_factory=dict)
+    client_host: Host | None = None
+    client_iface: WgInterface | None = None
+    fleet_file: Path | None = None
+    token_file: Path | None = None
+
+    @property
+    def fleet(self) -> Fleet:
+        return self.gen.fleet
+
+    @property
+    def client(self):
+        return self.fleet.clients[0]
+
+    def prefs(self) -> list[str]:
+        return [w.name for w in self.fleet.preferences(self.client)]
+
+    # ------------------------------------------------------------------ workers
+    def kill_worker(self, name: str) -> None:
+        self.workers[name].iface.kill()
+
+    def restart_worker(self, name: str) -> None:
+        """Start the killed worker's wireguard-go again, with the same config and addresses."""
+        node = self.workers[name]
+        node.iface.kill()
+        # The killed process left its control socket behind; the lab waits for the socket.
+        (WG_RUN_DIR / f"{node.iface.name}.sock").unlink(missing_ok=True)
+        node.iface = node.host.wireguard(node.iface.name, node.config, node.addresses)
+
+    def worker_rx_from_client(self, name: str) -> int:
+        """Bytes the worker received from the client (0 when its wireguard-go is dead)."""
+        node = self.workers[name]
+        if node.iface.process.poll() is not None:
+            return 0
+        try:
+            peers = node.iface.dump().peers
+        except wg.WgError:
+            return 0
+        return sum(p.rx_bytes for p in peers if p.public_key == self.client.public_key)
+
+    def route_holder(self) -> str | None:
+        assert self.client_iface is not None
+        from .wgctl import find_active
+
+        return find_active(self.fleet, self.client, self.client_iface.dump().peers)
+
+    def client_peers(self) -> dict[str, tuple[str, ...]]:
+        assert self.client_iface is not None
+        by_key = {w.public_key: w.name for w in self.fleet.workers}
+        return {by_key.get(p.public_key, p.public_key): p.allowed_ips
+                for p in self.client_iface.dump().peers}
+
+    # ------------------------------------------------------------------ processes
+    def switcher_argv(self, state_dir: Path, responder: str, *extra: str) -> list[str]:
+        assert self.client_iface is not None and self.fleet_file and self.token_file
+        return [str(ROOT / ".venv/bin/wg-failover") if (ROOT / ".venv/bin/wg-failover").exists()
+                else "wg-failover", "switcher", "--fleet", str(self.fleet_file),
+                "--client", self.client.name, "--interface", self.client_iface.name,
+                "--responder", responder, "--token-file", str(self.token_file),
+                "--state-dir", str(state_dir), *extra]
+
+    def start_switcher(self, state_dir: Path, responder: str, *extra: str,
+                       log: Path | None = None) -> Switcher:
+        assert self.client_host is not None
+        log = log or self.workdir / f"switcher-{time.monotonic_ns()}.log"
+        fh = open(log, "w")  # noqa: SIM115 - the process owns it until it exits
+        proc = self.client_host.popen(self.switcher_argv(state_dir, responder, *extra),
+                                      stdout=fh, stderr=subprocess.STDOUT)
+        fh.close()
+        return Switcher(proc, log)
+
+    def start_ping(self, interval: float = 0.01) -> Pinger:
+        assert self.client_host is not None
+        proc = self.client_host.popen(
+            ["ping", "-n", "-D", "-i", f"{interval:g}", "-W", "1", SERVICE],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        return Pinger(proc)
+
+
+@dataclass
+class Switcher:
+    proc: subprocess.Popen
+    log: Path
+
+    def text(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+    def wait_for(self, pattern: str, timeout: float, start: int = 0) -> re.Match | None:
+        """Wait until the log (from offset `start`) matches `pattern`; None on timeout or exit."""
+        rx = re.compile(pattern)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            m = rx.search(self.text(), start)
+            if m:
+                return m
+            if self.proc.poll() is not None:
+                return rx.search(self.text(), start)
+            time.sleep(0.02)
+        return None
+
+    def stop(self, timeout: float = 5) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+class Pinger:
+    """`ping -D` in the background; collects the wall-clock time of every reply."""
+
+    _rx = re.compile(r"^\[(\d+\.\d+)\].*icmp_seq=(\d+)")
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.replies: list[float] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            m = self._rx.match(line)
+            if m and "bytes from" in line:
+                with self._lock:
+                    self.replies.append(float(m.group(1)))
+
+    def snapshot(self) -> list[float]:
+        with self._lock:
+            return list(self.replies)
+
+    def replies_after(self, t: float) -> list[float]:
+        return [r for r in self.snapshot() if r > t]
+
+    def gap_around(self, t: float) -> float | None:
+        """Last reply before wall-clock `t` to the first reply after it (None: none after)."""
+        replies = self.snapshot()
+        before = [r for r in replies if r <= t]
+        after = [r for r in replies if r > t]
+        if not before or not after:
+            return None
+        return after[0] - before[-1]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._thread.join(2)
+
+
+def build(lab: NetLab, workdir: Path, workers: int = 3, responder_url: str | None = None,
+          hold_down_seconds: float = 60) -> SwitcherLab:
+    """Workers w1..wN on 198.18.0.10+i, one client c1 with routes 10.99.0.0/24 on w1."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    gen = generate_fleet(workers, 1, worker_host=lambda i: f"198.18.0.{i + 10}",
+                         routes=("10.99.0.0/24",),
+                         responder_url=responder_url or "http://198.18.0.2:8080",
+                         hold_down_seconds=hold_down_seconds)
+    sl = SwitcherLab(lab, gen, workdir)
+    fleet = gen.fleet
+    for i, w in enumerate(fleet.workers):
+        host = lab.add_host(w.name, address=f"198.18.0.{i + 10}")
+        # No dummy module here: the service address sits on each worker's loopback.
+        host.run(["ip", "addr", "add", f"{SERVICE}/32", "dev", "lo"])
+        conf = strip(render_worker(fleet, w, gen.private_keys[w.name]))
+        addrs = [w.tunnel_host_cidr]
+        sl.workers[w.name] = WorkerNode(w.name, host, host.wireguard(f"w{i}", conf, addrs),
+                                        conf, addrs)
+    c = sl.client
+    host = lab.add_host(c.name)
+    conf = strip(render_client(fleet, c, gen.private_keys[c.name]))
+    sl.client_host = host
+    sl.client_iface = host.wireguard("c0", conf, [c.address])
+    sl.fleet_file = workdir / "fleet.yaml"
+    sl.fleet_file.write_text(dump_fleet(fleet))
+    sl.token_file = workdir / "token"
+    sl.token_file.touch(mode=0o600)
+    sl.token_file.write_text(gen.tokens[c.name] + "\n")
+    return sl
+
+
+def python() -> str:
+    venv = ROOT / ".venv/bin/python"
+    return str(venv) if venv.exists() else sys.executable
+
+
+def wait_until(pred, timeout: float, step: float = 0.05) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(step)
+    return bool(pred())
+
+
+__all__ = ["SERVICE", "Pinger", "Switcher", "SwitcherLab", "build", "python", "wait_until"]

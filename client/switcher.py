@@ -1,0 +1,251 @@
+"""The switcher process: one asyncio loop running the prober, the assignment follower and the
+reporter around `client.core.Core`, carrying out its actions on the WireGuard interface."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from wg_failover import wg
+from wg_failover.fleet import Client, Fleet
+
+from . import cache, wgctl
+from .core import Action, Assignment, Core, Note, Report, Settings, Switch
+from .metrics import SwitcherMetrics
+from .probe import IcmpProber
+from .reporter import Reporter
+from .sources import AssignmentSource, AuthError, HttpAssignmentSource
+
+log = logging.getLogger("wg_failover.switcher")
+
+
+@dataclass
+class Options:
+    interface: str
+    interval: float = 0.1
+    k: int = 3
+    hold_down: float = 10.0
+    probe_timeout: float | None = None  # floor of a probe's deadline; default one interval
+    keepalive: int = 25
+    report_every: float = 5.0
+
+
+class Switcher:
+    def __init__(self, fleet: Fleet, client: Client, opts: Options, cache_file: Path,
+                 source: AssignmentSource | None = None, reporter: Reporter | None = None,
+                 metrics: SwitcherMetrics | None = None) -> None:
+        self.fleet, self.client, self.opts = fleet, client, opts
+        self.prefs = [w.name for w in fleet.preferences(client)]
+        self.cache_file = cache_file
+        self.source = source
+        self.reporter = reporter or Reporter(None, client.name, None)
+        self.metrics = metrics
+        self.core: Core | None = None
+        self.prober: IcmpProber | None = None
+        self.switches = 0
+
+    # ------------------------------------------------------------------ start
+    def resume(self) -> Core:
+        """Reconcile the interface with the fleet and the cache; touch no healthy active peer."""
+        iface = self.opts.interface
+        dump = wg.show_dump(iface)
+        cached = cache.load(self.cache_file, self.client.name)
+        active = wgctl.find_active(self.fleet, self.client, dump.peers)
+        if active is not None:
+            note = ""
+            if cached and cached.active and cached.active != active:
+                note = f" (the cache said {cached.active}; the interface wins)"
+            log.info("resume: routes are on %s; keeping it%s", active, note)
+        else:
+            target = cached.active if cached and cached.active in self.prefs else self.prefs[0]
+            log.info("resume: routes are on no peer; putting them on %s (%s)", target,
+                     "from the cache" if cached and cached.active == target else "first choice")
+            active = target
+        changes = wgctl.plan_reconcile(self.fleet, self.client, dump.peers, active,
+                                       self.opts.keepalive)
+        for c in changes:
+            log.info("reconcile: peer %s: %s", c.worker, c.why)
+        wgctl.apply_changes(iface, changes)
+        if not changes:
+            log.info("reconcile: %s matches the fleet (%d worker peers)", iface, len(self.prefs))
+        self.core = Core(
+            self.prefs, Settings(k=self.opts.k, hold_down=self.opts.hold_down), active=active,
+            version=cached.version if cached else 0, pending=cached.pending if cached else None,
+        )
+        if cached:
+            log.info("resume: last responder version %d from %s", cached.version,
+                     self.cache_file)
+        self.save()
+        return self.core
+
+    def save(self) -> None:
+        assert self.core is not None
+        state = cache.CachedState(self.client.name, self.core.active, self.core.version,
+                                  self.core.pending)
+        try:
+            cache.save(self.cache_file, state)
+        except OSError as exc:
+            log.warning("cannot write the cache %s: %s", self.cache_file, exc)
+
+    # ------------------------------------------------------------------ actions
+    def handle(self, actions: list[Action]) -> None:
+        assert self.core is not None
+        failed = False
+        changed = False
+        for act in actions:
+            if isinstance(act, Switch):
+                failed = not self._switch(act)
+                changed = True
+            elif isinstance(act, Report):
+                if not failed:
+                    self.reporter.post(act.event)
+                if act.event.get("type") == "rejected" and self.metrics:
+                    self.metrics.rejected.inc()
+            elif isinstance(act, Note):
+                log.info("%s", act.message)
+        if changed:
+            self.save()
+        if self.metrics:
+            self.metrics.update(self.core)
+
+    def _switch(self, act: Switch) -> bool:
+        assert self.core is not None
+        t0 = time.monotonic()
+        try:
+            wgctl.move_routes(self.opts.interface, self.fleet, self.client, act.to)
+        except (wg.WgError, KeyError) as exc:
+            log.error("switch %s -> %s FAILED (%s): %s", act.from_, act.to, act.kind, exc)
+            self.core.active = act.from_
+            return False
+        took = (time.monotonic() - t0) * 1000
+        after = f" after {act.elapsed_ms} ms" if act.elapsed_ms is not None else ""
+        log.info("switch %s -> %s (%s)%s: %s [wg set %.1f ms]", act.from_ or "none", act.to,
+                 act.kind, after, act.reason, took)
+        self.switches += 1
+        if self.metrics:
+            self.metrics.switches.labels(act.kind).inc()
+        return True
+
+    def deliver(self, a: Assignment) -> None:
+        assert self.core is not None
+        before = self.core.version
+        actions = self.core.on_assignment(a, asyncio.get_running_loop().time())
+        self.handle(actions)
+        if self.core.version != before:
+            self.save()
+
+    def _on_reply(self, worker: str, rtt: float, now: float) -> None:
+        assert self.core is not None
+        self.handle(self.core.on_reply(worker, rtt, now))
+
+    def _on_miss(self, worker: str, now: float) -> None:
+        assert self.core is not None
+        self.handle(self.core.on_miss(worker, now))
+
+    def make_prober(self) -> IcmpProber:
+        assert self.core is not None
+        core = self.core
+        targets = {w.name: w.tunnel_address for w in self.fleet.preferences(self.client)}
+        floor = self.opts.probe_timeout
+
+        def timeout(worker: str) -> float:
+            return core.health[worker].timeout(self.opts.interval, floor)
+
+        self.prober = IcmpProber(targets, self.opts.interval, self._on_reply, self._on_miss,
+                                 timeout, interface=self.opts.interface)
+        self.prober.open()
+        return self.prober
+
+    # ------------------------------------------------------------------ run
+    async def _report_probes(self) -> None:
+        assert self.core is not None
+        while True:
+            await asyncio.sleep(self.opts.report_every)
+            self.reporter.post(self.core.probe_report().event)
+            if self.metrics:
+                self.metrics.update(self.core)
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT."""
+        self.resume()
+        prober = self.make_prober()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        assert self.core is not None
+        core = self.core
+        tasks = [asyncio.create_task(prober.run(), name="prober"),
+                 asyncio.create_task(self.reporter.run(), name="reporter"),
+                 asyncio.create_task(self._report_probes(), name="probe-reports")]
+        if self.source is not None:
+            tasks.append(asyncio.create_task(self.source.run(self.deliver, lambda: core.version),
+                                             name="assignments"))
+        log.info("switcher %s on %s: probing %s every %g ms, K=%d, hold-down %g s",
+                 self.client.name, self.opts.interface, ", ".join(self.prefs),
+                 self.opts.interval * 1000, self.opts.k, self.opts.hold_down)
+        waiter = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        rc = 0
+        for t in done:
+            if t is not waiter and t.exception() is not None:
+                log.error("%s failed: %s", t.get_name(), t.exception())
+                rc = 1
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.reporter.flush(1.0), 2.0)
+        for t in [waiter, *tasks]:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        prober.close()
+        self.save()
+        log.info("switcher stopped; %s holds the routes", core.active)
+        return rc
+
+    async def run_once(self) -> int:
+        """Apply the current assignment (responder, else cache) once, then exit.
+
+        0: applied or already in place; 1: rejected (the probes see the worker dead) or none.
+        """
+        self.resume()
+        assert self.core is not None
+        core = self.core
+        assignment = None
+        if isinstance(self.source, HttpAssignmentSource):
+            import httpx
+
+            try:
+                async with httpx.AsyncClient() as http:
+                    assignment = await self.source.fetch_current(http)
+            except (httpx.HTTPError, OSError, AuthError) as exc:
+                log.warning("once: responder unreachable (%s); using the cache",
+                            type(exc).__name__ if not str(exc) else exc)
+        reporter_task = asyncio.create_task(self.reporter.run())
+        prober = self.make_prober()
+        # Probe first, so the assignment is judged on what the tunnels say.
+        await prober.run(rounds=self.opts.k + 2)
+        rc = 0
+        if assignment is not None:
+            self.deliver(assignment)
+        if core.pending is not None:
+            a = core.pending
+            h = core.health[a.worker]
+            log.info("once: assignment v%d to %s not applied: probes see it %s", a.version,
+                     a.worker, h.state)
+            if not core.pending_rejected:
+                self.reporter.post({"type": "rejected", "version": a.version, "worker": a.worker,
+                                    "reason": f"probes see {a.worker} {h.state}"})
+            rc = 1
+        elif assignment is None:
+            log.info("once: no assignment from the responder; %s holds the routes", core.active)
+        self.reporter.post(core.probe_report().event)
+        await self.reporter.flush(3.0)
+        reporter_task.cancel()
+        await asyncio.gather(reporter_task, return_exceptions=True)
+        prober.close()
+        self.save()
+        return rc
