@@ -7,6 +7,7 @@ switcher runs as a real process in the client's namespace.
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -45,6 +46,8 @@ class SwitcherLab:
     client_iface: WgInterface | None = None
     fleet_file: Path | None = None
     token_file: Path | None = None
+    master: Host | None = None
+    responder_url: str | None = None
 
     @property
     def fleet(self) -> Fleet:
@@ -95,8 +98,7 @@ class SwitcherLab:
     # ------------------------------------------------------------------ processes
     def switcher_argv(self, state_dir: Path, responder: str, *extra: str) -> list[str]:
         assert self.client_iface is not None and self.fleet_file and self.token_file
-        return [str(ROOT / ".venv/bin/wg-failover") if (ROOT / ".venv/bin/wg-failover").exists()
-                else "wg-failover", "switcher", "--fleet", str(self.fleet_file),
+        return [wg_failover_bin(), "switcher", "--fleet", str(self.fleet_file),
                 "--client", self.client.name, "--interface", self.client_iface.name,
                 "--responder", responder, "--token-file", str(self.token_file),
                 "--state-dir", str(state_dir), *extra]
@@ -110,6 +112,44 @@ class SwitcherLab:
                                       stdout=fh, stderr=subprocess.STDOUT)
         fh.close()
         return Switcher(proc, log)
+
+    def start_responder(self, address: str = "198.18.0.2", port: int = 8080,
+                        timeout: float = 30) -> Host:
+        """The real `wg-failover responder` in a `master` namespace on the lab's underlay, so
+        the switcher in the client's namespace reaches it the way a real client would."""
+        assert self.fleet_file is not None
+        master = self.lab.add_host("master", address=address)
+        log = open(self.workdir / "responder.log", "w")  # noqa: SIM115 - the child owns it
+        master.popen([wg_failover_bin(), "responder", "--fleet", str(self.fleet_file),
+                      "--db", str(self.workdir / "responder.db"), "--listen",
+                      f"{address}:{port}", "--log-level", "warning"],
+                     stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.master = master
+        self.responder_url = f"http://{address}:{port}"
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            status, _ = self.http("GET", "/readyz")
+            if status == 200:
+                return master
+            time.sleep(0.2)
+        raise RuntimeError("responder did not come up:\n"
+                           + (self.workdir / "responder.log").read_text())
+
+    def http(self, method: str, path: str, who: str | None = None,
+             body: dict | None = None) -> tuple[int, object]:
+        """One request to the lab's responder, made from inside the master namespace."""
+        headers = {"Content-Type": "application/json"}
+        if who:
+            headers["Authorization"] = f"Bearer {self.gen.tokens[who]}"
+        req = json.dumps({"url": self.responder_url + path, "method": method,
+                          "headers": headers, "body": body})
+        proc = self.master.run([python(), "-c", _HTTP_SNIPPET, req], check=False, timeout=20)
+        try:
+            out = json.loads(proc.stdout)
+        except ValueError:
+            return 0, proc.stderr
+        return out["status"], out["body"]
 
     def start_ping(self, interval: float = 0.01) -> Pinger:
         assert self.client_host is not None
@@ -227,6 +267,32 @@ def build(lab: NetLab, workdir: Path, workers: int = 3, responder_url: str | Non
     sl.token_file.touch(mode=0o600)
     sl.token_file.write_text(gen.tokens[c.name] + "\n")
     return sl
+
+
+# Runs inside a namespace: stdlib only, so it starts fast.
+_HTTP_SNIPPET = """
+import json, sys, urllib.request, urllib.error
+r = json.loads(sys.argv[1])
+data = None if r["body"] is None else json.dumps(r["body"]).encode()
+req = urllib.request.Request(r["url"], data=data, method=r["method"], headers=r["headers"])
+try:
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        status, text = resp.status, resp.read().decode()
+except urllib.error.HTTPError as e:
+    status, text = e.code, e.read().decode()
+except OSError as e:
+    status, text = 0, json.dumps(str(e))
+try:
+    body = json.loads(text)
+except ValueError:
+    body = text
+print(json.dumps({"status": status, "body": body}))
+"""
+
+
+def wg_failover_bin() -> str:
+    venv = ROOT / ".venv/bin/wg-failover"
+    return str(venv) if venv.exists() else "wg-failover"
 
 
 def python() -> str:
