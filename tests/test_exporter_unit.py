@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import io
 import re
 from pathlib import Path
@@ -23,6 +24,7 @@ from exporter.collector import (
     render_text,
     to_metrics,
 )
+from exporter.dump import parse_rows
 from exporter.metrics import METRICS
 from tests.fleets import VALID
 from wg_failover import wg
@@ -47,14 +49,14 @@ def samples(families, name):
 
 
 def reading(dump=DUMP, failed=(), up=True):
-    d = wg.parse_dump(dump)
+    d = parse_rows(dump)
     ifaces = {dev: system.IfaceStats(up, 111, 222) for dev in set(d.devices) | set(failed)}
     return Reading(d, list(failed), ifaces, 0.25, (0.5, 0.25, 0.125), NOW)
 
 
 def test_peer_and_worker_metrics_from_a_dump():
     fleet = parse_fleet(VALID)
-    d = wg.parse_dump(DUMP)
+    d = parse_rows(DUMP)
     names = fleet_names(fleet, [dev.public_key for dev in d.devices.values()])
     assert names.worker is not None and names.worker.name == "fra-1"  # inferred from the key
     fams = build_families(reading(), names)
@@ -83,6 +85,25 @@ def test_peer_and_worker_metrics_from_a_dump():
     assert samples(fams, "wgfo_scrape_success") == {(): 1}
     text = render_text(fams).decode()
     assert PRIV not in text
+
+
+def test_lean_reader_matches_the_core_reader():
+    two = DUMP + (
+        f"wg1\t(none)\t(none)\t0\t0x10\n"
+        f"wg1\t{ALICE}\t{PRIV}\t[fd00::1]:51820\t(none)\t5\t6\t7\t0\n"
+    )
+    for text, device in ((two, None), (DUMP.replace("wg0\t", ""), "wgX")):
+        core, lean = wg.parse_dump(text, device), parse_rows(text, device)
+        assert lean.devices == core.devices
+        assert lean.peers == [
+            (p.device, p.public_key, p.endpoint or "", p.allowed_ips, p.latest_handshake,
+             p.rx_bytes, p.tx_bytes) for p in core.peers]
+    for bad in ("wg0\tx\ty\n", DUMP.replace("\t1000\t", "\tlots\t"),
+                DUMP.replace("\t25\n", "\tsometimes\n"), "wg0\n"):
+        with pytest.raises(wg.WgError):
+            wg.parse_dump(bad)
+        with pytest.raises(wg.WgError):
+            parse_rows(bad)
 
 
 def test_endpoint_and_name_only_on_info_series():
@@ -257,7 +278,7 @@ class FakeWg(WireGuardCollector):
     def _dump(self, errors, failed):
         if self.dump_text is None:
             raise RuntimeError("surprise")
-        return wg.parse_dump(self.dump_text)
+        return parse_rows(self.dump_text)
 
 
 def call(app, path="/metrics", **env):
@@ -283,6 +304,8 @@ def test_app_serves_text_and_openmetrics():
     assert body.endswith(b"# EOF\n")
     status, headers, body = call(app, HTTP_ACCEPT_ENCODING="gzip")
     assert headers["Content-Encoding"] == "gzip"
+    assert int(headers["Content-Length"]) == len(body)
+    assert b"wgfo_scrape_success 1" in gzip.decompress(body)
     assert call(app, "/nope")[0].startswith("404")
 
 
