@@ -188,3 +188,24 @@ def test_failed_reads_give_success_0_and_200(lab, tmp_path):
         assert one(metrics(results[port][1])["wgfo_interface_up"], device=wif.name) == 0
     # And the exporters are all still alive after failing reads.
     assert all(scrape(worker, f"http://127.0.0.1:{port}/metrics")[0] == 200 for port in cases)
+
+
+def test_runs_without_root_given_capabilities(lab):
+    """As the systemd unit runs it: an unprivileged user with ambient capabilities only.
+
+    wireguard-go's control socket is root's with mode 0700, so CAP_NET_ADMIN alone is refused
+    (a clean success 0) and CAP_DAC_OVERRIDE is needed as well (the unit's comment says so).
+    """
+    gen, fleet_file, worker, wif, client = lab
+    for port, caps in ((9586, "+net_admin,+dac_override"), (9587, "+net_admin")):
+        worker.popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                      f"--inh-caps=-all,{caps}", f"--ambient-caps=-all,{caps}",
+                      f"--bounding-set=-all,{caps}", *EXPORTER,
+                      "--listen", f"127.0.0.1:{port}", "-i", wif.name])
+    code, body = scrape(worker, "http://127.0.0.1:9586/metrics")
+    m = metrics(body)
+    assert code == 200 and one(m["wgfo_scrape_success"]) == 1
+    assert one(m["wgfo_configured_peers"], device=wif.name) == 2
+    assert gen.private_keys[gen.fleet.workers[0].name] not in body
+    code, body = scrape(worker, "http://127.0.0.1:9587/metrics")
+    assert code == 200 and one(metrics(body)["wgfo_scrape_success"]) == 0
