@@ -199,6 +199,7 @@ class Pinger:
     def __init__(self, proc: subprocess.Popen) -> None:
         self.proc = proc
         self.replies: list[float] = []
+        self.seqs: list[int] = []
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
@@ -210,10 +211,24 @@ class Pinger:
             if m and "bytes from" in line:
                 with self._lock:
                     self.replies.append(float(m.group(1)))
+                    self.seqs.append(int(m.group(2)))
 
     def snapshot(self) -> list[float]:
         with self._lock:
             return list(self.replies)
+
+    def lost_between(self, t0: float, t1: float) -> tuple[int, int]:
+        """(answered, lost) echoes among those answered or due between wall-clock t0 and t1.
+
+        ping's icmp_seq counts up by one per echo (it wraps at 65536, after 11 min at 10 ms), so
+        a hole in the answered sequence numbers is a lost echo.
+        """
+        with self._lock:
+            seqs = [q for t, q in zip(self.replies, self.seqs, strict=True) if t0 <= t <= t1]
+        if len(seqs) < 2:
+            return len(seqs), 0
+        span = (seqs[-1] - seqs[0]) % 65536 + 1
+        return len(seqs), span - len(seqs)
 
     def replies_after(self, t: float) -> list[float]:
         return [r for r in self.snapshot() if r > t]
