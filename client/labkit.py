@@ -142,14 +142,7 @@ class SwitcherLab:
         headers = {"Content-Type": "application/json"}
         if who:
             headers["Authorization"] = f"Bearer {self.gen.tokens[who]}"
-        req = json.dumps({"url": self.responder_url + path, "method": method,
-                          "headers": headers, "body": body})
-        proc = self.master.run([python(), "-c", _HTTP_SNIPPET, req], check=False, timeout=20)
-        try:
-            out = json.loads(proc.stdout)
-        except ValueError:
-            return 0, proc.stderr
-        return out["status"], out["body"]
+        return ns_request(self.master, method, self.responder_url + path, headers, body)
 
     def start_ping(self, interval: float = 0.01) -> Pinger:
         assert self.client_host is not None
@@ -303,6 +296,18 @@ except ValueError:
     body = text
 print(json.dumps({"status": status, "body": body}))
 """
+
+
+def ns_request(host: Host, method: str, url: str, headers: dict | None = None,
+               body: dict | None = None) -> tuple[int, object]:
+    """An HTTP request made from inside `host`'s namespace: (status, JSON or text body)."""
+    req = json.dumps({"url": url, "method": method, "headers": headers or {}, "body": body})
+    proc = host.run([python(), "-c", _HTTP_SNIPPET, req], check=False, timeout=20)
+    try:
+        out = json.loads(proc.stdout)
+    except ValueError:
+        return 0, proc.stderr
+    return out["status"], out["body"]
 
 
 def wg_failover_bin() -> str:

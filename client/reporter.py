@@ -47,7 +47,7 @@ class Reporter:
 
     async def run(self) -> None:
         if self.url is None:
-            return
+            await asyncio.Event().wait()  # nothing to report to: idle until cancelled
         async with httpx.AsyncClient(timeout=httpx.Timeout(5.0)) as http:
             while True:
                 if not self.queue:

@@ -140,6 +140,9 @@ class HttpAssignmentSource:
                     self.backoff.attempt = max(self.backoff.attempt, 6)  # no point hurrying
                 except (httpx.HTTPError, OSError) as exc:
                     reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                except Exception as exc:  # noqa: BLE001 - the fast path must outlive any surprise
+                    log.exception("responder: unexpected error")
+                    reason = f"unexpected {type(exc).__name__}"
                 self.on_connected(False)
                 delay = self.backoff.next()
                 log.info("responder: %s; reconnecting in %.1f s (%s)", reason, delay, self.mode)

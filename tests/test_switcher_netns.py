@@ -8,6 +8,7 @@ and the on-disk cache; the follow path is in test_switcher_follow.py.
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -23,7 +24,7 @@ CUT_OFF = "http://198.18.0.254:9"  # on the lab's underlay, but no host: the res
 def test_fast_path_fails_over_without_responder_and_restart_resumes(netlab, tmp_path):
     sl = labkit.build(netlab, tmp_path / "lab")
     state = tmp_path / "state"
-    sw = sl.start_switcher(state, CUT_OFF)
+    sw = sl.start_switcher(state, CUT_OFF, "--metrics-listen", "127.0.0.1:9587")
     for w in sl.prefs():
         assert sw.wait_for(rf"probe: {w} is up", 15), sw.text()
     assert sl.route_holder() == "w1"
@@ -44,6 +45,15 @@ def test_fast_path_fails_over_without_responder_and_restart_resumes(netlab, tmp_
         peers = sl.client_peers()
         assert set(peers["w2"]) == {"10.99.0.0/24", "10.66.0.2/32"}
         assert peers["w1"] == ("10.66.0.1/32",)  # w1 stays a peer, with its tunnel /32 only
+
+        # The switcher's own metrics (namespace-local port, read from inside the namespace).
+        status, text = labkit.ns_request(sl.client_host, "GET", "http://127.0.0.1:9587/metrics")
+        assert status == 200
+        assert 'wgfo_switcher_active_worker{worker="w2"} 1.0' in text
+        assert 'wgfo_switcher_switches_total{kind="failover"} 1.0' in text
+        assert 'wgfo_switcher_worker_up{worker="w1"} 0.0' in text
+        assert re.search(r'wgfo_switcher_probe_rtt_seconds\{worker="w3"\} [0-9.e-]+', text)
+        assert sl.gen.tokens["c1"] not in text
 
         assert sw.stop() == 0
         cached = json.loads(cache_path(state, "c1").read_text())
