@@ -83,7 +83,7 @@ class NoSse(Exception):
 
 class HttpAssignmentSource:
     def __init__(self, base_url: str, client: str, token: str | None, *,
-                 longpoll_wait: float = 25.0, read_timeout: float = 90.0,
+                 longpoll_wait: float = 25.0, read_timeout: float = 45.0,
                  backoff: Backoff | None = None,
                  on_connected: Callable[[bool], None] | None = None) -> None:
         self.base = base_url.rstrip("/")

@@ -57,10 +57,16 @@ class Switcher:
         dump = wg.show_dump(iface)
         cached = cache.load(self.cache_file, self.client.name)
         active = wgctl.find_active(self.fleet, self.client, dump.peers)
+        version = cached.version if cached else 0
         if active is not None:
             note = ""
             if cached and cached.active and cached.active != active:
-                note = f" (the cache said {cached.active}; the interface wins)"
+                # E.g. wg-quick brought the interface up from its config after a reboot. Traffic
+                # flows, so keep it; but ask the responder for its current assignment again
+                # rather than resume after the cached version, so the authority is re-applied.
+                note = (f" (the cache said {cached.active}; the interface wins, and the current "
+                        "assignment is asked for again)")
+                version = 0
             log.info("resume: routes are on %s; keeping it%s", active, note)
         else:
             target = cached.active if cached and cached.active in self.prefs else self.prefs[0]
@@ -76,7 +82,7 @@ class Switcher:
             log.info("reconcile: %s matches the fleet (%d worker peers)", iface, len(self.prefs))
         self.core = Core(
             self.prefs, Settings(k=self.opts.k, hold_down=self.opts.hold_down), active=active,
-            version=cached.version if cached else 0, pending=cached.pending if cached else None,
+            version=version, pending=cached.pending if cached and version else None,
         )
         if cached:
             log.info("resume: last responder version %d from %s", cached.version,

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from client import labkit
+from client import cache, labkit
 from client.cache import cache_path
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
@@ -83,8 +83,12 @@ def test_once_reconciles_missing_peers_and_keepalives(netlab, tmp_path):
     sl.client_host.run(["wg", "set", iface, "peer", w3.public_key, "remove"])
     sl.client_host.run(["wg", "set", iface, "peer", w2.public_key, "persistent-keepalive", "0"])
     active_before = sl.client_peers()["w1"]
+    # A cache that disagrees with the interface (as after a reboot: wg-quick put the routes back
+    # on the config's first worker): the interface wins, the responder is asked again.
+    state = tmp_path / "state"
+    cache.save(cache_path(state, "c1"), cache.CachedState("c1", "w2", 5))
 
-    sw = sl.start_switcher(tmp_path / "state", "http://127.0.0.1:9", "--once")
+    sw = sl.start_switcher(state, "http://127.0.0.1:9", "--once")
     assert sw.proc.wait(30) == 0, sw.text()
     text = sw.text()
     assert "reconcile: peer w3: missing peer" in text
@@ -96,4 +100,6 @@ def test_once_reconciles_missing_peers_and_keepalives(netlab, tmp_path):
     assert dump[w2.public_key].persistent_keepalive == 25
     assert sl.client_peers()["w1"] == active_before
     assert "responder unreachable" in text
+    assert "routes are on w1; keeping it (the cache said w2; the interface wins" in text
+    assert cache.load(cache_path(state, "c1"), "c1") == cache.CachedState("c1", "w1", 0)
 
