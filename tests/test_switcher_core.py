@@ -330,3 +330,23 @@ def test_bad_arguments_are_clean_errors(tmp_path, capsys):
     assert main([*base, "--client", "bob-phone", "--token-file", str(token)]) == 2
     err = capsys.readouterr().err
     assert "interface wgfo-none0" in err and "s3cret" not in err
+
+
+# --------------------------------------------------------------------------- reporter queue
+
+
+def test_reporter_keeps_decisions_and_only_the_newest_probe_summary():
+    from client.reporter import Reporter
+
+    r = Reporter("http://127.0.0.1:9", "c1", "tok", max_queue=4)
+    r.post({"type": "probe", "n": 1})
+    r.post({"type": "switch", "from_worker": "w1", "to_worker": "w2"})
+    r.post({"type": "probe", "n": 2})
+    assert [e["type"] for e in r.queue] == ["switch", "probe"] and r.queue[-1]["n"] == 2
+    for v in range(5):
+        r.post({"type": "applied", "version": v})
+    assert len(r.queue) == 4 and r.queue[-1] == {"type": "applied", "version": 4}
+    assert r.url == "http://127.0.0.1:9/v1/clients/c1/events"
+    silent = Reporter(None, "c1", None)
+    silent.post({"type": "probe"})
+    assert not silent.queue
