@@ -399,6 +399,9 @@ class AppState:
                 log.warning("client %s has no token_sha256: it cannot use the API (401)", c.name)
 
         async with self.lock:
+            if all(w.name in self.workers for w in self.fleet.workers):
+                # A restart: what was unplaceable before still is; no new "unplaceable" event.
+                self.unplaceable = self._replan(Draft(self)).unplaceable
             d = Draft(self)
             for w in self.fleet.workers:
                 if w.name not in self.workers:

@@ -1,7 +1,8 @@
 """Run the real responder (`wg-failover responder`, uvicorn) as a subprocess, for any test.
 
     from tests.responder_proc import ResponderProc, make_fleet
-    from tests.responder_proc import responder, responder_factory  # noqa: F401  (fixtures)
+    # the fixtures `responder` and `responder_factory`, registered by importing them:
+    from tests.responder_proc import responder_factory_fixture, responder_fixture  # noqa: F401
 
     ResponderProc.start(workdir, gen=None, *, workers=3, clients=4, capacity=None,
                         hold_down_seconds=60, preempt=False, db=None,
@@ -229,8 +230,8 @@ def alert_payload(worker: str, action: str = "failover", status: str = "firing",
     }
 
 
-@pytest.fixture
-def responder_factory(tmp_path):
+@pytest.fixture(name="responder_factory")
+def responder_factory_fixture(tmp_path):
     started: list[ResponderProc] = []
 
     def start(gen: Generated | None = None, **kw: Any) -> ResponderProc:
@@ -245,6 +246,6 @@ def responder_factory(tmp_path):
             p.stop()
 
 
-@pytest.fixture
-def responder(responder_factory) -> ResponderProc:
+@pytest.fixture(name="responder")
+def responder_fixture(responder_factory) -> ResponderProc:
     return responder_factory()
