@@ -182,28 +182,28 @@ def _lines(name: str, labels: tuple[str, ...], samples: list, fmt_values: bool) 
     return [template.format(*lv, v) for lv, v in samples]
 
 
-def render_chunks(families: Sequence[Family]) -> list[bytes]:
-    """The Prometheus text format 0.0.4, written directly (see the module doc for why).
+def render_family(f: Family) -> bytes:
+    """One family in the Prometheus text format 0.0.4 (b"" when it has no samples)."""
+    if not f.samples:
+        return b""
+    m = METRICS[f.name]
+    out = [f"# HELP {f.name} {_escape(m.help)}\n# TYPE {f.name} {m.type}\n"]
+    if not m.labels:
+        out.extend(f"{f.name} {_fmt(v)}\n" for _, v in f.samples)
+    elif f.clean:
+        ints = all(type(v) is int for _, v in f.samples)
+        out += _lines(f.name, m.labels, f.samples, not ints)
+    else:
+        template = f.name + "{{" + ",".join(f'{k}="{{}}"' for k in m.labels) + "}} {}\n"
+        out.extend(template.format(*map(_escape, lv), _fmt(v)) for lv, v in f.samples)
+    return "".join(out).encode()
 
-    One bytes chunk per family, so the lines of only one family are alive at a time and the
-    whole page never exists twice (as str and as bytes): that is most of the peak memory.
-    """
-    chunks: list[bytes] = []
-    for f in families:
-        if not f.samples:
-            continue
-        m = METRICS[f.name]
-        out = [f"# HELP {f.name} {_escape(m.help)}\n# TYPE {f.name} {m.type}\n"]
-        if not m.labels:
-            out.extend(f"{f.name} {_fmt(v)}\n" for _, v in f.samples)
-        elif f.clean:
-            ints = all(type(v) is int for _, v in f.samples)
-            out += _lines(f.name, m.labels, f.samples, not ints)
-        else:
-            template = f.name + "{{" + ",".join(f'{k}="{{}}"' for k in m.labels) + "}} {}\n"
-            out.extend(template.format(*map(_escape, lv), _fmt(v)) for lv, v in f.samples)
-        chunks.append("".join(out).encode())
-    return chunks
+
+def render_chunks(families: Sequence[Family]) -> list[bytes]:
+    """The text format written directly (see the module doc for why), one chunk per family,
+    so the lines of only one family are alive at a time and the page never exists twice (as
+    str and as bytes): that is most of the peak memory."""
+    return [c for c in map(render_family, families) if c]
 
 
 def render_text(families: Sequence[Family]) -> bytes:

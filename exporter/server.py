@@ -31,7 +31,6 @@ import secrets
 import socket
 import ssl
 import threading
-import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,8 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 
-from .collector import WireGuardCollector, render_chunks
+from .collector import WireGuardCollector
+from .render import PageRenderer
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -228,18 +228,11 @@ LANDING = b"""<!doctype html><title>wg-failover exporter</title>
 StartResponse = Callable[..., Any]
 
 
-def _gzip(chunks: list[bytes]) -> list[bytes]:
-    # Level 1: most of the size gain for a fraction of the CPU of the default level 9.
-    z = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # 16+: gzip framing
-    out = [z.compress(c) for c in chunks]
-    out.append(z.flush())
-    return [c for c in out if c]
-
-
 def make_app(collector: WireGuardCollector, auth: BasicAuth | None = None):
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     openmetrics_app = make_wsgi_app(registry)
+    renderer = PageRenderer()
 
     def app(environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         if auth is not None and not auth.check(environ.get("HTTP_AUTHORIZATION")):
@@ -258,11 +251,13 @@ def make_app(collector: WireGuardCollector, auth: BasicAuth | None = None):
             return [b""]
         if not _wants_text(environ.get("HTTP_ACCEPT", "")):
             return openmetrics_app(environ, start_response)
-        chunks = render_chunks(collector.read())
+        families = collector.read()
         headers = [("Content-Type", TEXT_CONTENT_TYPE)]
         if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
-            chunks = _gzip(chunks)
+            chunks = renderer.gzip(families)
             headers.append(("Content-Encoding", "gzip"))
+        else:
+            chunks = renderer.text(families)
         headers.append(("Content-Length", str(sum(map(len, chunks)))))
         start_response("200 OK", headers)
         return chunks if environ.get("REQUEST_METHOD") != "HEAD" else [b""]

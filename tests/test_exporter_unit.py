@@ -6,6 +6,8 @@ import base64
 import gzip
 import io
 import re
+import subprocess
+import zlib
 from pathlib import Path
 from wsgiref.util import setup_testing_defaults
 
@@ -320,3 +322,34 @@ def test_app_basic_auth():
     assert call(app)[0].startswith("401")
     good = "Basic " + base64.b64encode(b"prom:pw").decode()
     assert call(app, HTTP_AUTHORIZATION=good)[0] == "200 OK"
+
+
+def big_dump(peers: int, rx: int = 5) -> str:
+    lines = [f"wg0\t{PRIV}\t{FRA}\t51820\toff"]
+    for i in range(peers):
+        key = base64.b64encode(i.to_bytes(32, "big")).decode()
+        lines.append(f"wg0\t{key}\t(none)\t198.51.100.{i % 250}:{1000 + i}\t"
+                     f"10.{i // 65536}.{(i // 256) % 256}.{i % 256}/32\t{NOW}\t{rx + i}\t{i}\toff")
+    return "\n".join(lines) + "\n"
+
+
+def test_page_renderer_reuses_unchanged_families_and_stays_exact(tmp_path):
+    from exporter.render import PageRenderer
+
+    renderer = PageRenderer()
+    for rx in (5, 5, 7):  # the same page twice, then new counters with the same info series
+        fams = build_families(reading(big_dump(1500, rx)), Names({}, None))
+        expected = render_text(fams)
+        assert b"".join(renderer.text(fams)) == expected
+        body = b"".join(renderer.gzip(fams))
+        assert gzip.decompress(body) == expected
+        # One ordinary gzip member, checked by the real gzip tool as well (CRC and size).
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        assert d.decompress(body) == expected and d.eof and not d.unused_data
+        (tmp_path / "page.gz").write_bytes(body)
+        assert subprocess.run(["gzip", "-t", str(tmp_path / "page.gz")]).returncode == 0
+    cached = renderer._cache["wireguard_peer_info"].deflated
+    renderer.gzip(build_families(reading(big_dump(1500, 9)), Names({}, None)))
+    assert renderer._cache["wireguard_peer_info"].deflated is cached  # re-used, not redone
+    changed = build_families(reading(big_dump(1501, 9)), Names({}, None))
+    assert gzip.decompress(b"".join(renderer.gzip(changed))) == render_text(changed)
