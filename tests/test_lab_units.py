@@ -82,7 +82,7 @@ def test_parse_time():
 
 def test_event_type_prefers_the_client_report_type():
     assert event_type({"kind": "client_event", "data": {"type": "applied"}}) == "applied"
-    assert event_type({"kind": "alert", "data": {}}) == "alert"
+    assert event_type({"kind": "client-applied", "data": {"version": 2}}) == "client-applied"
 
 
 def watch() -> FailoverWatch:
@@ -95,9 +95,9 @@ def test_timeline_follows_a_failover_in_order():
     e = w.routes(1000.4, {"c1": "w2", "c2": "w1", "c3": "w2"})
     assert [x.text.split(":")[0] for x in e] == ["c1"] and e[0].t == pytest.approx(0.4)
     assert w.routes(1000.5, {"c1": "w2", "c2": "w1", "c3": "w2"}) == []  # once per client
-    e = w.events(1000.5, [{"id": 1, "ts": 1000.45, "kind": "client_event", "client": "c1",
-                           "data": {"type": "switch", "from_worker": "w1", "to_worker": "w2",
-                                    "elapsed_ms": 380}}])
+    e = w.events(1000.5, [{"id": 1, "ts": 1000.45, "kind": "client-switch", "client": "c1",
+                           "worker": "w2", "data": {"from_worker": "w1", "to_worker": "w2",
+                                                    "elapsed_ms": 380}}])
     assert "380 ms" in e[0].text
     alert = {"labels": {"alertname": "WgWorkerDown", "worker": "w1", "action": "failover"},
              "state": "pending", "activeAt": "1970-01-01T00:16:42Z"}
@@ -109,35 +109,62 @@ def test_timeline_follows_a_failover_in_order():
     assert "alertmanager" in e[0].text
     assert w.alertmanager(1009.6, [{"labels": alert["labels"]}]) == []
     events = [
-        {"id": 2, "ts": 1010.5, "kind": "alert", "worker": "w1", "data": {"status": "firing"}},
-        {"id": 3, "ts": 1010.5, "kind": "worker_state", "worker": "w1", "data": {"state": "down"}},
-        {"id": 4, "ts": 1010.5, "kind": "assignment", "client": "c1",
-         "data": {"worker": "w3", "version": 2}},
-        {"id": 5, "ts": 1010.5, "kind": "assignment", "client": "c2",
-         "data": {"worker": "w2", "version": 2}},
-        {"id": 6, "ts": 1010.6, "kind": "client_event", "client": "c1",
-         "data": {"type": "applied", "worker": "w3", "version": 2}},
+        # The responder accepts c1's own switch, then the alert marks w1 down and moves c2.
+        {"id": 2, "ts": 1000.5, "kind": "move", "client": "c1", "worker": "w2",
+         "data": {"from_worker": "w1", "to_worker": "w2", "version": 2, "reason": "switch"}},
+        {"id": 3, "ts": 1000.6, "kind": "client-applied", "client": "c1", "worker": "w2",
+         "data": {"version": 2}},
+        {"id": 4, "ts": 1010.5, "kind": "alert", "worker": "w1",
+         "data": {"status": "firing", "action": "failover", "alertname": "WgWorkerDown"}},
+        {"id": 5, "ts": 1010.5, "kind": "worker-state", "worker": "w1",
+         "data": {"from": "up", "to": "down"}},
+        {"id": 6, "ts": 1010.5, "kind": "move", "client": "c2", "worker": "w3",
+         "data": {"from_worker": "w1", "to_worker": "w3", "version": 2, "reason": "failover"}},
+        {"id": 7, "ts": 1010.6, "kind": "client-applied", "client": "c2", "worker": "w2",
+         "data": {"version": 1}},  # an old version: not a confirmation
     ]
     e = w.events(1010.7, events)
     assert {"webhook", "worker_down"} <= set(w.marks)
-    assert w.planned["c1"][1] == "w3" and not w.done
+    assert w.planned["c2"][1] == "w3" and not w.done
     assert any("c1: confirmed" in x.text for x in e)
-    w.events(1011.0, [{"id": 7, "ts": 1011.0, "kind": "client_event", "client": "c2",
-                       "data": {"type": "applied", "worker": "w2", "version": 2}}])
-    assert w.done
+    e = w.events(1011.0, [{"id": 8, "ts": 1011.0, "kind": "client-applied", "client": "c2",
+                           "worker": "w3", "data": {"version": 2}}])
+    assert w.done and any("control path complete" in x.text for x in e)
     s = w.summary()
     assert s["control_path_s"] == pytest.approx(11.0)
-    assert s["final"] == {"c1": "w3", "c2": "w2"}
+    assert s["final"] == {"c1": "w2", "c2": "w3"}
     assert s["fast_path_reported_ms"] == {"c1": 380, "c2": None}
     assert w.others_moved({"c3": "w2"}) == [] and w.others_moved({"c3": "w3"}) == ["c3"]
 
 
+def test_control_path_waits_for_the_worker_down_and_a_later_move():
+    w = watch()
+    w.events(1001, [
+        {"id": 1, "ts": 1001, "kind": "move", "client": c, "worker": "w2",
+         "data": {"to_worker": "w2", "version": 2}} for c in ("c1", "c2")] + [
+        {"id": 2, "ts": 1001.1, "kind": "client-applied", "client": c, "worker": "w2",
+         "data": {"version": 2}} for c in ("c1", "c2")])
+    assert not w.done  # the responder has not marked w1 down yet
+    w.events(1009, [{"id": 3, "ts": 1009, "kind": "worker-state", "worker": "w1",
+                     "data": {"to": "down"}},
+                    {"id": 4, "ts": 1009, "kind": "move", "client": "c2", "worker": "w3",
+                     "data": {"to_worker": "w3", "version": 3}}])
+    assert not w.done  # c2 was moved again: it must confirm v3
+    w.events(1009.2, [{"id": 5, "ts": 1009.2, "kind": "client-applied", "client": "c2",
+                       "worker": "w3", "data": {"version": 3}}])
+    assert w.done and w.summary()["control_path_s"] == pytest.approx(9.2)
+
+
 def test_timeline_ignores_applied_before_the_plan_and_old_events():
     w = watch()
-    w.events(1001, [{"id": 1, "ts": 1001, "client": "c1", "kind": "client_event",
-                     "data": {"type": "applied", "worker": "w2", "version": 1}}])
+    w.events(1001, [{"id": 1, "ts": 1001, "client": "c1", "kind": "client-applied",
+                     "worker": "w2", "data": {"version": 1}}])
     assert not w.confirmed
-    w.events(1001, [{"id": 2, "ts": 990, "worker": "w1", "kind": "alert", "data": {}}])
+    w.events(1001, [{"id": 2, "ts": 990, "worker": "w1", "kind": "alert",
+                     "data": {"action": "failover", "status": "firing"}}])
+    assert "webhook" not in w.marks
+    w.events(1001, [{"id": 3, "ts": 1001, "worker": "w1", "kind": "alert",
+                     "data": {"action": "notify", "status": "firing"}}])
     assert "webhook" not in w.marks
 
 

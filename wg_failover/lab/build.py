@@ -46,8 +46,14 @@ HOLD_DOWN_SECONDS = 20  # a revived worker is "up" again after this (the lab kee
 
 
 def wgfo_argv(*args: str) -> list[str]:
-    """Run a `wg-failover` subcommand with this very interpreter (works from any venv)."""
-    return [sys.executable, "-m", "wg_failover.cli", *args]
+    """A `wg-failover` subcommand from the same installation as this very interpreter."""
+    script = Path(sys.executable).parent / "wg-failover"
+    if script.exists():
+        return [str(script), *args]
+    # Not `-m wg_failover.cli`: that would load the CLI twice (as __main__ too), with two
+    # different CliError classes.
+    return [sys.executable, "-c", "import sys; from wg_failover.cli import main; "
+            "sys.exit(main())", *args]
 
 
 def missing_components() -> list[str]:

@@ -31,15 +31,15 @@ def _load(args: argparse.Namespace) -> LabState:
 def cmd_up(args: argparse.Namespace) -> int:
     state = build.up(args.prefix, args.workers, args.clients, args.subnet, args.scrape_interval,
                      say=_say)
-    _urls(state)
+    ops.status(state, say=_say)
+    _grafana(state)
+    _say(f"next: wg-failover lab failover --prefix {state.prefix}   (or drain WORKER, status, "
+         "down)")
     return 0
 
 
-def _urls(state: LabState) -> None:
-    _say(f"  responder    {state.responder_url}/docs  (admin token in "
-         f"{state.secret_path('admin.token')})")
-    _say(f"  prometheus   {state.prometheus_url}/alerts")
-    _say(f"  alertmanager {state.alertmanager_url}")
+def _grafana(state: LabState) -> None:
+    """Point at Grafana where the user runs one (docker compose); silent otherwise."""
     grafana = os.environ.get("WG_FAILOVER_GRAFANA_URL", "http://127.0.0.1:3000")
     try:
         if httpx.get(f"{grafana}/api/health", timeout=0.5).status_code == 200:
@@ -114,8 +114,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                      say=_say)
     ok = False
     try:
-        _urls(state)
         ops.status(state, say=_say)
+        _grafana(state)
         step(2, "failover: kill the busiest worker; the timeline as it happens")
         summary = ops.failover(state, None, say=_say, timeout=args.timeout)
         ok = failover_ok(summary)

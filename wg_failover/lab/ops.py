@@ -25,6 +25,7 @@ from .timeline import Entry, FailoverWatch
 Say = Callable[[str], None]
 POLL_ROUTES = 0.05  # seconds between `wg show` polls of the clients (cheap: one call each)
 POLL_APIS = 0.25  # seconds between polls of the responder, Prometheus and Alertmanager
+SETTLE = 1.0  # seconds a finished failover is watched for late changes
 
 
 class Api:
@@ -87,7 +88,8 @@ def worker_states(data: Any) -> dict[str, str]:
     items = data.get("workers", data) if isinstance(data, dict) else data
     if isinstance(items, dict):
         return {k: (v.get("state") if isinstance(v, dict) else str(v)) for k, v in items.items()}
-    return {w.get("name"): w.get("state") for w in items if isinstance(w, dict)}
+    return {w.get("name"): w.get("state") + (" draining" if w.get("draining") else "")
+            for w in items if isinstance(w, dict) and isinstance(w.get("state"), str)}
 
 
 def active_workers(state: LabState, fleet: Fleet) -> dict[str, str | None]:
@@ -147,21 +149,27 @@ def failover(state: LabState, worker: str | None, say: Say = print,
         say(f"  {0:+8.3f} s  {worker} killed")
         deadline = time.monotonic() + timeout
         next_api = 0.0
-        while time.monotonic() < deadline and not watch.done:
+        done_at = None
+        while time.monotonic() < deadline:
             now = time.time()
             entries = watch.routes(now, active_workers(state, fleet))
             if time.monotonic() >= next_api:
                 next_api = time.monotonic() + POLL_APIS
                 entries += _poll_apis(api, watch, now, cursor)
             _print_entries(say, entries)
-            if not affected and "webhook" in watch.marks:
-                break
+            if watch.done:
+                # Watch a little longer: a late re-plan would need new confirmations.
+                done_at = done_at or time.monotonic()
+                if time.monotonic() - done_at >= SETTLE:
+                    break
+            else:
+                done_at = None
             time.sleep(POLL_ROUTES)
         final = active_workers(state, fleet)
         summary = watch.summary()
         summary["others_moved"] = watch.others_moved(final)
         summary["routes_now"] = {c: final.get(c) for c in affected}
-        summary["timed_out"] = not watch.done and bool(affected)
+        summary["timed_out"] = not watch.done
         try:
             summary["responder_state"] = worker_states(api.workers()).get(worker)
         except (httpx.HTTPError, ValueError):
@@ -265,8 +273,9 @@ def drain(state: LabState, worker: str, say: Say = print, timeout: float = 60) -
             out, _ = p.communicate()
         m = PING_RE.search(out or "")
         loss[c] = (int(m.group(1)), int(m.group(2))) if m else None
-    applied = sorted({e.get("client") for e in events
-                      if (e.get("data") or {}).get("type") == "applied"} & set(affected))
+    applied = sorted({e.get("client") for e in events if e.get("kind") == "client-applied"
+                      and e.get("worker") == moved.get(e.get("client"), (0, None))[1]}
+                     & set(affected))
     for c in affected:
         sent_recv = loss.get(c)
         lost = "?" if sent_recv is None else f"{sent_recv[0] - sent_recv[1]}/{sent_recv[0]}"
@@ -297,16 +306,17 @@ def status(state: LabState, say: Say = print) -> dict[str, Any]:
     finally:
         api.close()
     say(f"lab {state.prefix}: {state.subnet}, directory {state.dir}")
-    say(f"  responder    {state.responder_url}   (admin token: {state.secret_path('admin.token')})")
-    say(f"  prometheus   {state.prometheus_url}")
+    say(f"  responder    {state.responder_url}/docs  (admin token: "
+        f"{state.secret_path('admin.token')})")
+    say(f"  prometheus   {state.prometheus_url}/alerts")
     say(f"  alertmanager {state.alertmanager_url}")
     say("")
-    say(f"  {'worker':<8} {'responder':<11} {'processes':<22} {'clients (routes here)'}")
+    say(f"  {'worker':<8} {'responder':<14} {'processes':<28} {'clients (routes here)'}")
     for w in state.workers:
         procs = " ".join(f"{p.role}:{'up' if p.alive() else 'dead'}"
                          for p in state.procs(host=w))
         on = [c for c, a in active.items() if a == w]
-        say(f"  {w:<8} {states.get(w) or '?':<11} {procs:<22} {', '.join(on) or '-'}")
+        say(f"  {w:<8} {states.get(w) or '?':<14} {procs:<28} {', '.join(on) or '-'}")
     say("")
     say(f"  {'client':<8} {'assigned':<10} {'version':<8} {'routes on':<10} {'switcher'}")
     for c in state.clients:

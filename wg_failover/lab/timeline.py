@@ -110,7 +110,13 @@ class FailoverWatch:
         return []
 
     def events(self, now: float, events: list[dict[str, Any]]) -> list[Entry]:
-        """New entries of the responder's event log (`GET /v1/events`)."""
+        """New entries of the responder's event log (`GET /v1/events`).
+
+        Kinds used: `client-switch` (a switcher's fast-path report), `move` (the responder's
+        assignment of a client changed: its plan, or a client's switch it accepted), `alert`
+        (a webhook), `worker-state` (data.to = down), `client-applied` (a switcher runs that
+        version). A later `move` of a client needs a new confirmation.
+        """
         out = []
         for e in events:
             ts = e.get("ts")
@@ -121,46 +127,54 @@ class FailoverWatch:
             data = e.get("data") if isinstance(e.get("data"), dict) else {}
             client = e.get("client")
             worker = e.get("worker")
-            if typ == "switch" and client in self.affected:
+            if typ == "client-switch" and client in self.affected:
                 ms = data.get("elapsed_ms")
-                if isinstance(ms, int) and client not in self.fast_reported:
-                    self.fast_reported[client] = ms
+                if isinstance(ms, int | float) and client not in self.fast_reported:
+                    ms = self.fast_reported[client] = round(ms)
                     out.append(Entry(t, f"{client}: switcher reports fast-path switch "
                                         f"{data.get('from_worker')} -> {data.get('to_worker')}, "
                                         f"{ms} ms after the last reply"))
-            elif typ == "applied" and client in self.affected:
-                w = data.get("worker")
+            elif typ == "move" and client in self.affected:
+                to = data.get("to_worker") or worker
+                version = data.get("version")
+                self.planned[client] = (t, to, version if isinstance(version, int) else None)
+                self.confirmed.pop(client, None)
+                self.marks.pop("all_confirmed", None)
+                why = data.get("reason")
+                out.append(Entry(t, f"responder: {client} assigned {data.get('from_worker')} -> "
+                                    f"{to}" + (f" v{version}" if version else "")
+                                    + (f" ({why})" if why else "")))
+            elif typ == "client-applied" and client in self.affected:
                 plan = self.planned.get(client)
-                if plan and w == plan[1] and client not in self.confirmed:
-                    self.confirmed[client] = (t, w)
-                    out.append(Entry(t, f"{client}: confirmed, applied v{data.get('version')} "
-                                        f"-> {w}"))
-                    if len(self.confirmed) == len(self.affected):
-                        out += self._mark("all_confirmed", t,
-                                          f"every client of {self.worker} confirmed")
-            elif "alert" in typ and worker == self.worker:
-                out += self._mark("webhook", t, f"responder: webhook received ({typ})")
-            elif worker == self.worker and (data.get("state") == "down" or typ.endswith("down")):
+                version = data.get("version")
+                if (plan and client not in self.confirmed and worker == plan[1]
+                        and (plan[2] is None or version == plan[2])):
+                    self.confirmed[client] = (t, worker)
+                    out.append(Entry(t, f"{client}: confirmed, runs v{version} on {worker}"))
+            elif (typ == "alert" and worker == self.worker and data.get("action") == "failover"
+                    and data.get("status", "firing") == "firing"):
+                out += self._mark("webhook", t, "responder: webhook received "
+                                  f"({data.get('alertname') or 'alert'} firing)")
+            elif typ == "worker-state" and worker == self.worker and data.get("to") == "down":
                 out += self._mark("worker_down", t, f"responder: {self.worker} marked down")
-            elif client in self.affected and data.get("worker") and (
-                    "assign" in typ or "move" in typ or "plan" in typ):
-                w = data["worker"]
-                if w != self.worker and client not in self.planned:
-                    version = data.get("version")
-                    self.planned[client] = (t, w, version if isinstance(version, int) else None)
-                    out.append(Entry(t, f"responder: plan {client} -> {w}"
-                                        + (f" (v{version})" if version else "")))
+        if self.done and "all_confirmed" not in self.marks:
+            last = max([v[0] for v in self.confirmed.values()] + [self.marks["worker_down"]])
+            out += self._mark("all_confirmed", last,
+                              f"control path complete: {self.worker} down at the responder and "
+                              f"every client of it confirmed a healthy worker")
         return out
 
     # ------------------------------------------------------------------ results
     @property
     def done(self) -> bool:
-        return bool(self.affected) and len(self.confirmed) == len(self.affected)
+        """The responder marked the worker down and every client of it runs its assignment."""
+        return "worker_down" in self.marks and all(
+            c in self.confirmed and self.confirmed[c][1] != self.worker for c in self.affected)
 
     def summary(self) -> dict[str, Any]:
         fast_ms = {c: self.fast_reported.get(c) for c in self.affected}
         seen = {c: round(v[0], 3) for c, v in self.fast.items()}
-        control = max((v[0] for v in self.confirmed.values()), default=None)
+        control = self.marks.get("all_confirmed") if self.done else None
         return {
             "worker": self.worker,
             "affected": list(self.affected),
