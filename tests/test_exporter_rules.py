@@ -100,3 +100,18 @@ def test_promtool_rule_tests(tmp_path):
     proc = subprocess.run([promtool(), "test", "rules", str(test_file)], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_promtool_lints_our_page_clean():
+    """`promtool check metrics` (naming, units, HELP/TYPE) finds nothing to complain about."""
+    from exporter.collector import build_families, fleet_names, render_text
+    from tests.fleets import VALID
+    from tests.test_exporter_unit import FRA, reading
+    from wg_failover.fleet import parse_fleet
+
+    fams = build_families(reading(), fleet_names(parse_fleet(VALID), [FRA]), duration=0.01)
+    page = render_text(fams)
+    assert b"wireguard_peer_info{" in page and b"wgfo_worker_capacity{" in page
+    proc = subprocess.run([promtool(), "check", "metrics"], input=page, capture_output=True,
+                          timeout=60)
+    assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
