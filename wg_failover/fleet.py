@@ -24,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    model_validator,
 )
 
 DEFAULT_FLEET_PATH = "/etc/wg-failover/fleet.yaml"
@@ -194,6 +195,16 @@ class Client(_Strict):
     routes: list[Network] = Field(default_factory=list)
     workers: list[Name] | None = None
     token_sha256: Hex64 | None = None
+    # Outbound webhook (responder/webhooks.py): each new assignment is POSTed here, signed with
+    # HMAC-SHA256; the key stays in its own file (never in the fleet file).
+    notify_url: Url | None = None
+    notify_secret_file: str | None = None
+
+    @model_validator(mode="after")
+    def _notify_secret(self) -> Client:
+        if self.notify_url and not self.notify_secret_file:
+            raise ValueError("notify_url needs notify_secret_file (file holding the HMAC key)")
+        return self
 
     @property
     def host_cidr(self) -> str:
@@ -207,7 +218,18 @@ class MqttSettings(_Strict):
     username: str | None = None
     password_file: str | None = None
     tls_ca_file: str | None = None
+    tls_cert_file: str | None = None  # client certificate (mutual TLS), with tls_key_file
+    tls_key_file: str | None = None
     topic_prefix: str = "wg-failover"
+
+
+class WebhookTarget(_Strict):
+    """An integration that wants assignments pushed (responder/webhooks.py)."""
+
+    name: Name
+    url: Url
+    secret_file: str  # file holding the HMAC key
+    clients: list[Name] | None = None  # default: every client
 
 
 class ResponderSettings(_Strict):
@@ -218,6 +240,7 @@ class ResponderSettings(_Strict):
     preempt: bool = False
     preempt_batch_size: int = Field(default=10, ge=1)
     mqtt: MqttSettings | None = None
+    webhooks: list[WebhookTarget] = Field(default_factory=list)
 
     # YAML writes `hold_down_seconds: 60` as an int; strict mode would reject it for a float.
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
