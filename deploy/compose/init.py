@@ -1,0 +1,69 @@
+"""One-shot setup for docker-compose.yml: a fleet, keys and tokens in DIR, unless already there.
+
+Run by the compose service `init` (with the wg-failover image) into the `config` volume, which
+the other services mount at /etc/wg-failover, where every part looks by default:
+  fleet.yaml             the fleet (public keys and token hashes only; mode 0644)
+  keys/NAME.key          private keys of the example worker and clients (0600)
+  tokens/NAME.token      the clients' API tokens (0600)
+  admin-token            for drain/undrain (0600)
+  alert-token            Alertmanager's bearer token (0600, owned by uid 65534: the Alertmanager
+                         image runs as nobody)
+Edit fleet.yaml afterwards (real endpoints, more workers): `wg-failover check` validates it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from wg_failover.fleet import dump_fleet
+from wg_failover.gen import generate_fleet
+
+NOBODY = 65534
+WORKERS = int(os.environ.get("WGFO_WORKERS", "1"))
+CLIENTS = int(os.environ.get("WGFO_CLIENTS", "2"))
+# How clients and Prometheus reach the workers; compose service names by default.
+WORKER_HOST = os.environ.get("WGFO_WORKER_HOST", "worker{n}")
+RESPONDER_URL = os.environ.get("WGFO_RESPONDER_URL", "http://responder:8080")
+
+
+def secret(path: Path, text: str, owner: int | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+    if owner is not None:
+        os.chown(path, owner, owner)
+
+
+def main(argv: list[str]) -> int:
+    directory = Path(argv[0] if argv else "/etc/wg-failover")
+    fleet_path = directory / "fleet.yaml"
+    if fleet_path.exists():
+        print(f"{fleet_path} exists; nothing to do")
+        return 0
+    gen = generate_fleet(WORKERS, CLIENTS,
+                         worker_host=lambda i: WORKER_HOST.format(n=i + 1),
+                         responder_url=RESPONDER_URL)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, key in gen.private_keys.items():
+        secret(directory / "keys" / f"{name}.key", key)
+    for name, token in gen.tokens.items():
+        if name == "admin":
+            secret(directory / "admin-token", token)
+        elif name == "alert":
+            secret(directory / "alert-token", token, owner=NOBODY if os.geteuid() == 0 else None)
+        else:
+            secret(directory / "tokens" / f"{name}.token", token)
+    tmp = fleet_path.with_suffix(".tmp")
+    tmp.write_text(dump_fleet(gen.fleet))
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, fleet_path)  # last: its presence means the rest is complete
+    print(f"wrote {fleet_path}: {WORKERS} worker(s), {CLIENTS} client(s); keys and tokens "
+          f"beside it (0600)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
