@@ -17,11 +17,13 @@ from __future__ import annotations
 import struct
 import threading
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from .collector import Family, render_family
 
 CACHE_MIN_SAMPLES = 1000  # small families are cheaper to redo than to compare
+PARALLEL_MIN_BYTES = 1 << 18  # below this, handing a chunk to a thread costs more than it saves
 
 
 def cacheable(f: Family) -> bool:
@@ -58,22 +60,21 @@ class PageRenderer:
     def __init__(self) -> None:
         self._cache: dict[str, _Entry] = {}
         self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="wgfo-gzip")
 
-    def _entries(self, families: Sequence[Family]) -> list[tuple[bytes, _Entry | None]]:
-        out: list[tuple[bytes, _Entry | None]] = []
+    def _entries(self, families: Sequence[Family]) -> Iterator[tuple[bytes, _Entry | None]]:
         for f in families:
             if not cacheable(f):
                 self._cache.pop(f.name, None)
                 text = render_family(f)
                 if text:
-                    out.append((text, None))
+                    yield text, None
                 continue
             entry = self._cache.get(f.name)
             if entry is None or entry.samples != f.samples:
                 entry = _Entry(f.samples, render_family(f))
                 self._cache[f.name] = entry
-            out.append((entry.text, entry))
-        return out
+            yield entry.text, entry
 
     def text(self, families: Sequence[Family]) -> list[bytes]:
         with self._lock:
@@ -81,15 +82,24 @@ class PageRenderer:
 
     def gzip(self, families: Sequence[Family]) -> list[bytes]:
         with self._lock:
-            segments = []
+            parts: list[tuple[_Entry | None, bytes | Future[bytes]]] = []
             crc = size = 0
+            # zlib releases the GIL while it compresses: big families are compressed in the
+            # pool while this thread writes the next one (random public keys make the counter
+            # families the slow part of compressing).
             for text, entry in self._entries(families):
                 crc = zlib.crc32(text, crc)
                 size += len(text)
-                if entry is None:
-                    segments.append(deflate_segment(text))
+                if entry is not None and entry.deflated is not None:
+                    parts.append((None, entry.deflated))
+                elif len(text) >= PARALLEL_MIN_BYTES:
+                    parts.append((entry, self._pool.submit(deflate_segment, text)))
                 else:
-                    if entry.deflated is None:
-                        entry.deflated = deflate_segment(text)
-                    segments.append(entry.deflated)
+                    parts.append((entry, deflate_segment(text)))
+            segments = []
+            for entry, part in parts:
+                seg = part if isinstance(part, bytes) else part.result()
+                if entry is not None:
+                    entry.deflated = seg
+                segments.append(seg)
             return gzip_wrap(segments, crc, size)

