@@ -225,21 +225,30 @@ def render(base: str, dashboard: Mapping[str, Any], out: Path, *, minutes: float
     values = dict(values or {})
     end = end or time.time()
     start = end - minutes * 60
-    step = max(1.0, (end - start) / 300)
+    # Grafana's $__interval is about range / max data points; the bars of per-interval counts
+    # are only right when the step equals it.
+    step = float(max(1, round((end - start) / 200)))
     values.setdefault("__range", f"{int(end - start)}s")
+    values.setdefault("__interval", f"{step:g}s")
     panels = [p for p in iter_panels(dashboard) if p.get("type") != "row"]
     rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels)
     unit_w, unit_h = 0.75, 0.42  # inches per grid column / row
     fig = plt.figure(figsize=(24 * unit_w, rows * unit_h + 0.8), facecolor=_BG)
+    names = ", ".join(f"{a['name']} = {a.get('iconColor')}"
+                      for a in dashboard.get("annotations", {}).get("list", []))
     fig.suptitle(f"{dashboard['title']}  (drawn from Prometheus with matplotlib; last "
-                 f"{minutes:g} min)", color=_FG, fontsize=13, x=0.01, ha="left", y=0.995)
+                 f"{minutes:g} min; dashed lines: {names or 'none'})", color=_FG, fontsize=13,
+                 x=0.01, ha="left", y=0.995)
     top = rows * unit_h / (rows * unit_h + 0.8)
     annotations = _annotation_times(base, dashboard, values, start, end, step)
 
     for p in panels:
         g = p["gridPos"]
-        left = g["x"] / 24 + 0.004
-        width = g["w"] / 24 - 0.008
+        kind = p["type"]
+        # Graphs keep room on the left for their axis labels, inside the panel's box.
+        pad = {"timeseries": 0.045, "state-timeline": 0.09}.get(kind, 0.0)
+        left = g["x"] / 24 + 0.004 + pad * 24 / max(g["w"], 6) / 3
+        width = g["w"] / 24 - 0.008 - (left - g["x"] / 24 - 0.004)
         height = (g["h"] / rows) * top - 0.03
         bottom = top - (g["y"] + g["h"]) / rows * top + 0.012
         ax = fig.add_axes((left, bottom, width, height), facecolor=_PANEL_BG)
@@ -248,7 +257,6 @@ def render(base: str, dashboard: Mapping[str, Any], out: Path, *, minutes: float
             spine.set_color(_GRID)
         ax.tick_params(colors=_FG, labelsize=7)
         defaults = p.get("fieldConfig", {}).get("defaults", {})
-        kind = p["type"]
         try:
             if kind == "timeseries":
                 _draw_timeseries(ax, base, p, defaults, values, start, end, step, annotations)
@@ -311,8 +319,9 @@ def _draw_timeseries(ax, base, p, defaults, values, start, end, step, annotation
             if t["refId"] in negative:
                 ys = [-y for y in ys]
             label = legend(t.get("legendFormat", ""), s["metric"])
-            if bars:
-                ax.bar(xs, ys, width=step / 86400, label=label, alpha=0.85)
+            if bars:  # at least 1/150 of the range wide, or a 1 s bar is invisible
+                ax.bar(xs, ys, width=max(step, (end - start) / 150) / 86400, label=label,
+                       alpha=0.85)
             else:
                 ax.plot(xs, ys, label=label, linewidth=1.4,
                         linestyle="--" if t["refId"] in dashed else "-",
@@ -321,6 +330,12 @@ def _draw_timeseries(ax, base, p, defaults, values, start, end, step, annotation
             any_data = True
     _draw_annotations(ax, annotations)
     ax.set_xlim(datetime.fromtimestamp(start), datetime.fromtimestamp(end))
+    custom = defaults.get("custom", {})
+    lo = defaults.get("min", custom.get("axisSoftMin"))
+    if lo is not None and not negative:
+        ax.set_ylim(bottom=min(lo, ax.get_ylim()[0]))
+    if defaults.get("max") is not None:
+        ax.set_ylim(top=defaults["max"] * 1.02)
     ax.grid(color=_GRID, linewidth=0.5)
     ax.yaxis.set_major_formatter(lambda v, _pos: fmt_value(abs(v), unit))
     if any_data:
@@ -364,6 +379,9 @@ def _draw_stat(ax, base, p, defaults, values, at) -> None:
     ax.set_yticks([])
     t = p["targets"][0]
     result = run_instant(base, substitute(t["expr"], values), at)
+    # Several queries in one stat: Grafana shows each value; here they share the box.
+    extra = [r for t2 in p["targets"][1:]
+             for r in run_instant(base, substitute(t2["expr"], values), at)[:1]]
     if not result:
         ax.text(0.5, 0.45, "No data", color=_FG, ha="center", va="center",
                 transform=ax.transAxes, fontsize=14)
@@ -375,6 +393,9 @@ def _draw_stat(ax, base, p, defaults, values, at) -> None:
     else:
         mapped = _mapped(defaults, value)
         text = mapped[0] if mapped else fmt_value(value, defaults.get("unit", ""))
+        if extra:
+            text = " / ".join([text] + [fmt_value(float(r["value"][1]), defaults.get("unit", ""))
+                                        for r in extra])
     ax.set_facecolor(_threshold_color(defaults, value))
     ax.text(0.5, 0.42, text, color="white", ha="center", va="center", transform=ax.transAxes,
             fontsize=22, fontweight="bold")
@@ -408,6 +429,8 @@ def _draw_table(ax, base, p, defaults, values, at) -> None:
             value = float(s["value"][1])
             mapped = _mapped(defaults, value) if unit == defaults.get("unit") else None
             row[col] = mapped[0] if mapped else fmt_value(value, unit)
+    order = organize.get("indexByName", {})
+    label_cols.sort(key=lambda c: order.get(c, len(order)))
     header = [rename.get(c, c) for c in label_cols] + value_cols
     cells = [[r.get(c, "") for c in label_cols] + [r.get(c, "") for c in value_cols]
              for r in sorted(rows.values(), key=lambda r: [r.get(c, "") for c in label_cols])]

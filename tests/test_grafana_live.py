@@ -49,9 +49,9 @@ NO_FAILOVER_YET = "the counter is created at the first failover / client move"
 MAY_BE_EMPTY = {
     ("wgfo-overview", "Failovers and client moves", "A"): NO_FAILOVER_YET,
     ("wgfo-overview", "Failovers and client moves", "B"): NO_FAILOVER_YET,
-    ("wgfo-overview", "Time to detect and to notify (p95)", "A"):
+    ("wgfo-overview", "Alert delivery and client notification (p95)", "A"):
         "no alert delivered yet: the histogram has no observations (quantile is NaN)",
-    ("wgfo-overview", "Time to detect and to notify (p95)", "B"):
+    ("wgfo-overview", "Alert delivery and client notification (p95)", "B"):
         "no client notified of a new assignment yet (quantile is NaN)",
     ("wgfo-overview", "Failovers", ""): NO_FAILOVER_YET,
     ("wgfo-overview", "Client moves", ""): NO_FAILOVER_YET,
