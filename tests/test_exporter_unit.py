@@ -365,3 +365,23 @@ def test_coalesce_keeps_bytes_and_order():
     assert b"".join(out) == b"".join(chunks)
     assert out == [b"a" * 10, b"b" * 70000, b"c" + b"d" * 5, b"e" * 65536, b"f"]
     assert server.coalesce([]) == []
+
+
+def test_fleet_file_is_reloaded_on_change_and_a_bad_edit_keeps_the_last_good(tmp_path):
+    import os
+
+    from exporter.collector import FleetSource
+    from wg_failover.fleet import load_fleet
+
+    path = tmp_path / "fleet.yaml"
+    path.write_text(VALID)
+    source = FleetSource(path, load_fleet(path))
+    assert source.get().client("alice-laptop")
+    path.write_text(VALID.replace("alice-laptop", "alice-desktop"))
+    os.utime(path, (1, 1))  # a different mtime, however fast the test runs
+    assert [c.name for c in source.get().clients][0] == "alice-desktop"
+    path.write_text(VALID.replace("capacity: 200", "capacity: lots"))
+    os.utime(path, (2, 2))
+    assert [c.name for c in source.get().clients][0] == "alice-desktop"
+    fams = build_families(reading(), fleet_names(source.get(), [FRA]))
+    assert samples(fams, "wgfo_worker_capacity") == {("fra-1",): 200}
