@@ -155,7 +155,7 @@ class ResponderProc:
             self.proc = subprocess.Popen(
                 [WG_FAILOVER, "responder", "--fleet", str(self.fleet_path),
                  "--db", str(self.db_path), "--listen", f"127.0.0.1:{self.port}",
-                 "--log-level", "warning"],
+                 "--log-level", os.environ.get("WGFO_TEST_RESPONDER_LOG_LEVEL", "warning")],
                 stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
             )
         finally:
