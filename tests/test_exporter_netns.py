@@ -8,6 +8,7 @@ as Prometheus would. Values are checked against `wg show` read just before and a
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -209,3 +210,58 @@ def test_runs_without_root_given_capabilities(lab):
     assert gen.private_keys[gen.fleet.workers[0].name] not in body
     code, body = scrape(worker, "http://127.0.0.1:9587/metrics")
     assert code == 200 and one(metrics(body)["wgfo_scrape_success"]) == 0
+
+
+def test_real_prometheus_scrapes_the_exporter(lab, tmp_path):
+    """The real consumer: Prometheus (gzip, its own parser) scrapes the exporter in the worker's
+    namespace, with the http_sd-style target labels; the series arrive as the rules expect."""
+    import json
+    import shutil
+    import urllib.parse
+
+    if shutil.which("prometheus") is None:
+        if os.environ.get("CI"):
+            pytest.fail("prometheus not installed")
+        pytest.skip("prometheus not installed")
+    gen, fleet_file, worker, wif, client = lab
+    fleet = gen.fleet
+    worker.popen([*EXPORTER, "--listen", "127.0.0.1:9586", "-i", wif.name,
+                  "--fleet", str(fleet_file)])
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        "  - job_name: wg-failover-exporter\n"
+        "    static_configs:\n"
+        "      - targets: ['127.0.0.1:9586']\n"
+        "        labels: {worker: w1, region: lab}\n"
+    )
+    data = tmp_path / "tsdb"
+    data.mkdir()
+    worker.popen(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={data}",
+                  "--web.listen-address=127.0.0.1:9090"],
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client.ping(fleet.workers[0].tunnel_address, count=3, timeout=2)
+
+    def query(expr: str) -> list[dict]:
+        url = "http://127.0.0.1:9090/api/v1/query?query=" + urllib.parse.quote(expr)
+        code, body = scrape(worker, url)
+        assert code == 200, body
+        return json.loads(body)["data"]["result"]
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if query('up{job="wg-failover-exporter"} == 1') and query("wgfo_scrape_success == 1"):
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("Prometheus never scraped the exporter successfully")
+    assert query('scrape_samples_scraped{job="wg-failover-exporter"} > 10')
+    names = {r["metric"]["name"] for r in query("wireguard_peer_info")}
+    assert names == {c.name for c in fleet.clients}
+    [info] = query("wgfo_worker_info")
+    # Target labels win; ours arrive as exported_* (see docs/exporter.md).
+    assert info["metric"]["worker"] == "w1" and info["metric"]["exported_worker"] == "w1"
+    joined = query("wireguard_peer_receive_bytes_total * on (device, public_key) "
+                   "group_left (name) wireguard_peer_info")
+    assert {r["metric"]["name"] for r in joined} == {c.name for c in fleet.clients}
