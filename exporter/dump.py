@@ -53,11 +53,14 @@ def parse_rows(text: str, device: str | None = None) -> Snapshot:
                 pub, _psk, endpoint, allowed, hs, rx, tx, ka = cols[skip:]
                 if ka != "off":
                     int(ka)
-                append((
-                    dev, pub, "" if endpoint == "(none)" else endpoint,
-                    () if allowed == "(none)" else tuple(a for a in allowed.split(",") if a),
-                    int(hs), int(rx), int(tx),
-                ))
+                if allowed == "(none)":
+                    ips: tuple[str, ...] = ()
+                else:
+                    ips = tuple(allowed.split(","))
+                    if "" in ips:
+                        ips = tuple(a for a in ips if a)
+                append((dev, pub, "" if endpoint == "(none)" else endpoint, ips,
+                        int(hs), int(rx), int(tx)))
             elif n == 4:
                 _priv, pub, port, fwmark = cols[skip:]
                 out.devices[dev] = Device(dev, None if pub == "(none)" else pub, int(port),

@@ -93,6 +93,7 @@ def test_lean_reader_matches_the_core_reader():
     two = DUMP + (
         f"wg1\t(none)\t(none)\t0\t0x10\n"
         f"wg1\t{ALICE}\t{PRIV}\t[fd00::1]:51820\t(none)\t5\t6\t7\t0\n"
+        f"wg1\t{FRA}\t(none)\t(none)\t10.1.0.0/16,,10.2.0.0/16,\t0\t0\t0\toff\n"
     )
     for text, device in ((two, None), (DUMP.replace("wg0\t", ""), "wgX")):
         core, lean = wg.parse_dump(text, device), parse_rows(text, device)
