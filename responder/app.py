@@ -248,6 +248,14 @@ class AppState:
         return {"client": a.client, "worker": a.worker, "backups": list(a.backups),
                 "version": a.version, "reason": a.reason, "since": iso(a.since)}
 
+    def all_assignments(self) -> list[dict[str, Any]]:
+        """Every fleet client's current assignment (for a notifier's start, e.g. MQTT retain)."""
+        return [self.assignment_json(self.assignments[c.name]) for c in self.fleet.clients
+                if c.name in self.assignments]
+
+    def all_workers(self) -> list[dict[str, Any]]:
+        return [self.worker_json(w.name) for w in self.fleet.workers]
+
     def worker_json(self, name: str) -> dict[str, Any]:
         v = self.views()[name]
         row = self.workers[name]
@@ -999,6 +1007,7 @@ def create_app(fleet: Fleet, db_path: str) -> FastAPI:
                             for w, p in probe[1].items()},
             },
             "events": [_event_json(e) for e in events],
+            "delivery": s.registry.client_status(name),
         }
 
     @app.get("/v1/events", tags=["ops"])

@@ -21,15 +21,21 @@ Adding a channel (issue 7: MQTT, outbound webhooks) needs no edit to the other r
 
     register_factory("mqtt", factory)
 
-and list the module in the `wg_failover.responder_notifiers` entry-point group (or import it
-before the app starts). `channel` values for `wgfo_notification_latency_seconds` are
+Modules named `responder/notify_*.py` are imported at start by `load_plugins()` (so a file
+`responder/notify_mqtt.py` is all it takes); modules elsewhere can be listed in the
+`wg_failover.responder_notifiers` entry-point group. A notifier may also have
+`def client_status(self, client: str) -> dict | None`: its answer appears under
+`delivery.{name}` in `GET /v1/clients/{client}` (`name`: the notifier's `name` attribute, else
+its class name). `channel` values for `wgfo_notification_latency_seconds` are
 sse | longpoll | mqtt | webhook; `app_state.metrics.notification_latency.labels(channel=...)`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
+import pkgutil
 import time
 from collections import deque
 from collections.abc import Callable
@@ -67,11 +73,20 @@ def register_factory(name: str, factory: NotifierFactory) -> None:
 
 
 def load_plugins() -> None:
-    """Import modules listed in the `wg_failover.responder_notifiers` entry-point group."""
+    """Import the notifier modules: `responder/notify_*.py` in this package, then any module in
+    the `wg_failover.responder_notifiers` entry-point group. Each registers its factory."""
+    import responder
+
+    for mod in sorted(pkgutil.iter_modules(responder.__path__), key=lambda m: m.name):
+        if mod.name.startswith("notify_"):
+            try:
+                importlib.import_module(f"responder.{mod.name}")
+            except Exception as exc:  # one broken channel must not stop the responder
+                log.warning("notifier module responder.%s unavailable: %s", mod.name, exc)
     for ep in entry_points(group="wg_failover.responder_notifiers"):
         try:
             ep.load()
-        except Exception as exc:  # one broken channel must not stop the responder
+        except Exception as exc:
             log.warning("notifier plugin %s unavailable: %s", ep.name, exc)
 
 
@@ -104,6 +119,20 @@ class Registry:
                 await n.stop()
             except Exception as exc:
                 log.warning("notifier %s did not stop cleanly: %s", type(n).__name__, exc)
+
+    def client_status(self, client: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for n in self.notifiers:
+            fn = getattr(n, "client_status", None)
+            if fn is None:
+                continue
+            try:
+                status = fn(client)
+            except Exception as exc:
+                status = {"error": str(exc)}
+            if status is not None:
+                out[getattr(n, "name", type(n).__name__)] = status
+        return out
 
     def assignment_changed(self, assignment: dict[str, Any]) -> None:
         for n in self.notifiers:
@@ -202,6 +231,11 @@ class Hub:
 
     def worker_changed(self, worker: dict[str, Any]) -> None:
         return None
+
+    name = "sse"
+
+    def client_status(self, client: str) -> dict[str, Any] | None:
+        return {"subscribers": len(self.subs.get(client, ()))}
 
     def observe(self, channel: str, t0: float) -> None:
         if self.latency is not None:

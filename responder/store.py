@@ -152,11 +152,13 @@ class Store:
         return Loaded(workers, assignments, alerts, unusable, last)
 
     def seen(self, keys: list[str]) -> set[str]:
-        if not keys:
-            return set()
-        marks = ",".join("?" * len(keys))
-        rows = self.db.execute(f"SELECT key FROM dedup WHERE key IN ({marks})", keys)
-        return {r[0] for r in rows}
+        out: set[str] = set()
+        for i in range(0, len(keys), 500):  # stay under SQLite's bound-parameter limit
+            part = keys[i:i + 500]
+            marks = ",".join("?" * len(part))
+            rows = self.db.execute(f"SELECT key FROM dedup WHERE key IN ({marks})", part)
+            out |= {r[0] for r in rows}
+        return out
 
     def commit(self, tx: Tx, durable: bool = True) -> list[int]:
         """Write `tx` in one transaction; returns the new events' ids. Raises StoreError.
