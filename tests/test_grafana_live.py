@@ -305,7 +305,7 @@ def test_every_dashboard_query_on_real_prometheus(stack):
     wait_for("the failover in Prometheus", lambda: rp.has_finite_value(rp.run_instant(
         prom, "histogram_quantile(0.95, sum by (le, channel) "
               "(rate(wgfo_notification_latency_seconds_bucket[1m])))"))
-        and rp.run_instant(prom, f'wgfo_failovers_total{{worker="{FAILED_WORKER}"}}'), timeout=20)
+        and rp.run_instant(prom, f'wgfo_failovers_total{{worker="{FAILED_WORKER}"}}'), timeout=40)
     time.sleep(2)  # a couple more samples of the new state for the range queries
     if history:
         time.sleep(history / 2)
