@@ -27,9 +27,11 @@ import ctypes.util
 import hashlib
 import hmac
 import ipaddress
+import logging
 import secrets
 import socket
 import ssl
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -43,6 +45,8 @@ from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 
 from .collector import WireGuardCollector
 from .render import PageRenderer
+
+log = logging.getLogger("wg-failover.exporter")
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -185,6 +189,8 @@ class BasicAuth:
         self.users = users
         self._pepper = secrets.token_bytes(16)
         self._ok: set[bytes] = set()
+        cost = next(iter(users.values()), "$2b$10$")[4:6] if users else "10"
+        self._dummy = bcrypt_hash(secrets.token_urlsafe(16), cost=int(cost))
 
     def check(self, header: str | None) -> bool:
         if not header or not header.startswith("Basic "):
@@ -195,6 +201,9 @@ class BasicAuth:
             return False
         hashed = self.users.get(user)
         if hashed is None:
+            # Spend a bcrypt check anyway, so the answer's timing does not tell which user
+            # names exist.
+            bcrypt_check(password, self._dummy)
             return False
         key = hashlib.sha256(self._pepper + f"{user}\0{password}\0{hashed}".encode()).digest()
         if key in self._ok:
@@ -353,6 +362,11 @@ def serve(app, host: str, port: int, tls: ssl.SSLContext | None = None):
                 conn.settimeout(30)
                 conn = tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
             return conn, addr
+
+        def handle_error(self, request, client_address) -> None:
+            # A failed TLS handshake or a client gone mid-answer: one line, not a traceback.
+            exc = sys.exc_info()[1]
+            log.info("request from %s failed: %s", client_address[0], exc)
 
     bind_host = host or ("::" if family == socket.AF_INET6 else "0.0.0.0")
     return make_server(bind_host, port, app, Server, handler_class=_QuietHandler)

@@ -81,6 +81,8 @@ def test_tls_and_basic_auth(tmp_path, cert):
     finally:
         proc.terminate()
         proc.wait(10)
+    log = proc.stderr.read()
+    assert "Traceback" not in log and "s3cret" not in log, log
 
 
 @pytest.mark.parametrize("content, message", [
