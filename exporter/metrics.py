@@ -26,7 +26,7 @@ _DEFS = [
               "Metadata about a WireGuard device (always 1)."),
     MetricDef("wireguard_peer_info", "gauge", ("device", "public_key", "endpoint", "name"),
               "Metadata about a peer (always 1): its current endpoint and its name from the fleet "
-              "file (empty when unknown). Join on {device,public_key} with group_left."),
+              "file (empty when unknown). Join on {instance,device,public_key} with group_left."),
     MetricDef("wireguard_peer_allowed_ips_info", "gauge", ("device", "public_key", "allowed_ips"),
               "One series per allowed IP prefix of a peer (always 1)."),
     MetricDef("wireguard_peer_receive_bytes_total", "counter", ("device", "public_key"),

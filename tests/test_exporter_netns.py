@@ -262,6 +262,6 @@ def test_real_prometheus_scrapes_the_exporter(lab, tmp_path):
     [info] = query("wgfo_worker_info")
     # Target labels win; ours arrive as exported_* (see docs/exporter.md).
     assert info["metric"]["worker"] == "w1" and info["metric"]["exported_worker"] == "w1"
-    joined = query("wireguard_peer_receive_bytes_total * on (device, public_key) "
+    joined = query("wireguard_peer_receive_bytes_total * on (instance, device, public_key) "
                    "group_left (name) wireguard_peer_info")
     assert {r["metric"]["name"] for r in joined} == {c.name for c in fleet.clients}
