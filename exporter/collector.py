@@ -300,6 +300,15 @@ class WireGuardCollector:
         return dump
 
     def read(self) -> list[Family]:
+        """One scrape's families. Whatever goes wrong, a page with wgfo_scrape_success 0."""
+        try:
+            return self._read()
+        except Exception as exc:  # a bug must cost one scrape, not the exporter or a 500 page
+            log.error("scrape failed unexpectedly: %r", exc)
+            reading = Reading(Snapshot(), ["all"], {}, None, system.load_average(), time.time())
+            return build_families(reading, Names({}, None))
+
+    def _read(self) -> list[Family]:
         start = time.perf_counter()
         errors: list[str] = []
         failed: list[str] = []

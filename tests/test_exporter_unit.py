@@ -386,3 +386,16 @@ def test_fleet_file_is_reloaded_on_change_and_a_bad_edit_keeps_the_last_good(tmp
     assert [c.name for c in source.get().clients][0] == "alice-desktop"
     fams = build_families(reading(), fleet_names(source.get(), [FRA]))
     assert samples(fams, "wgfo_worker_capacity") == {("fra-1",): 200}
+
+
+def test_a_bug_after_reading_still_serves_200():
+    class Broken(FakeWg):
+        def __init__(self):
+            super().__init__(DUMP, sys_root="/nonexistent")
+            self.fleet = self  # a fleet source whose get() blows up
+
+        def get(self):
+            raise KeyError("boom")
+
+    status, _, body = call(server.make_app(Broken()))
+    assert status == "200 OK" and b"wgfo_scrape_success 0" in body
