@@ -1,0 +1,124 @@
+"""Assignments over MQTT: the switcher subscribes to its own retained topic instead of SSE.
+
+The responder publishes each client's assignment retained, QoS 1, on
+`{prefix}/clients/{name}/assignment`; subscribing hands over the current assignment at once (the
+retained message) and every later one. paho's network thread does the socket work and reconnects
+with backoff; messages cross into the switcher's event loop with `call_soon_threadsafe`. The
+switcher drops versions it already has, so a republished (duplicate) message is harmless.
+
+With a broker ACL of `pattern read {prefix}/clients/%u/assignment` and the client's fleet name as
+its MQTT username, a client reads only its own assignment (docs/notify.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from .core import Assignment, AssignmentError
+from .sources import Deliver
+
+log = logging.getLogger("wg_failover.switcher")
+
+
+class MqttUrlError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class MqttUrl:
+    host: str
+    port: int
+    tls: bool
+
+
+def parse_mqtt_url(url: str) -> MqttUrl:
+    """`mqtt://host[:1883]` or `mqtts://host[:8883]`; the password never goes in the URL."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("mqtt", "mqtts"):
+        raise MqttUrlError(f"{url!r}: expected mqtt://host:port or mqtts://host:port")
+    if parts.password:
+        raise MqttUrlError("put the MQTT password in --mqtt-password-file, not in the URL")
+    if not parts.hostname:
+        raise MqttUrlError(f"{url!r}: no host")
+    try:
+        port = parts.port or (8883 if scheme == "mqtts" else 1883)
+    except ValueError:
+        raise MqttUrlError(f"{url!r}: bad port") from None
+    return MqttUrl(parts.hostname, port, scheme == "mqtts")
+
+
+class MqttAssignmentSource:
+    """An `AssignmentSource` (client.sources) fed by the client's retained MQTT topic."""
+
+    def __init__(self, url: str, client: str, *, username: str | None = None,
+                 password: str | None = None, ca_file: str | None = None,
+                 topic_prefix: str = "wg-failover",
+                 on_connected: Callable[[bool], None] | None = None) -> None:
+        self.url = parse_mqtt_url(url)
+        self.client = client
+        self.username = username
+        self.password = password
+        self.ca_file = ca_file
+        self.topic = f"{topic_prefix.rstrip('/')}/clients/{client}/assignment"
+        self.on_connected = on_connected or (lambda _up: None)
+        self.connected = False
+
+    def parse(self, payload: bytes) -> Assignment | None:
+        try:
+            return Assignment.from_json(json.loads(payload), self.client)
+        except (ValueError, UnicodeDecodeError, AssignmentError) as exc:
+            log.warning("mqtt: ignoring an unusable assignment on %s: %s", self.topic, exc)
+            return None
+
+    async def run(self, deliver: Deliver, after: Callable[[], int]) -> None:
+        # `after` is not needed: the retained message is always the newest assignment, and the
+        # switcher ignores versions it already has.
+        loop = asyncio.get_running_loop()
+
+        def status(up: bool) -> None:
+            self.connected = up
+            self.on_connected(up)
+
+        def on_connect(c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+            if reason.is_failure:
+                log.warning("mqtt: broker refused the connection: %s", reason)
+                return
+            c.subscribe(self.topic, qos=1)
+            log.info("mqtt: connected to %s:%d, following %s", self.url.host, self.url.port,
+                     self.topic)
+            loop.call_soon_threadsafe(status, True)
+
+        def on_disconnect(_c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+            log.info("mqtt: disconnected (%s); reconnecting", reason)
+            loop.call_soon_threadsafe(status, False)
+
+        def on_message(_c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+            a = self.parse(msg.payload)
+            if a is not None:
+                loop.call_soon_threadsafe(deliver, a)
+
+        c = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
+        if self.username:
+            c.username_pw_set(self.username, self.password)
+        if self.url.tls:
+            c.tls_set(ca_certs=self.ca_file, cert_reqs=ssl.CERT_REQUIRED)
+        c.reconnect_delay_set(1, 30)
+        c.on_connect, c.on_disconnect, c.on_message = on_connect, on_disconnect, on_message
+        c.connect_async(self.url.host, self.url.port, keepalive=30)
+        c.loop_start()
+        try:
+            await asyncio.Event().wait()  # until cancelled
+        finally:
+            c.disconnect()
+            await asyncio.to_thread(c.loop_stop)

@@ -1,0 +1,320 @@
+"""MQTT notifier: every assignment and worker change, retained QoS 1, on the fleet's broker.
+
+Topics (DESIGN.md): `{prefix}/clients/{name}/assignment` (the API's assignment JSON, with
+version) and `{prefix}/workers/{name}` (the `GET /v1/workers` entry); `{prefix}/responder` holds
+"online", and the broker sets it to "offline" (our last will) when the responder vanishes.
+
+The seam's callbacks run on the event loop inside the app's write lock, so they only record the
+newest payload of a topic in a dict and mark the topic dirty. One publisher thread hands dirty
+topics to paho (whose own network thread does the socket work and reconnects with backoff).
+Because a topic's payload is read at publish time, a backlog holds at most one message per topic
+and the newest state always wins. On every (re)connect all topics are marked dirty again: a
+broker that restarted without persistence, or lost messages in flight, gets the full current
+state back, so no assignment is lost through an outage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client import Counter, Gauge
+
+from .notify import register_factory
+
+log = logging.getLogger("wg_failover.responder.mqtt")
+
+# Unacknowledged publishes handed to paho at once: enough to fill the pipe to a remote broker,
+# small enough that a dead connection does not pile up a large duplicate backlog inside paho.
+MAX_OUTSTANDING = 2000
+RECONNECT_MIN, RECONNECT_MAX = 1, 30  # seconds; paho doubles the delay between attempts
+
+
+class MqttConfigError(ValueError):
+    """Bad MQTT settings (URL, password file): the notifier does not start."""
+
+
+@dataclass(frozen=True)
+class BrokerUrl:
+    host: str
+    port: int
+    tls: bool
+
+
+def parse_broker_url(url: str) -> BrokerUrl:
+    """`mqtt://host[:1883]` or `mqtts://host[:8883]` (TLS). Credentials never go in the URL."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise MqttConfigError(f"{url!r}: expected mqtt://host:port or mqtts://host:port")
+    if parts.username or parts.password:
+        raise MqttConfigError(f"{parts.hostname}: put the user in `username` and the password "
+                              "in `password_file`, not in the URL")
+    if not parts.hostname:
+        raise MqttConfigError(f"{url!r}: no host")
+    tls = scheme in ("mqtts", "ssl")
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError:
+        raise MqttConfigError(f"{url!r}: bad port") from None
+    return BrokerUrl(parts.hostname, port, tls)
+
+
+def read_secret_file(path: str, what: str) -> str:
+    try:
+        value = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MqttConfigError(f"{what} {path}: cannot read ({type(exc).__name__})") from None
+    if not value:
+        raise MqttConfigError(f"{what} {path}: empty")
+    return value
+
+
+def assignment_topic(prefix: str, client: str) -> str:
+    return f"{prefix}/clients/{client}/assignment"
+
+
+def worker_topic(prefix: str, worker: str) -> str:
+    return f"{prefix}/workers/{worker}"
+
+
+def encode(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+
+
+class MqttNotifier:
+    name = channel = "mqtt"
+
+    def __init__(self, settings: Any, password: str | None = None,
+                 client_id: str | None = None):
+        self.settings = settings
+        self.broker = parse_broker_url(settings.url)
+        self.prefix = settings.topic_prefix.rstrip("/")
+        self.password = password
+        self.client_id = client_id or f"wgfo-responder-{socket.gethostname()}-{os.getpid()}"
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        # topic -> [payload dict, t0 (monotonic time of the change, None once published), client]
+        self.state: dict[str, list[Any]] = {}
+        self.dirty: dict[str, None] = {}  # insertion-ordered set
+        self.connected = False
+        self.stopping = False
+        self.acks: deque[tuple[int, float]] = deque()  # filled by paho's thread (on_publish)
+        self.outstanding: dict[int, tuple[str, int | None, float | None]] = {}
+        self.acked_version: dict[str, int] = {}  # client -> newest version the broker took
+        self.mqttc: paho.Client | None = None
+        self.thread: threading.Thread | None = None
+        self.latency: Any = None
+        self.published: Counter | None = None
+        self.connects: Counter | None = None
+
+    # ----------------------------------------------------------------- the seam
+
+    def assignment_changed(self, assignment: dict[str, Any]) -> None:
+        self._put(assignment_topic(self.prefix, assignment["client"]), assignment,
+                  assignment["client"])
+
+    def worker_changed(self, worker: dict[str, Any]) -> None:
+        self._put(worker_topic(self.prefix, worker["name"]), worker, None)
+
+    def _put(self, topic: str, payload: dict[str, Any], client: str | None) -> None:
+        with self.cond:
+            self.state[topic] = [payload, time.monotonic(), client]
+            self.dirty[topic] = None
+            self.cond.notify()
+
+    def client_status(self, name: str) -> dict[str, Any]:
+        topic = assignment_topic(self.prefix, name)
+        with self.lock:
+            item = self.state.get(topic)
+            pending = topic in self.dirty
+        return {"connected": self.connected, "topic": topic,
+                "published_version": self.acked_version.get(name),
+                "pending_version": item[0]["version"] if item and pending else None}
+
+    # ----------------------------------------------------------------- start / stop
+
+    async def start(self, app_state: Any) -> None:
+        m = app_state.metrics
+        self.latency = m.notification_latency.labels(channel="mqtt")
+        self.published = Counter("wgfo_mqtt_published_total",
+                                 "MQTT messages the broker acknowledged (PUBACK)",
+                                 registry=m.registry)
+        self.connects = Counter("wgfo_mqtt_connects_total", "Successful MQTT (re)connects",
+                                registry=m.registry)
+        up = Gauge("wgfo_mqtt_connected", "1 while connected to the MQTT broker",
+                   registry=m.registry)
+        up.set_function(lambda: 1.0 if self.connected else 0.0)
+        backlog = Gauge("wgfo_mqtt_backlog", "Topics waiting to be published or acknowledged",
+                        registry=m.registry)
+        backlog.set_function(lambda: float(len(self.dirty) + len(self.outstanding)))
+        # The current state, so a fresh broker (or one that lost its retained store) has it all.
+        for w in app_state.fleet.workers:
+            if w.name in app_state.workers:
+                self.worker_changed(app_state.worker_json(w.name))
+        for a in app_state.assignments.values():
+            self.assignment_changed(app_state.assignment_json(a))
+        with self.lock:
+            for item in self.state.values():
+                item[1] = None  # a republish at start is not a change: no latency sample
+        self.mqttc = self._make_client()
+        self.mqttc.connect_async(self.broker.host, self.broker.port, keepalive=30)
+        self.mqttc.loop_start()
+        self.thread = threading.Thread(target=self._publisher, name="mqtt-publisher",
+                                       daemon=True)
+        self.thread.start()
+        log.info("MQTT: publishing to %s:%d (%s) under %s/", self.broker.host, self.broker.port,
+                 "TLS" if self.broker.tls else "plain", self.prefix)
+
+    async def stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+        if self.thread is not None:
+            self.thread.join(5)
+        if self.mqttc is not None:
+            # A clean disconnect suppresses the will: say "offline" ourselves.
+            if self.connected:
+                info = self.mqttc.publish(f"{self.prefix}/responder", b"offline", qos=1,
+                                          retain=True)
+                with contextlib.suppress(RuntimeError, ValueError):
+                    info.wait_for_publish(1.0)
+            self.mqttc.disconnect()
+            self.mqttc.loop_stop()
+
+    def _make_client(self) -> paho.Client:
+        s = self.settings
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                        clean_session=True, protocol=paho.MQTTv311)
+        if s.username:
+            c.username_pw_set(s.username, self.password)
+        if self.broker.tls:
+            c.tls_set(ca_certs=s.tls_ca_file, certfile=s.tls_cert_file, keyfile=s.tls_key_file,
+                      cert_reqs=ssl.CERT_REQUIRED)
+        c.will_set(f"{self.prefix}/responder", b"offline", qos=1, retain=True)
+        c.reconnect_delay_set(RECONNECT_MIN, RECONNECT_MAX)
+        c.max_inflight_messages_set(200)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
+        return c
+
+    # ----------------------------------------------------------------- paho's thread
+
+    def _on_connect(self, client: paho.Client, _ud: Any, _flags: Any, reason: Any,
+                    _props: Any) -> None:
+        if reason.is_failure:
+            log.warning("MQTT: broker refused the connection: %s", reason)
+            return
+        client.publish(f"{self.prefix}/responder", b"online", qos=1, retain=True)
+        with self.cond:
+            self.connected = True
+            # Republish everything: the broker may have restarted without its retained store.
+            for topic in self.state:
+                self.dirty[topic] = None
+            self.cond.notify()
+        if self.connects is not None:
+            self.connects.inc()
+        log.info("MQTT: connected to %s:%d; republishing %d topics", self.broker.host,
+                 self.broker.port, len(self.state))
+
+    def _on_disconnect(self, _client: paho.Client, _ud: Any, _flags: Any, reason: Any,
+                       _props: Any) -> None:
+        with self.cond:
+            was = self.connected
+            self.connected = False
+        if was and not self.stopping:
+            log.warning("MQTT: disconnected (%s); reconnecting with backoff", reason)
+
+    def _on_publish(self, _client: paho.Client, _ud: Any, mid: int, _reason: Any,
+                    _props: Any) -> None:
+        # paho calls this with its message lock held; our lock is never held while calling
+        # into paho, so taking it here cannot deadlock. Matching mids is the publisher's job.
+        self.acks.append((mid, time.monotonic()))
+        with self.cond:
+            self.cond.notify()
+
+    # ----------------------------------------------------------------- the publisher thread
+
+    def _publisher(self) -> None:
+        while True:
+            with self.cond:
+                while not self.stopping and not self.acks and not (
+                        self.connected and self.dirty
+                        and len(self.outstanding) < MAX_OUTSTANDING):
+                    self.cond.wait(1.0)
+                if self.stopping:
+                    return
+                batch: list[tuple[str, dict[str, Any], float | None, str | None]] = []
+                if self.connected:
+                    room = MAX_OUTSTANDING - len(self.outstanding)
+                    while self.dirty and len(batch) < min(room, 500):
+                        topic = next(iter(self.dirty))
+                        del self.dirty[topic]
+                        payload, t0, client = self.state[topic]
+                        self.state[topic][1] = None
+                        batch.append((topic, payload, t0, client))
+            self._handle_acks()
+            for i, (topic, payload, t0, client) in enumerate(batch):
+                if not self._publish_one(topic, payload, t0, client):
+                    with self.cond:  # not connected after all: back to dirty, keep the order
+                        for t, _p, t0b, _c in batch[i:]:
+                            self.dirty[t] = None
+                            if t0b is not None and self.state[t][1] is None:
+                                self.state[t][1] = t0b
+                    break
+
+    def _publish_one(self, topic: str, payload: dict[str, Any], t0: float | None,
+                     client: str | None) -> bool:
+        assert self.mqttc is not None
+        version = payload.get("version") if client is not None else None
+        info = self.mqttc.publish(topic, encode(payload), qos=1, retain=True)
+        if info.rc == paho.MQTT_ERR_NO_CONN:
+            # paho queued it and sends it on reconnect; we republish on reconnect anyway.
+            self.outstanding[info.mid] = (topic, version, t0)
+            return True
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            return False
+        self.outstanding[info.mid] = (topic, version, t0)
+        return True
+
+    def _handle_acks(self) -> None:
+        while self.acks:
+            mid, t_ack = self.acks.popleft()
+            item = self.outstanding.pop(mid, None)
+            if item is None:
+                continue
+            topic, version, t0 = item
+            if self.published is not None:
+                self.published.inc()
+            if version is not None:
+                client = topic[len(self.prefix) + len("/clients/"):-len("/assignment")]
+                if version > self.acked_version.get(client, -1):
+                    self.acked_version[client] = version
+            if t0 is not None and self.latency is not None:
+                self.latency.observe(max(0.0, t_ack - t0))
+
+
+def factory(fleet: Any, settings: Any) -> MqttNotifier | None:
+    mqtt = getattr(settings, "mqtt", None)
+    if mqtt is None:
+        return None
+    password = read_secret_file(mqtt.password_file, "mqtt password_file") \
+        if mqtt.password_file else None
+    return MqttNotifier(mqtt, password)
+
+
+register_factory("mqtt", factory)
