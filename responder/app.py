@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -98,6 +99,9 @@ class AMPayload(_Lenient):
         return v
 
 
+WorkerName = Annotated[str, Field(min_length=1, max_length=63)]
+
+
 class ProbeResult(_Lenient):
     up: bool
     rtt_ms: float | None = Field(default=None, ge=0)
@@ -111,8 +115,8 @@ class ProbeEvent(_Lenient):
 
 class SwitchEvent(_Lenient):
     type: Literal["switch"]
-    from_worker: str | None = None
-    to_worker: str
+    from_worker: WorkerName | None = None
+    to_worker: WorkerName
     reason: str = ""
     elapsed_ms: float | None = None
 
@@ -120,13 +124,13 @@ class SwitchEvent(_Lenient):
 class AppliedEvent(_Lenient):
     type: Literal["applied"]
     version: int
-    worker: str | None = None
+    worker: WorkerName | None = None
 
 
 class RejectedEvent(_Lenient):
     type: Literal["rejected"]
     version: int
-    worker: str
+    worker: WorkerName
     reason: str = ""
 
 
@@ -647,9 +651,23 @@ async def read_json(request: Request) -> Any:
         if len(body) > MAX_BODY:
             raise ApiError(413, f"body larger than {MAX_BODY} bytes")
     try:
-        return json.loads(body)
+        return json.loads(body, parse_constant=_no_constant, parse_float=_finite_float)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "malformed JSON: nested too deeply") from None
+
+
+def _no_constant(name: str) -> Any:
+    # Python's json accepts NaN and Infinity; JSON does not, and they would poison the event log.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
 
 
 def validation_detail(exc: ValidationError | RequestValidationError) -> list[dict[str, Any]]:

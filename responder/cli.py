@@ -45,6 +45,23 @@ def _raise_nofile() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            # End the SSE streams first: uvicorn would otherwise wait for them (they never end
+            # on their own) until its graceful-shutdown timeout. Switchers reconnect elsewhere.
+            app = getattr(self.config, "app", None)
+            st = getattr(getattr(app, "state", None), "st", None)
+            if st is not None:
+                st.ready = False
+                await st.hub.stop()
+            await super().shutdown(sockets)
+
+    return Server
+
+
 def run(args: argparse.Namespace) -> int:
     import prometheus_client
     import uvicorn
@@ -71,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         lifespan="on", backlog=4096, timeout_graceful_shutdown=2,
         timeout_keep_alive=75,
     )
-    server = uvicorn.Server(config)
+    server = _server_class()(config)
     server.run()
     # uvicorn exits quietly when startup fails (port taken, unreadable db): say so.
     if not server.started:

@@ -182,13 +182,22 @@ def test_bad_requests_never_500(responder):
     assert r.status_code == 422
     r = post(p, "/v1/clients/c1/events", "c1", content=b"\xff\xfe", headers=h)
     assert r.status_code == 400
+    for body in (b"[" * 100000 + b"]" * 100000, b'{"alerts": [], "x": NaN}', b"1e999"):
+        r = post(p, "/v1/alerts", "alert", content=body, headers=h)
+        assert r.status_code == 400, r.text
+    r = post(p, "/v1/clients/c1/events", "c1", headers=h,
+             content=b'{"type": "switch", "to_worker": "w2", "elapsed_ms": Infinity}')
+    assert r.status_code == 400
+    r = post(p, "/v1/clients/c1/events", "c1", json={"type": "switch", "to_worker": "w" * 64})
+    assert r.status_code == 422
     r = get(p, "/v1/clients/c1/assignment", "c1", params={"after": "x"})
     assert r.status_code == 422
     r = get(p, "/v1/clients/c1/assignment/stream", "c1", headers={"Last-Event-ID": "zz"})
     assert r.status_code == 400
     assert post(p, "/v1/workers/nope/drain", "admin").status_code == 404
     assert get(p, "/v1/clients/nope", "admin").status_code == 404
-    assert metric(p, "wgfo_webhook_deliveries_total", outcome="invalid") == 6
+    assert metric(p, "wgfo_webhook_deliveries_total", outcome="invalid") == 9
+    assert get(p, "/v1/events", "admin").status_code == 200
     assert all(w["state"] == "up" for w in workers(p).values())
 
 
