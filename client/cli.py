@@ -80,6 +80,15 @@ def register(subparsers) -> None:
                    help="how often probe results go to the responder (default 5)")
     p.add_argument("--metrics-listen", metavar="HOST:PORT",
                    help="serve Prometheus metrics here, e.g. 127.0.0.1:9587 (default: off)")
+    p.add_argument("--mqtt", metavar="URL",
+                   help="follow the assignment on this MQTT broker (mqtt://HOST:1883 or "
+                   "mqtts://HOST:8883; the client's retained topic) instead of the responder's "
+                   "SSE stream; reports still go to the responder")
+    p.add_argument("--mqtt-username", metavar="NAME",
+                   help="MQTT user name (default: --client, as the broker ACL expects)")
+    p.add_argument("--mqtt-password-file", metavar="FILE", help="file holding the MQTT password")
+    p.add_argument("--mqtt-ca-file", metavar="FILE",
+                   help="CA certificates for mqtts:// (default: the system's)")
     p.add_argument("--once", action="store_true",
                    help="reconcile, apply the current assignment (responder, else cache) and "
                    "exit: 0 applied, 1 not applied")
@@ -136,9 +145,19 @@ def run(args: argparse.Namespace) -> int:
             metrics.serve(args.metrics_listen)
         except OSError as exc:
             raise CliError(f"--metrics-listen {args.metrics_listen}: {exc}") from None
-    source = HttpAssignmentSource(
-        url, client.name, token,
-        on_connected=(lambda up: metrics.connected.set(1 if up else 0)) if metrics else None)
+    on_connected = (lambda up: metrics.connected.set(1 if up else 0)) if metrics else None
+    if args.mqtt:
+        from .mqtt_source import source_from_options
+
+        try:
+            source = source_from_options(
+                args.mqtt, client.name, username=args.mqtt_username,
+                password_file=args.mqtt_password_file, ca_file=args.mqtt_ca_file,
+                on_connected=on_connected)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+    else:
+        source = HttpAssignmentSource(url, client.name, token, on_connected=on_connected)
     switcher = Switcher(fleet, client, opts, cache_path(args.state_dir, client.name),
                         source=source, reporter=Reporter(url, client.name, token),
                         metrics=metrics)
