@@ -122,3 +122,24 @@ class MqttAssignmentSource:
         finally:
             c.disconnect()
             await asyncio.to_thread(c.loop_stop)
+
+
+def source_from_options(url: str, client: str, *, username: str | None,
+                        password_file: str | None, ca_file: str | None,
+                        on_connected: Callable[[bool], None] | None = None
+                        ) -> MqttAssignmentSource:
+    """The switcher's `--mqtt*` options as a source; ValueError with a message for the user."""
+    password = None
+    if password_file:
+        try:
+            password = open(password_file, encoding="utf-8").read().strip()  # noqa: SIM115
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"--mqtt-password-file {password_file}: cannot read "
+                             f"({type(exc).__name__})") from None
+        if not password:
+            raise ValueError(f"--mqtt-password-file {password_file}: empty")
+    try:
+        return MqttAssignmentSource(url, client, username=username or client, password=password,
+                                    ca_file=ca_file, on_connected=on_connected)
+    except MqttUrlError as exc:
+        raise ValueError(f"--mqtt: {exc}") from None

@@ -139,3 +139,30 @@ def test_mqtt_backlog_keeps_one_newest_payload_per_topic():
     assert list(n.dirty) == ["wg-failover/clients/c1/assignment", "wg-failover/workers/w1"]
     assert n.state["wg-failover/clients/c1/assignment"][0]["version"] == 2
     assert n.client_status("c1")["pending_version"] == 2
+
+
+def test_switcher_mqtt_options(tmp_path):
+    from client.mqtt_source import source_from_options
+
+    pw = tmp_path / "pw"
+    pw.write_text("secret\n")
+    src = source_from_options("mqtt://127.0.0.1:1884", "c1", username=None,
+                              password_file=str(pw), ca_file=None)
+    assert (src.username, src.password, src.topic) == \
+        ("c1", "secret", "wg-failover/clients/c1/assignment")
+    with pytest.raises(ValueError, match="--mqtt-password-file"):
+        source_from_options("mqtt://h", "c1", username=None,
+                            password_file=str(tmp_path / "nope"), ca_file=None)
+    with pytest.raises(ValueError, match="--mqtt: "):
+        source_from_options("http://h", "c1", username=None, password_file=None, ca_file=None)
+
+
+def test_switcher_help_mentions_mqtt():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = str(Path(sys.executable).with_name("wg-failover"))
+    out = subprocess.run([exe, "switcher", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "--mqtt URL" in out and "--mqtt-password-file" in out
