@@ -236,7 +236,7 @@ def _metric(url: str, name: str) -> float | None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--clients", default="1000,10000", help="comma-separated client counts")
+    ap.add_argument("--clients", default="1,1000,10000", help="comma-separated client counts")
     ap.add_argument("--rounds", type=int, default=4, help="webhooks per client count")
     ap.add_argument("--deliveries", type=int, default=500, help="webhooks for the rate test")
     ap.add_argument("--subscribe", nargs=2, metavar=("PORT", "TOKENS"), help=argparse.SUPPRESS)

@@ -30,6 +30,7 @@ R_UNUSABLE = "client-rejected"
 R_CAPACITY = "capacity"
 R_PREEMPT = "preempt"
 R_SWITCH = "client-switch"
+R_FLEET = "fleet-change"  # its worker left the fleet or its preference list
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,10 @@ def _usable(c: ClientView, w: WorkerView) -> bool:
 
 def _why(c: ClientView, cur: str | None, workers: Mapping[str, WorkerView]) -> str | None:
     """Why client `c` on `cur` must move, or None when it may stay."""
-    if cur is None or cur not in workers:
+    if cur is None:
         return R_INITIAL
+    if cur not in workers or cur not in c.prefs:
+        return R_FLEET
     w = workers[cur]
     if w.state != UP:
         return R_FAILOVER
@@ -131,7 +134,7 @@ def plan(
                 # never left without one, and count it.
                 fallback = _fallback(c, workers)
                 if fallback is not None:
-                    _apply(out, assign, load, c.name, None, fallback, why)
+                    _apply(out, assign, load, c.name, cur, fallback, why)
             out.unplaceable.append(c.name)
             continue
         if spread:

@@ -90,6 +90,14 @@ def test_preempt_returns_clients_in_batches():
     assert all(m.reason == P.R_PREEMPT and m.to_worker == "w1" for m in plan.moves.values())
 
 
+def test_fleet_change_moves_clients_off_workers_they_no_longer_list():
+    ws = {n: W(n) for n in ("w1", "w2")}
+    cs = [ClientView("a", ("w2",)), ClientView("b", ("w1", "w2"))]
+    plan = P.plan(ws, cs, {"a": "w1", "b": "w9"})
+    assert {c: (m.to_worker, m.reason) for c, m in plan.moves.items()} == {
+        "a": ("w2", P.R_FLEET), "b": ("w1", P.R_FLEET)}
+
+
 def test_accept_switch():
     ws = {"w1": W("w1"), "w2": W("w2", capacity=1), "w3": W("w3", draining=True)}
     c = ClientView("a", ("w1", "w2", "w3"))

@@ -530,3 +530,16 @@ def test_cli_errors(tmp_path):
 @pytest.mark.parametrize("path", ["/v1/alerts"])
 def test_wrong_method_is_4xx(responder, path):
     assert get(responder, path).status_code == 405
+
+
+def test_restart_with_a_changed_fleet(responder):
+    p = responder
+    assert assignment(p, "c1")["worker"] == "w1"
+    clients = list(p.fleet.clients)
+    clients[0] = clients[0].model_copy(update={"workers": ["w3"]})
+    from wg_failover.fleet import dump_fleet
+    p.fleet_path.write_text(dump_fleet(p.fleet.model_copy(update={"clients": clients})))
+    p.restart()
+    a = assignment(p, "c1")
+    assert (a["worker"], a["version"], a["reason"]) == ("w3", 2, "fleet-change")
+    assert assignment(p, "c2")["version"] == 1  # nobody else touched
