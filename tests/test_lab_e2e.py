@@ -58,7 +58,7 @@ def test_lab_failover_end_to_end(lab_env):
     up = lab(env, "up", "--workers", "3", "--clients", "4", "--subnet", subnet)
     assert up.returncode == 0, up.stdout + up.stderr
     state = LabState.load(directory)
-    pids = [p for p in state.processes]
+    pids = list(state.processes)
     assert {p.role for p in pids} == {"wireguard", "exporter", "responder", "prometheus",
                                       "alertmanager", "switcher"}
     assert all(p.alive() for p in pids)
@@ -87,6 +87,15 @@ def test_lab_failover_end_to_end(lab_env):
     mine = [a for a in alerts["data"]["alerts"]
             if a["labels"].get("worker") == "w1" and a["labels"].get("action") == "failover"]
     assert mine and mine[0]["state"] == "firing"
+
+    # Bring w1 back: its new processes must be found and stopped by `lab down` too.
+    rv = lab(env, "revive", "w1")
+    assert rv.returncode == 0, rv.stdout + rv.stderr
+    state = LabState.load(directory)
+    revived = state.procs(host="w1")
+    assert {p.role for p in revived} == {"wireguard", "exporter"}
+    assert all(p.alive() for p in revived)
+    pids += revived
 
     down = lab(env, "down", timeout=60)
     assert down.returncode == 0, down.stderr

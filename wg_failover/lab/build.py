@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from .. import netns, wg
-from ..fleet import dump_fleet
+from ..fleet import dump_fleet, load_fleet
 from ..gen import generate_fleet
 from ..wgquick import render_client, render_worker, strip
 from .state import (
@@ -173,18 +173,9 @@ def _build(state: LabState, addrs, n_workers: int, n_clients: int, say: Say) -> 
         host = lab.add_host(w.name, address=addrs.workers[i])
         # No dummy module here: the service address sits on the namespace's loopback.
         host.run(["ip", "addr", "add", f"{SERVICE_ADDRESS}/32", "dev", "lo"])
-        iface = host.wireguard(
-            lab.ifname(f"w{i + 1}"), strip(render_worker(fleet, w, gen.private_keys[w.name])),
-            [w.tunnel_host_cidr])
         state.workers[w.name] = {"netns": host.netns, "address": host.address,
-                                 "ifname": iface.name}
-        state.processes.append(_proc_of(iface.process.pid, "wireguard", w.name))
-        argv = wgfo_argv("exporter", "--listen", f"{host.address}:{EXPORTER_PORT}",
-                         "--interface", iface.name, "--fleet", str(state.fleet_path),
-                         "--worker", w.name)
-        state.processes.append(spawn(host.netns, argv, logs / f"exporter-{w.name}.log",
-                                     "exporter", w.name))
-        state.save()
+                                 "ifname": lab.ifname(f"w{i + 1}")}
+        start_worker(state, lab, host, w.name)
     say(f"  workers up: wireguard-go + exporter on :{EXPORTER_PORT} each, "
         f"service {SERVICE_ADDRESS} behind every worker")
 
@@ -218,6 +209,35 @@ def _build(state: LabState, addrs, n_workers: int, n_clients: int, say: Say) -> 
     say("  clients up: wireguard-go with every worker as a peer + switcher each")
     wait_ready(state, say)
     say(f"lab {state.prefix} up in {time.monotonic() - t0:.1f} s")
+
+
+def start_worker(state: LabState, lab: netns.NetLab, host: netns.Host, name: str) -> None:
+    """The worker's wireguard-go (from the fleet and its key) and its exporter, recorded."""
+    fleet = load_fleet(state.fleet_path)
+    w = fleet.worker(name)
+    info = state.workers[name]
+    key = state.secret_path(f"{name}.key").read_text().strip()
+    iface = host.wireguard(info["ifname"], strip(render_worker(fleet, w, key)),
+                           [w.tunnel_host_cidr])
+    state.processes.append(_proc_of(iface.process.pid, "wireguard", name))
+    argv = wgfo_argv("exporter", "--listen", f"{host.address}:{EXPORTER_PORT}",
+                     "--interface", iface.name, "--fleet", str(state.fleet_path),
+                     "--worker", name)
+    state.processes.append(spawn(host.netns, argv, state.dir / "logs" / f"exporter-{name}.log",
+                                 "exporter", name))
+    state.save()
+
+
+def restart_worker(state: LabState, name: str) -> None:
+    """Start a killed worker's wireguard-go and exporter again (same keys, same addresses)."""
+    if any(p.alive() for p in state.procs(host=name)):
+        raise LabError(f"{name} still has live processes; it was not killed")
+    info = state.workers[name]
+    # The dead wireguard-go left its control socket; a new one must not be mistaken for it.
+    (netns.WG_RUN_DIR / f"{info['ifname']}.sock").unlink(missing_ok=True)
+    state.processes = [p for p in state.processes if p.host != name]
+    lab = netns.NetLab(state.prefix, subnet=state.subnet, detach=True)
+    start_worker(state, lab, netns.Host(lab, name, info["netns"], info["address"]), name)
 
 
 def _proc_of(pid: int, role: str, host: str):

@@ -74,7 +74,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_failover(args: argparse.Namespace) -> int:
     state = _load(args)
-    summary = ops.failover(state, args.worker, say=_say, timeout=args.timeout)
+    summary = ops.failover(state, args.worker, say=_say, timeout=args.timeout, cut=args.cut)
     if args.json:
         print(json.dumps(summary, indent=2))
     return 0 if failover_ok(summary) else 1
@@ -85,6 +85,12 @@ def failover_ok(summary: dict[str, Any]) -> bool:
     routes = summary["routes_now"]
     return (not summary["timed_out"] and not summary["others_moved"]
             and all(routes.get(c) not in (None, summary["worker"]) for c in summary["affected"]))
+
+
+def cmd_revive(args: argparse.Namespace) -> int:
+    state = _load(args)
+    final = ops.revive(state, args.worker, say=_say, wait=args.wait)
+    return 0 if args.wait <= 0 or final == "up" else 1
 
 
 def cmd_drain(args: argparse.Namespace) -> int:
@@ -191,8 +197,18 @@ def register(subparsers: Any) -> None:
     common(p)
     p.add_argument("worker", nargs="?", help="worker to kill (default: the one with most clients)")
     p.add_argument("--timeout", type=float, default=120, help="give up after SECONDS")
+    p.add_argument("--cut", action="store_true",
+                   help="cut the worker's link (eth0 down) instead of killing its processes")
     p.add_argument("--json", action="store_true", help="also print the summary as JSON")
     p.set_defaults(func=_run(cmd_failover))
+
+    p = sub.add_parser("revive", help="bring a failed worker back (restart or reconnect)")
+    common(p)
+    p.add_argument("worker")
+    p.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                   help="wait up to SECONDS until the responder calls it up again (the alert "
+                   "resolves after 15 s healthy, then the lab's 20 s hold-down)")
+    p.set_defaults(func=_run(cmd_revive))
 
     p = sub.add_parser("drain", help="drain a worker through the responder, clients pinging")
     common(p)

@@ -125,8 +125,8 @@ def pick_worker(active: dict[str, str | None], fleet: Fleet, killed: list[str]) 
 
 
 def failover(state: LabState, worker: str | None, say: Say = print,
-             timeout: float = 120) -> dict[str, Any]:
-    """Kill a worker as a crash would and print the failover timeline as it happens."""
+             timeout: float = 120, cut: bool = False) -> dict[str, Any]:
+    """Kill a worker as a crash would (or cut its link) and print the timeline as it happens."""
     fleet = load_fleet(state.fleet_path)
     active = active_workers(state, fleet)
     if worker is None:
@@ -134,19 +134,24 @@ def failover(state: LabState, worker: str | None, say: Say = print,
     if worker not in state.workers:
         raise LabError(f"no worker {worker!r} in this lab (have: {', '.join(state.workers)})")
     if worker in state.killed:
-        raise LabError(f"{worker} was already killed")
+        raise LabError(f"{worker} is already out; `wg-failover lab revive {worker}` first")
     affected = [c for c, w in active.items() if w == worker]
     others = [c for c in state.clients if c not in affected]
     api = Api(state)
     try:
         cursor = [api.last_event_id()]  # the responder's event log, read from here on
-        say(f"killing {worker} (wireguard-go and exporter, SIGKILL): clients on it: "
-            f"{', '.join(affected) or 'none'}")
+        how = ("cutting its link (eth0 down; its processes keep running)" if cut
+               else "killing wireguard-go and the exporter (SIGKILL, as a crash)")
+        say(f"{worker}: {how}; clients on it: {', '.join(affected) or 'none'}")
         watch = FailoverWatch(worker, affected, others, t0=time.time(), before=dict(active))
-        kill_procs(state.procs(host=worker), signal.SIGKILL, wait=2)
+        if cut:
+            _ip_netns(state.workers[worker]["netns"], "link", "set", "eth0", "down")
+            state.cut.append(worker)
+        else:
+            kill_procs(state.procs(host=worker), signal.SIGKILL, wait=2)
         state.killed.append(worker)
         state.save()
-        say(f"  {0:+8.3f} s  {worker} killed")
+        say(f"  {0:+8.3f} s  {worker} {'cut off' if cut else 'killed'}")
         deadline = time.monotonic() + timeout
         next_api = 0.0
         done_at = None
@@ -178,6 +183,50 @@ def failover(state: LabState, worker: str | None, say: Say = print,
         api.close()
     _say_summary(say, summary, state)
     return summary
+
+
+def _ip_netns(ns: str, *args: str) -> None:
+    proc = subprocess.run(["ip", "-n", ns, *args], capture_output=True, text=True, timeout=20)
+    if proc.returncode != 0:
+        raise LabError(f"`ip -n {ns} {' '.join(args)}` failed: {proc.stderr.strip()}")
+
+
+def revive(state: LabState, worker: str, say: Say = print, wait: float = 0) -> str | None:
+    """Bring a worker back (restart it, or reconnect its link); optionally wait until the
+    responder calls it up again (after the alert resolves and the hold-down)."""
+    from .build import restart_worker
+
+    if worker not in state.workers:
+        raise LabError(f"no worker {worker!r} in this lab (have: {', '.join(state.workers)})")
+    if worker not in state.killed:
+        raise LabError(f"{worker} is not out (see `wg-failover lab status`)")
+    t0 = time.monotonic()
+    if worker in state.cut:
+        _ip_netns(state.workers[worker]["netns"], "link", "set", "eth0", "up")
+        state.cut.remove(worker)
+        say(f"{worker}: link reconnected")
+    else:
+        restart_worker(state, worker)
+        say(f"{worker}: wireguard-go and exporter started again")
+    state.killed.remove(worker)
+    state.save()
+    last = None
+    if wait <= 0:
+        return None
+    api = Api(state)
+    try:
+        while time.monotonic() - t0 < wait:
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                now = worker_states(api.workers()).get(worker)
+                if now != last:
+                    say(f"  {time.monotonic() - t0:+8.3f} s  responder: {worker} is {now}")
+                    last = now
+                if now == "up":
+                    break
+            time.sleep(0.5)
+    finally:
+        api.close()
+    return last
 
 
 def _poll_apis(api: Api, watch: FailoverWatch, now: float, after_ref: list[int]) -> list[Entry]:

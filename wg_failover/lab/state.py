@@ -108,7 +108,8 @@ class LabState:
     workers: dict[str, dict] = field(default_factory=dict)  # name -> netns, address, ifname
     clients: dict[str, dict] = field(default_factory=dict)  # name -> netns, address, ifname
     processes: list[Proc] = field(default_factory=list)
-    killed: list[str] = field(default_factory=list)  # workers `lab failover` killed
+    killed: list[str] = field(default_factory=list)  # workers `lab failover` took out
+    cut: list[str] = field(default_factory=list)  # ... of those, the ones cut off, not killed
     created: float = field(default_factory=time.time)
 
     # ------------------------------------------------------------------ paths
