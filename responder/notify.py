@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 import pkgutil
 import time
 from collections import deque
@@ -47,7 +48,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wg_failover.responder")
 
-KEEPALIVE_SECONDS = 15.0
+# SSE comment interval; the environment override exists for tests (15 s is the contract).
+KEEPALIVE_SECONDS = float(os.environ.get("WGFO_SSE_KEEPALIVE_SECONDS", "15"))
 
 
 @runtime_checkable

@@ -6,11 +6,12 @@
 
     ResponderProc.start(workdir, gen=None, *, workers=3, clients=4, capacity=None,
                         hold_down_seconds=60, preempt=False, db=None,
-                        timeout=30) -> ResponderProc
+                        timeout=30, env=None) -> ResponderProc
         Writes a fleet (`gen`, a wg_failover.gen.Generated, else make_fleet(...)) to
         workdir/fleet.yaml, picks a free port on 127.0.0.1, starts the responder with the db at
         `db` (default workdir/responder.db) and waits for /readyz (raises RuntimeError with the
         log when it does not come up). The fleet's responder.url is set to the real URL.
+        `env`: extra environment variables for the process.
 
     proc.url                    "http://127.0.0.1:PORT"
     proc.gen / .fleet / .tokens  the Generated fleet; tokens["alert"], ["admin"], [client name]
@@ -131,7 +132,8 @@ class ResponderProc:
     def start(cls, workdir: str | os.PathLike[str], gen: Generated | None = None, *,
               workers: int = 3, clients: int = 4, capacity: int | None = None,
               hold_down_seconds: float = 60, preempt: bool = False,
-              db: str | os.PathLike[str] | None = None, timeout: float = 30) -> ResponderProc:
+              db: str | os.PathLike[str] | None = None, timeout: float = 30,
+              env: dict[str, str] | None = None) -> ResponderProc:
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         port = free_port()
@@ -145,9 +147,12 @@ class ResponderProc:
             gen = Generated(gen.fleet.model_copy(update={"responder": rs}), gen.private_keys,
                             gen.tokens)
         p = cls(workdir, gen, port, Path(db) if db else workdir / "responder.db")
+        p.env = env
         p.fleet_path.write_text(dump_fleet(gen.fleet))
         p._launch(timeout)
         return p
+
+    env: dict[str, str] | None = None  # extra environment for the process
 
     def _launch(self, timeout: float = 30) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
@@ -157,6 +162,7 @@ class ResponderProc:
                  "--db", str(self.db_path), "--listen", f"127.0.0.1:{self.port}",
                  "--log-level", os.environ.get("WGFO_TEST_RESPONDER_LOG_LEVEL", "warning")],
                 stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                env={**os.environ, **(self.env or {})},
             )
         finally:
             log.close()

@@ -543,3 +543,15 @@ def test_restart_with_a_changed_fleet(responder):
     a = assignment(p, "c1")
     assert (a["worker"], a["version"], a["reason"]) == ("w3", 2, "fleet-change")
     assert assignment(p, "c2")["version"] == 1  # nobody else touched
+
+
+def test_sse_keepalive_comments(responder_factory):
+    p = responder_factory(env={"WGFO_SSE_KEEPALIVE_SECONDS": "0.2"})
+    lines: list[str] = []
+    with httpx.stream("GET", p.url + "/v1/clients/c1/assignment/stream", timeout=10,
+                      headers={**p.headers("c1"), "Last-Event-ID": "1"}) as r:
+        for line in r.iter_lines():
+            lines.append(line)
+            if lines.count(": keepalive") >= 2:
+                break
+    assert lines[0] == ": connected" and not any(x.startswith("data:") for x in lines)
