@@ -192,3 +192,14 @@ def test_failover_ok():
     assert not failover_ok(dict(s, routes_now={"c1": "w1"}))
     assert not failover_ok(dict(s, others_moved=["c3"]))
     assert not failover_ok(dict(s, timed_out=True))
+
+
+def test_demo_recap():
+    from wg_failover.lab.cli import recap
+
+    lines = recap({"worker": "w1", "fast_path_reported_ms": {"c1": 398, "c4": None},
+                   "control_path_s": 8.9, "others_moved": []},
+                  {"worker": "w2", "moved": {"c1": "w3"}, "affected": ["c1"], "lost": {"c1": 0}})
+    text = "\n".join(lines)
+    assert "c1 398 ms" in text and "8.9 s" in text and "lost pings: 0" in text
+    assert recap({}, {}) == ["", "recap:"]

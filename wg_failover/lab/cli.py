@@ -119,6 +119,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     state = build.up(args.prefix, args.workers, args.clients, args.subnet, args.scrape_interval,
                      say=_say)
     ok = False
+    summary: dict[str, Any] = {}
+    drained: dict[str, Any] = {}
     try:
         ops.status(state, say=_say)
         _grafana(state)
@@ -139,9 +141,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     finally:
         step(5, "lab down")
         build.down(state, say=_say)
+    for line in recap(summary, drained):
+        _say(line)
     _say(f"\ndemo {'done' if ok else 'FAILED'} in {time.monotonic() - t0:.1f} s"
          + ("" if ok else ": see the timeline above"))
     return 0 if ok else 1
+
+
+def recap(summary: dict[str, Any], drained: dict[str, Any]) -> list[str]:
+    """The demo's figures in a few lines."""
+    out = ["", "recap:"]
+    if summary:
+        fast = [f"{c} {ms} ms" for c, ms in summary["fast_path_reported_ms"].items()
+                if ms is not None]
+        out.append(f"  killed {summary['worker']}: fast path (switcher, last reply to switch): "
+                   + (", ".join(fast) or "not reported"))
+        cp = summary["control_path_s"]
+        out.append("  control path (kill to worker down and every client confirmed): "
+                   + (f"{cp:.1f} s" if cp is not None else "incomplete")
+                   + f"; other clients moved: {len(summary['others_moved'])}")
+    if drained:
+        lost = [v for v in drained["lost"].values() if v is not None]
+        out.append(f"  drained {drained['worker']}: {len(drained['moved'])}/"
+                   f"{len(drained['affected'])} clients moved, lost pings: "
+                   + (str(sum(lost)) if lost else "n/a"))
+    return out
 
 
 def _run(func):
