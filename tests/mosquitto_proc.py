@@ -37,18 +37,22 @@ class Mosquitto:
     def __init__(self, workdir: Path, port: int, conf: Path):
         self.workdir, self.port, self.conf = workdir, port, conf
         self.url = f"mqtt://127.0.0.1:{port}"
+        self.tls_url = f"mqtts://127.0.0.1:{port}"
         self.log_path = workdir / f"mosquitto-{port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @classmethod
     def start(cls, workdir: str | Path, *, users: dict[str, str] | None = None,
-              acl: str | None = None, max_queued: int = 100000) -> Mosquitto:
+              acl: str | None = None, max_queued: int = 100000,
+              tls: dict[str, str] | None = None) -> Mosquitto:
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         port = free_port()
         lines = [f"listener {port} 127.0.0.1", "persistence false",
                  f"max_queued_messages {max_queued}", "log_dest stderr",
                  "log_type error", "log_type warning"]
+        if tls:  # {"cafile": ..., "certfile": ..., "keyfile": ..., "require_certificate": "true"}
+            lines += [f"{k} {v}" for k, v in tls.items()]
         if os.geteuid() == 0:
             # As root mosquitto drops to user `mosquitto`, which cannot read pytest's 0700 dirs.
             lines.append("user root")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,7 +24,7 @@ from tests.responder_proc import (
     make_fleet,
     responder_factory_fixture,  # noqa: F401 - registers it
 )
-from wg_failover.fleet import MqttSettings
+from wg_failover.fleet import MqttSettings, WebhookTarget
 from wg_failover.gen import Generated
 
 pytestmark = pytest.mark.skipif(not Path(MOSQUITTO).exists(), reason="mosquitto not installed")
@@ -338,3 +340,63 @@ async def _follow(url: str, want: dict[str, Any], proc: ResponderProc) -> list[i
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     return versions
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def make_pki(d: Path) -> dict[str, Path]:
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate."""
+    d.mkdir(parents=True, exist_ok=True)
+    p = {n: d / n for n in ("ca.key", "ca.crt", "srv.key", "srv.csr", "srv.crt", "cli.key",
+                            "cli.csr", "cli.crt", "san.ext")}
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+             "/CN=wgfo test CA", "-keyout", str(p["ca.key"]), "-out", str(p["ca.crt"]))
+    p["san.ext"].write_text("subjectAltName=IP:127.0.0.1\n")
+    for who, cn in (("srv", "127.0.0.1"), ("cli", "wgfo-responder")):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}",
+                 "-keyout", str(p[f"{who}.key"]), "-out", str(p[f"{who}.csr"]))
+        extra = ["-extfile", str(p["san.ext"])] if who == "srv" else []
+        _openssl("x509", "-req", "-in", str(p[f"{who}.csr"]), "-CA", str(p["ca.crt"]),
+                 "-CAkey", str(p["ca.key"]), "-CAcreateserial", "-days", "2",
+                 "-out", str(p[f"{who}.crt"]), *extra)
+    return p
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
+def test_mqtt_over_mutual_tls_and_an_integration_webhook(tmp_path, receivers,
+                                                         responder_factory):
+    pki = make_pki(tmp_path / "pki")
+    b = Mosquitto.start(tmp_path / "tls-mqtt", tls={
+        "cafile": str(pki["ca.crt"]), "certfile": str(pki["srv.crt"]),
+        "keyfile": str(pki["srv.key"]), "require_certificate": "true"})
+    ops = receivers()
+    try:
+        gen = notify_fleet(tmp_path, mqtt=MqttSettings(
+            url=b.tls_url, tls_ca_file=str(pki["ca.crt"]), tls_cert_file=str(pki["cli.crt"]),
+            tls_key_file=str(pki["cli.key"])))
+        secret = tmp_path / "ops.secret"
+        secret.write_bytes(SECRET)
+        rs = gen.fleet.responder.model_copy(update={"webhooks": [WebhookTarget(
+            name="ops", url=ops.url, secret_file=str(secret), clients=["c1", "c2"])]})
+        gen = Generated(gen.fleet.model_copy(update={"responder": rs}), {}, gen.tokens)
+        proc = responder_factory(gen)
+        first = current(proc)
+        assert proc.alert(first["worker"]).status_code == 200
+        want = {c: current(proc, c) for c in ("c1", "c2")}
+
+        def acked() -> bool:
+            st = client_info(proc)["delivery"]["mqtt"]
+            return st["connected"] and st["published_version"] == want["c1"]["version"]
+
+        assert ops.wait(acked, timeout=20), proc.log()
+        # The integration gets the newest assignment of each of its clients, and only those.
+        assert ops.wait(lambda: {r["json"]["client"]: r["json"] for r in ops.accepted()}
+                        .items() >= want.items())
+        assert {r["json"]["client"] for r in ops.requests} == {"c1", "c2"}
+        assert all(verify_signature(SECRET, r["signature"], r["body"]) for r in ops.requests)
+        assert client_info(proc, "c1")["delivery"]["webhook"]["targets"][0]["target"] == \
+            "hook:ops"
+    finally:
+        b.stop()
