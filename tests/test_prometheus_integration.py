@@ -38,6 +38,7 @@ import pytest
 from wg_failover import promconfig
 from wg_failover.fleet import dump_fleet
 from wg_failover.gen import Generated, generate_fleet
+from wg_failover.netns import WG_RUN_DIR
 from wg_failover.wgquick import render_worker, strip
 
 from .responder_proc import ResponderProc
@@ -238,6 +239,21 @@ def test_worker_death_reaches_responder(netlab, tmp_path):
         metrics = httpx.get(f"{responder.url}/metrics", timeout=5).text
         assert sample(metrics, 'wgfo_webhook_deliveries_total{outcome="applied"}') >= 1
         assert sample(metrics, 'wgfo_webhook_deliveries_total{outcome="unauthorized"}') == 0
+
+        # Bring w1 back: the alert resolves (after keep_firing_for), Alertmanager sends the
+        # resolved notification, and the responder starts its hold-down ("recovering").
+        old = ifaces["w1"]
+        (WG_RUN_DIR / f"{old.name}.sock").unlink(missing_ok=True)  # SIGKILL left it behind
+        w1 = gen.fleet.workers[0]
+        t1 = time.monotonic()
+        hosts["w1"].wireguard(old.name, strip(render_worker(gen.fleet, w1,
+                                                            gen.private_keys["w1"])),
+                              [w1.tunnel_host_cidr])
+        wait_until("w1 recovering at the responder",
+                   lambda: worker_states(responder)["w1"] == "recovering", 90, every=0.1,
+                   logs=logs)
+        print(f"worker restarted -> responder starts its hold-down: "
+              f"{time.monotonic() - t1:.2f} s (keep_firing_for 15s, group_interval 5s)")
     finally:
         for p in procs:
             promconfig.stop_process(p)
