@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -121,3 +122,27 @@ def test_lab_bad_prefix_is_a_clear_error(tmp_path):
     env = dict(os.environ, WG_FAILOVER_LAB_ROOT=str(tmp_path))
     r = lab(env, "up", "--prefix", "Bad-Prefix", timeout=60)
     assert r.returncode == 2 and "--prefix" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_lab_up_as_non_root_says_so(tmp_path):
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run the command as another user")
+    env = dict(os.environ, WG_FAILOVER_LAB_ROOT=str(tmp_path))
+    argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+            *build.wgfo_argv("lab", "up", "--prefix", "nroot")]
+    r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "must run as root" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_lab_up_without_wireguard_go_says_so(tmp_path):
+    # A PATH with every tool the lab needs except wireguard-go.
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for tool in ("ip", "wg", "ping", "prometheus", "prometheus-alertmanager"):
+        if shutil.which(tool):
+            (bindir / tool).symlink_to(shutil.which(tool))
+    env = dict(os.environ, PATH=str(bindir), WG_FAILOVER_LAB_ROOT=str(tmp_path / "labs"))
+    r = lab(env, "up", "--prefix", "nowg", timeout=60)
+    assert r.returncode == 2 and "wireguard-go" in r.stderr and "Traceback" not in r.stderr
+    assert not [ns for ns in netns.list_namespaces() if ns.startswith("nowg-")]
