@@ -217,6 +217,7 @@ class AppState:
         self.lock = asyncio.Lock()
         self.workers: dict[str, WorkerRow] = {}
         self.assignments: dict[str, AssignmentRow] = {}
+        self.retired: dict[str, AssignmentRow] = {}
         self.alerts: dict[str, tuple[str, str]] = {}
         self.unusable: dict[str, set[str]] = {}
         self.probes: dict[str, tuple[float, dict[str, Probe]]] = {}
@@ -373,8 +374,10 @@ class AppState:
             return
         delay = max(0.0, row.since + self.settings.hold_down_seconds - time.time())
         loop = asyncio.get_running_loop()
-        self._timers[name] = loop.call_later(delay, self._spawn,
-                                             self._holddown_done(name, row.since))
+        since = row.since
+        # A lambda, not a coroutine object: a cancelled timer must not leave one un-awaited.
+        self._timers[name] = loop.call_later(
+            delay, lambda: self._spawn(self._holddown_done(name, since)))
 
     async def _holddown_done(self, name: str, since: float) -> None:
         def build(d: Draft) -> None:
@@ -389,14 +392,15 @@ class AppState:
         except StoreError as exc:
             log.error("hold-down of %s: %s; retrying in 1 s", name, exc)
             loop = asyncio.get_running_loop()
-            self._timers[name] = loop.call_later(1.0, self._spawn,
-                                                 self._holddown_done(name, since))
+            self._timers[name] = loop.call_later(
+                1.0, lambda: self._spawn(self._holddown_done(name, since)))
 
     def _schedule_preempt(self) -> None:
         if self._preempt_timer is not None:
             self._preempt_timer.cancel()
         loop = asyncio.get_running_loop()
-        self._preempt_timer = loop.call_later(PREEMPT_INTERVAL, self._spawn, self._preempt())
+        self._preempt_timer = loop.call_later(PREEMPT_INTERVAL,
+                                              lambda: self._spawn(self._preempt()))
 
     async def _preempt(self) -> None:
         # Nothing changed but time: plan directly under the lock (change() would skip planning).
@@ -418,7 +422,12 @@ class AppState:
     async def start(self) -> None:
         loaded = self.store.load()
         self.workers = loaded.workers
-        self.assignments = loaded.assignments
+        # Rows of clients no longer in the fleet stay on disk (a client that comes back continues
+        # where it was, versions included) but out of the served and counted state.
+        self.assignments = {c: a for c, a in loaded.assignments.items()
+                            if c in self.client_by_name}
+        self.retired = {c: a for c, a in loaded.assignments.items()
+                        if c not in self.client_by_name}
         self.alerts = loaded.alerts
         self.unusable = loaded.unusable
         await self.registry.start(self)

@@ -543,6 +543,17 @@ def test_restart_with_a_changed_fleet(responder):
     a = assignment(p, "c1")
     assert (a["worker"], a["version"], a["reason"]) == ("w3", 2, "fleet-change")
     assert assignment(p, "c2")["version"] == 1  # nobody else touched
+    # c2 leaves the fleet: no longer served or counted; when it comes back, it continues.
+    full = p.fleet.model_copy(update={"clients": clients})
+    p.fleet_path.write_text(dump_fleet(full.model_copy(update={
+        "clients": [c for c in clients if c.name != "c2"]})))
+    p.restart()
+    assert get(p, "/v1/clients/c2/assignment", "admin").status_code == 404
+    assert metric(p, "wgfo_worker_assigned_clients", worker="w2") == 0
+    p.fleet_path.write_text(dump_fleet(full))
+    p.restart()
+    a2 = assignment(p, "c2")
+    assert a2["worker"] == "w2" and a2["version"] == 1  # its old assignment still stands
 
 
 def test_sse_keepalive_comments(responder_factory):
