@@ -42,6 +42,9 @@ class Receiver:
 
     def __init__(self, fail_first: int = 0):
         self.fail_first = fail_first
+        self.arrived = threading.Event()  # set when the first request is in
+        self.release = threading.Event()  # the first request waits for this (up to 8 s)
+        self.release.set()
         self.requests: list[dict[str, Any]] = []  # every request, with the status answered
         self.lock = threading.Lock()
         outer = self
@@ -49,6 +52,10 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                first = not outer.arrived.is_set()
+                outer.arrived.set()
+                if first:
+                    outer.release.wait(8)
                 with outer.lock:
                     fail = len(outer.requests) < outer.fail_first
                     status = 500 if fail else 200
@@ -229,33 +236,49 @@ def test_broker_restart_ends_with_newest_assignment_retained(tmp_path, broker,
 def test_receiver_failing_three_times_gets_newest_exactly_once(tmp_path, receivers,
                                                                responder_factory):
     hook = receivers(fail_first=3)
+    hook.release.clear()  # hold the first request (v1, sent at start) while we change things
     gen = notify_fleet(tmp_path, hook_url=hook.url)
     proc = responder_factory(gen)
-    assert hook.wait(lambda: len(hook.requests) >= 1)  # the first attempt (v1) failed
+    assert hook.arrived.wait(20)
     first = current(proc)
-    assert proc.alert(first["worker"]).status_code == 200  # v2 replaces v1 while retrying
+    assert proc.alert(first["worker"]).status_code == 200  # v2 ...
     other = next(w.name for w in proc.fleet.workers
                  if w.name not in (first["worker"], current(proc)["worker"]))
     r = httpx.post(f"{proc.url}/v1/workers/{other}/drain", headers=proc.headers("admin"),
                    timeout=5)
-    assert r.status_code == 200
+    assert r.status_code == 200  # ... and v3 arrive while v1 is in flight (one per target)
     newest = current(proc)
-    assert newest["version"] >= first["version"] + 1
+    assert newest["version"] >= first["version"] + 2
+    hook.release.set()
 
     assert hook.wait(lambda: hook.accepted(), timeout=30), hook.requests
     time.sleep(1.5)  # nothing more may arrive
-    ok = hook.accepted()
-    assert [r["json"] for r in ok] == [newest], [r["json"]["version"] for r in hook.requests]
-    assert [r["status"] for r in hook.requests[:3]] == [500, 500, 500]
-    versions = [r["json"]["version"] for r in hook.requests]
-    assert versions == sorted(versions)  # never an older version after a newer one
+    assert [(r["json"]["version"], r["status"]) for r in hook.requests] == [
+        (first["version"], 500), (newest["version"], 500), (newest["version"], 500),
+        (newest["version"], 200)]
+    assert [r["json"] for r in hook.accepted()] == [newest]
     assert all(verify_signature(SECRET, r["signature"], r["body"]) for r in hook.requests)
 
     target = client_info(proc)["delivery"]["webhook"]["targets"][0]
     assert target["failures_total"] == 3 and target["failures_in_a_row"] == 0
     assert target["delivered_version"] == newest["version"]
-    assert target["pending_version"] is None
+    assert target["pending_version"] is None and target["last_error"] is None
     assert metric(proc, "wgfo_webhook_notify_failures_total", client="c1") == 3
+    assert metric(proc, "wgfo_webhook_notify_delivered_total") == 1
+
+
+def test_broker_down_when_the_responder_starts(tmp_path, broker, responder_factory):
+    broker.stop()
+    gen = notify_fleet(tmp_path, mqtt=MqttSettings(url=broker.url))
+    proc = responder_factory(gen)  # starts and serves without its broker
+    assert client_info(proc)["delivery"]["mqtt"]["connected"] is False
+    want = current(proc)
+    broker.start_again()
+    sub = Subscriber(broker, topic("c1"))
+    try:
+        assert sub.wait_for(lambda s: s.json(topic("c1")) == want, timeout=40), proc.log()
+    finally:
+        sub.close()
 
 
 def test_pending_delivery_survives_a_responder_kill(tmp_path, receivers, responder_factory):
