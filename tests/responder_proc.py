@@ -33,7 +33,8 @@
 
 Fixtures: `responder` (a started ResponderProc with the defaults, stopped afterwards) and
 `responder_factory` (call it like ResponderProc.start without the workdir; all are stopped at the
-end of the test).
+end of the test). Import either `responder_fixture, responder_factory_fixture` (no ruff F811 at
+the use sites) or the plain names `responder, responder_factory` (then `# noqa: F811` on uses).
 """
 
 from __future__ import annotations
@@ -255,3 +256,8 @@ def responder_factory_fixture(tmp_path):
 @pytest.fixture(name="responder")
 def responder_fixture(responder_factory) -> ResponderProc:
     return responder_factory()
+
+
+# The first published names; tests written against them keep working.
+responder = responder_fixture
+responder_factory = responder_factory_fixture
