@@ -275,6 +275,7 @@ class MqttNotifier:
                             self.dirty[t] = None
                             if t0b is not None and self.state[t][1] is None:
                                 self.state[t][1] = t0b
+                    time.sleep(0.1)  # paho's queue is full or the link just dropped: no spinning
                     break
 
     def _publish_one(self, topic: str, payload: dict[str, Any], t0: float | None,
