@@ -293,7 +293,8 @@ def drain(state: LabState, worker: str, say: Say = print, timeout: float = 60) -
             # -i 0.02: a probe every 20 ms, as root; counts lost packets during the move.
             pings[c] = subprocess.Popen(
                 ["ip", "netns", "exec", state.clients[c]["netns"], "ping", "-n", "-q",
-                 "-i", "0.02", "-W", "1", "-w", f"{ping_s:g}", SERVICE_ADDRESS],
+                 # -c, not -w: a deadline would count the echo still in flight as lost.
+                 "-i", "0.02", "-W", "1", "-c", str(int(ping_s / 0.02)), SERVICE_ADDRESS],
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         time.sleep(0.5)
         t0 = time.time()
