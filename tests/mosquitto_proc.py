@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -34,21 +35,26 @@ def free_port() -> int:
 
 
 class Mosquitto:
-    def __init__(self, workdir: Path, port: int, conf: Path):
+    def __init__(self, workdir: Path, port: int, conf: Path, host: str = "127.0.0.1",
+                 netns_host: Any = None):
         self.workdir, self.port, self.conf = workdir, port, conf
-        self.url = f"mqtt://127.0.0.1:{port}"
-        self.tls_url = f"mqtts://127.0.0.1:{port}"
+        self.host, self.netns_host = host, netns_host
+        self.url = f"mqtt://{host}:{port}"
+        self.tls_url = f"mqtts://{host}:{port}"
         self.log_path = workdir / f"mosquitto-{port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @classmethod
     def start(cls, workdir: str | Path, *, users: dict[str, str] | None = None,
               acl: str | None = None, max_queued: int = 100000,
-              tls: dict[str, str] | None = None) -> Mosquitto:
+              tls: dict[str, str] | None = None, netns_host: Any = None,
+              host: str = "127.0.0.1") -> Mosquitto:
+        """`netns_host` (a wg_failover.netns.Host): run inside that namespace, listening on
+        `host`:1883 there."""
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        port = free_port()
-        lines = [f"listener {port} 127.0.0.1", "persistence false",
+        port = 1883 if netns_host is not None else free_port()
+        lines = [f"listener {port} {host}", "persistence false",
                  f"max_queued_messages {max_queued}", "log_dest stderr",
                  "log_type error", "log_type warning"]
         if tls:  # {"cafile": ..., "certfile": ..., "keyfile": ..., "require_certificate": "true"}
@@ -71,28 +77,37 @@ class Mosquitto:
             lines.append(f"acl_file {aclf}")
         conf = workdir / f"mosquitto-{port}.conf"
         conf.write_text("\n".join(lines) + "\n")
-        b = cls(workdir, port, conf)
+        b = cls(workdir, port, conf, host, netns_host)
         b.start_again()
         return b
 
     def start_again(self, timeout: float = 10) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
-            self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=log,
-                                         stderr=subprocess.STDOUT)
+            argv = [MOSQUITTO, "-c", str(self.conf)]
+            popen = self.netns_host.popen if self.netns_host is not None else subprocess.Popen
+            self.proc = popen(argv, stdout=log, stderr=subprocess.STDOUT)
         finally:
             log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mosquitto exited: {self.log_path.read_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
+            if self._listening():
+                return
+            time.sleep(0.05)
         self.stop()
         raise RuntimeError("mosquitto did not listen in time")
+
+    def _listening(self) -> bool:
+        if self.netns_host is None:
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5):
+                    return True
+            except OSError:
+                return False
+        probe = f"import socket; socket.create_connection(({self.host!r}, {self.port}), 0.5)"
+        return self.netns_host.run([sys.executable, "-c", probe], check=False).returncode == 0
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
