@@ -98,6 +98,12 @@ def run_soak(sw: labkit.Switcher, ping: labkit.Pinger, seconds: float) -> int:
     return len(switches)
 
 
+def log_time(stamp: str) -> float:
+    """Wall-clock seconds of a switcher log timestamp (local time, milliseconds)."""
+    base, _, ms = stamp.partition(".")
+    return time.mktime(time.strptime(base, "%Y-%m-%dT%H:%M:%S")) + int(ms or 0) / 1000
+
+
 def run_drains(sl: labkit.SwitcherLab, sw: labkit.Switcher, ping: labkit.Pinger,
                drains: int) -> int:
     total_lost = 0
@@ -109,15 +115,18 @@ def run_drains(sl: labkit.SwitcherLab, sw: labkit.Switcher, ping: labkit.Pinger,
         if status != 200:
             print(f"drain {i + 1}: responder said {status}: {body}", file=sys.stderr)
             sys.exit(1)
-        m = sw.wait_for(rf"switch {active} -> (\S+) \(assignment\)", 10, offset)
+        m = sw.wait_for(rf"(\S+) INFO switch {active} -> (\S+) \(assignment\)", 10, offset)
         if not m:
             print(f"drain {i + 1}: no switch\n{sw.text()[offset:]}", file=sys.stderr)
             sys.exit(1)
         time.sleep(1.0)
         answered, lost = ping.lost_between(t0 - 1.0, time.time())
         total_lost += lost
-        print(f"drain {i + 1}: {active} -> {m.group(1)}  echoes answered {answered}, "
-              f"lost {lost}", flush=True)
+        switched_at = log_time(m.group(1))
+        where = ", ".join(f"seq {q} sent {(t - switched_at) * 1000:+.1f} ms"
+                          for q, t in ping.lost_seqs(t0 - 1.0, time.time()))
+        print(f"drain {i + 1}: {active} -> {m.group(2)}  echoes answered {answered}, "
+              f"lost {lost}" + (f" ({where} from the switch)" if where else ""), flush=True)
         sl.http("POST", f"/v1/workers/{active}/undrain", "admin")
         time.sleep(0.5)
     print(f"\nplanned drains through the responder: {drains}, lost echoes in total {total_lost}")

@@ -223,6 +223,18 @@ class Pinger:
         span = (seqs[-1] - seqs[0]) % 65536 + 1
         return len(seqs), span - len(seqs)
 
+    def lost_seqs(self, t0: float, t1: float) -> list[tuple[int, float]]:
+        """Echoes lost between wall-clock t0 and t1: (icmp_seq, estimated send time), the time
+        interpolated between the replies around it."""
+        with self._lock:
+            pairs = [(q, t) for t, q in zip(self.replies, self.seqs, strict=True)
+                     if t0 <= t <= t1]
+        out = []
+        for (qa, ta), (qb, tb) in zip(pairs, pairs[1:], strict=False):
+            n = (qb - qa) % 65536
+            out += [((qa + k) % 65536, ta + (tb - ta) * k / n) for k in range(1, n)]
+        return out
+
     def replies_after(self, t: float) -> list[float]:
         return [r for r in self.snapshot() if r > t]
 
