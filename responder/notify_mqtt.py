@@ -40,6 +40,7 @@ log = logging.getLogger("wg_failover.responder.mqtt")
 # Unacknowledged publishes handed to paho at once: enough to fill the pipe to a remote broker,
 # small enough that a dead connection does not pile up a large duplicate backlog inside paho.
 MAX_OUTSTANDING = 2000
+STALE_SECONDS = 60.0
 RECONNECT_MIN, RECONNECT_MAX = 1, 30  # seconds; paho doubles the delay between attempts
 
 
@@ -113,7 +114,8 @@ class MqttNotifier:
         self.connected = False
         self.stopping = False
         self.acks: deque[tuple[int, float]] = deque()  # filled by paho's thread (on_publish)
-        self.outstanding: dict[int, tuple[str, int | None, float | None]] = {}
+        # mid -> (topic, version, t0, when handed to paho); read and written by the publisher only
+        self.outstanding: dict[int, tuple[str, int | None, float | None, float]] = {}
         self.acked_version: dict[str, int] = {}  # client -> newest version the broker took
         self.mqttc: paho.Client | None = None
         self.thread: threading.Thread | None = None
@@ -252,10 +254,10 @@ class MqttNotifier:
     def _publisher(self) -> None:
         while True:
             with self.cond:
-                while not self.stopping and not self.acks and not (
+                if not self.stopping and not self.acks and not (
                         self.connected and self.dirty
                         and len(self.outstanding) < MAX_OUTSTANDING):
-                    self.cond.wait(1.0)
+                    self.cond.wait(1.0)  # at least once a second: stale acks are forgotten
                 if self.stopping:
                     return
                 batch: list[tuple[str, dict[str, Any], float | None, str | None]] = []
@@ -268,6 +270,7 @@ class MqttNotifier:
                         self.state[topic][1] = None
                         batch.append((topic, payload, t0, client))
             self._handle_acks()
+            self._forget_stale()
             for i, (topic, payload, t0, client) in enumerate(batch):
                 if not self._publish_one(topic, payload, t0, client):
                     with self.cond:  # not connected after all: back to dirty, keep the order
@@ -285,12 +288,21 @@ class MqttNotifier:
         info = self.mqttc.publish(topic, encode(payload), qos=1, retain=True)
         if info.rc == paho.MQTT_ERR_NO_CONN:
             # paho queued it and sends it on reconnect; we republish on reconnect anyway.
-            self.outstanding[info.mid] = (topic, version, t0)
+            self.outstanding[info.mid] = (topic, version, t0, time.monotonic())
             return True
         if info.rc != paho.MQTT_ERR_SUCCESS:
             return False
-        self.outstanding[info.mid] = (topic, version, t0)
+        self.outstanding[info.mid] = (topic, version, t0, time.monotonic())
         return True
+
+    def _forget_stale(self) -> None:
+        # An ack that never comes (a message paho gave up on) must not block publishing
+        # forever; the state is republished on every reconnect anyway.
+        if len(self.outstanding) < MAX_OUTSTANDING:
+            return
+        cutoff = time.monotonic() - STALE_SECONDS
+        for mid in [m for m, item in self.outstanding.items() if item[3] < cutoff]:
+            del self.outstanding[mid]
 
     def _handle_acks(self) -> None:
         while self.acks:
@@ -298,7 +310,7 @@ class MqttNotifier:
             item = self.outstanding.pop(mid, None)
             if item is None:
                 continue
-            topic, version, t0 = item
+            topic, version, t0, _sent = item
             if self.published is not None:
                 self.published.inc()
             if version is not None:
