@@ -566,3 +566,17 @@ def test_sse_keepalive_comments(responder_factory):
             if lines.count(": keepalive") >= 2:
                 break
     assert lines[0] == ": connected" and not any(x.startswith("data:") for x in lines)
+
+
+def test_metrics_pass_promtool(responder):
+    import shutil
+
+    if not shutil.which("promtool"):
+        pytest.skip("promtool not installed")
+    p = responder
+    post(p, "/v1/clients/c1/events", "c1",
+         json={"type": "probe", "workers": {"w1": {"up": True, "rtt_ms": 1.0, "loss": 0.0}}})
+    p.alert("w1")
+    r = subprocess.run(["promtool", "check", "metrics"], input=get(p, "/metrics").text,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
