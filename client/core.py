@@ -203,6 +203,7 @@ class Core:
         self.version = version  # the last responder version seen (applied or rejected)
         self.pending = pending  # a responder assignment not applied yet (target dead/unknown)
         self.pending_rejected = pending is not None  # a cached pending one was reported already
+        self.assignment: Assignment | None = pending  # the last one the responder sent
         self.order = list(workers)  # fast-path preference: the responder's backups first
         if pending is not None:
             self._set_order(pending)
@@ -292,6 +293,13 @@ class Core:
         self.active_stuck_noted = False
         return act
 
+    def switch_failed(self, act: Switch) -> None:
+        """The shell could not carry out `act`: the routes stayed where they were."""
+        self.active = act.from_
+        a = self.assignment
+        if act.kind == "assignment" and a is not None and a.version == act.version:
+            self.pending, self.pending_rejected = a, True  # retried on the next evaluation
+
     def _set_order(self, a: Assignment) -> None:
         known = [w for w in (a.worker, *a.backups) if w in self.health]
         self.order = list(dict.fromkeys(known + self.workers))
@@ -302,6 +310,7 @@ class Core:
         if a.version <= self.version:
             return []
         self.version = a.version
+        self.assignment = a
         self.pending = None
         self.pending_rejected = False
         if a.worker not in self.health:

@@ -47,6 +47,7 @@ class SwitcherLab:
     fleet_file: Path | None = None
     token_file: Path | None = None
     master: Host | None = None
+    client_config: str = ""
     responder_url: str | None = None
 
     @property
@@ -71,6 +72,15 @@ class SwitcherLab:
         # The killed process left its control socket behind; the lab waits for the socket.
         (WG_RUN_DIR / f"{node.iface.name}.sock").unlink(missing_ok=True)
         node.iface = node.host.wireguard(node.iface.name, node.config, node.addresses)
+
+    def restart_client_interface(self) -> None:
+        """Kill the client's wireguard-go and bring the interface up again from its config
+        (routes on the first worker), as `wg-quick down; wg-quick up` would."""
+        assert self.client_iface is not None and self.client_host is not None
+        self.client_iface.kill()
+        (WG_RUN_DIR / f"{self.client_iface.name}.sock").unlink(missing_ok=True)
+        self.client_iface = self.client_host.wireguard(
+            self.client_iface.name, self.client_config, [self.client.address])
 
     def worker_rx_from_client(self, name: str) -> int:
         """Bytes the worker received from the client (0 when its wireguard-go is dead)."""
@@ -280,6 +290,7 @@ def build(lab: NetLab, workdir: Path, workers: int = 3, responder_url: str | Non
     host = lab.add_host(c.name)
     conf = strip(render_client(fleet, c, gen.private_keys[c.name]))
     sl.client_host = host
+    sl.client_config = conf
     sl.client_iface = host.wireguard("c0", conf, [c.address])
     sl.fleet_file = workdir / "fleet.yaml"
     sl.fleet_file.write_text(dump_fleet(fleet))

@@ -14,11 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import os
 import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+
+log = logging.getLogger("wg_failover.switcher")
 
 ICMP_ECHO_REQUEST = 8
 ICMP_ECHO_REPLY = 0
@@ -119,6 +122,9 @@ class IcmpProber:
         self.raw = True
         self.sent = 0
         self.send_errors = 0
+        self.round_dev_errors = 0
+        self.reopened_at = -1e9
+        self.errnos_seen: set[int | None] = set()
 
     def open(self) -> None:
         self.sock, self.raw = open_icmp_socket(self.interface)
@@ -146,6 +152,7 @@ class IcmpProber:
             while rounds is None or done < rounds:
                 for worker, address in self.targets.items():
                     self._send(loop, worker, address)
+                self._maybe_reopen(loop)
                 done += 1
                 next_at += self.interval
                 delay = next_at - loop.time()
@@ -157,8 +164,9 @@ class IcmpProber:
             while self.outstanding and loop.time() < deadline:
                 await asyncio.sleep(0.01)
         finally:
-            with contextlib.suppress(Exception):
-                loop.remove_reader(self.sock.fileno())
+            if self.sock is not None:
+                with contextlib.suppress(Exception):
+                    loop.remove_reader(self.sock.fileno())
 
     def _send(self, loop: asyncio.AbstractEventLoop, worker: str, address: str) -> None:
         assert self.sock is not None
@@ -174,12 +182,38 @@ class IcmpProber:
             self.sock.sendto(echo_request(self.ident, seq), (address, 0))
             self.sent += 1
         except OSError as exc:
-            # ENOKEY (no peer for it), ENETUNREACH, ENOBUFS...: the probe is lost, and the
-            # deadline counts it as a miss like any other.
-            if exc.errno not in (errno.ENOKEY, errno.ENETUNREACH, errno.EHOSTUNREACH,
-                                 errno.ENOBUFS, errno.EAGAIN, errno.ENODEV, errno.ENXIO):
-                raise
+            # ENOKEY (no peer for it), ENETUNREACH, ENOBUFS, ENODEV (the interface is gone)...:
+            # the probe is lost, and its deadline counts it as a miss like any other.
             self.send_errors += 1
+            if exc.errno in (errno.ENODEV, errno.ENXIO):
+                self.round_dev_errors += 1
+            if exc.errno not in self.errnos_seen:
+                self.errnos_seen.add(exc.errno)
+                log.warning("probe: sending to %s (%s) failed: %s", worker, address,
+                            exc.strerror or exc)
+
+    def _maybe_reopen(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A socket bound to an interface that was deleted stays bound to the dead one: when
+        every send of a round says the device is gone, bind a fresh socket (at most once a
+        second), so probing resumes as soon as the interface is back."""
+        dead = self.round_dev_errors >= len(self.targets) > 0
+        self.round_dev_errors = 0
+        if not dead or loop.time() - self.reopened_at < 1.0:
+            return
+        self.reopened_at = loop.time()
+        try:
+            sock, raw = open_icmp_socket(self.interface)
+        except ProbeError as exc:
+            log.warning("probe: %s", exc)
+            return
+        old = self.sock
+        if old is not None:
+            with contextlib.suppress(Exception):
+                loop.remove_reader(old.fileno())
+            old.close()
+        self.sock, self.raw = sock, raw
+        loop.add_reader(sock.fileno(), self._readable)
+        log.info("probe: socket bound to %s again", self.interface)
 
     def _expire(self, seq: int) -> None:
         item = self.outstanding.pop(seq, None)

@@ -16,7 +16,7 @@ from wg_failover import wg
 from wg_failover.fleet import Client, Fleet
 
 from . import cache, wgctl
-from .core import Action, Assignment, Core, Note, Report, Settings, Switch
+from .core import DOWN, Action, Assignment, Core, Note, Report, Settings, Switch
 from .metrics import SwitcherMetrics
 from .probe import IcmpProber
 from .reporter import Reporter
@@ -34,6 +34,7 @@ class Options:
     probe_timeout: float | None = None  # floor of a probe's deadline; default one interval
     keepalive: int = 25
     report_every: float = 5.0
+    check_every: float = 2.0  # how often the interface is checked for drift
 
 
 class Switcher:
@@ -49,6 +50,7 @@ class Switcher:
         self.core: Core | None = None
         self.prober: IcmpProber | None = None
         self.switches = 0
+        self.failed_at = -1e9
 
     # ------------------------------------------------------------------ start
     def resume(self) -> Core:
@@ -123,11 +125,15 @@ class Switcher:
     def _switch(self, act: Switch) -> bool:
         assert self.core is not None
         t0 = time.monotonic()
+        if t0 - self.failed_at < 1.0:
+            self.core.switch_failed(act)  # `wg` just failed: retry in a second, not per probe
+            return False
         try:
             wgctl.move_routes(self.opts.interface, self.fleet, self.client, act.to)
         except (wg.WgError, KeyError) as exc:
             log.error("switch %s -> %s FAILED (%s): %s", act.from_, act.to, act.kind, exc)
-            self.core.active = act.from_
+            self.core.switch_failed(act)
+            self.failed_at = t0
             return False
         took = (time.monotonic() - t0) * 1000
         after = f" after {act.elapsed_ms} ms" if act.elapsed_ms is not None else ""
@@ -183,6 +189,53 @@ class Switcher:
             if self.metrics:
                 self.metrics.update(self.core)
 
+    async def _watch_interface(self) -> None:
+        """Every few seconds, check that the routes are where the core thinks they are: the
+        interface may have been recreated (wg-quick down/up) or changed by hand."""
+        iface = self.opts.interface
+        noted = False
+        while True:
+            await asyncio.sleep(self.opts.check_every)
+            switches = self.switches
+            try:
+                dump = await asyncio.to_thread(wg.show_dump, iface)
+            except wg.WgError as exc:
+                if not noted:
+                    log.warning("interface %s unreadable: %s", iface, exc)
+                    noted = True
+                continue
+            if noted:
+                log.info("interface %s is back", iface)
+                noted = False
+            if switches == self.switches:  # else the dump predates our own move
+                self.check_drift(dump)
+
+    def check_drift(self, dump: wg.Dump) -> None:
+        assert self.core is not None
+        core = self.core
+        holder = wgctl.find_active(self.fleet, self.client, dump.peers)
+        if core.active is not None and holder is not None and holder != core.active \
+                and core.health[core.active].state == DOWN:
+            log.info("drift: routes are on %s, not on %s which is down; adopting %s", holder,
+                     core.active, holder)
+            core.active = holder
+            self.save()
+        target = core.active or holder
+        changes = wgctl.plan_reconcile(self.fleet, self.client, dump.peers, target,
+                                       self.opts.keepalive)
+        if not changes:
+            return
+        log.info("drift: routes on %s, expected on %s; restoring (%s)", holder or "no peer",
+                 target, "; ".join(f"{c.worker}: {c.why}" for c in changes))
+        try:
+            wgctl.apply_changes(self.opts.interface, changes)
+        except wg.WgError as exc:
+            log.error("drift: restoring failed: %s", exc)
+            return
+        if core.active is None:
+            core.active = target
+            self.save()
+
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT."""
         self.resume()
@@ -195,7 +248,8 @@ class Switcher:
         core = self.core
         tasks = [asyncio.create_task(prober.run(), name="prober"),
                  asyncio.create_task(self.reporter.run(), name="reporter"),
-                 asyncio.create_task(self._report_probes(), name="probe-reports")]
+                 asyncio.create_task(self._report_probes(), name="probe-reports"),
+                 asyncio.create_task(self._watch_interface(), name="interface-watch")]
         if self.source is not None:
             tasks.append(asyncio.create_task(self.source.run(self.deliver, lambda: core.version),
                                              name="assignments"))

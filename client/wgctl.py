@@ -93,6 +93,9 @@ def plan_reconcile(fleet: Fleet, client: Client, peers: list[wg.Peer], active: s
         if whys:
             changes.append(PeerChange(w.name, w.public_key, ", ".join(whys), allowed, endpoint,
                                       ka))
+    # The active peer first: giving it the routes takes them from wherever they were, so no
+    # moment passes with the routes on no peer.
+    changes.sort(key=lambda c: c.worker != active)
     return changes
 
 

@@ -350,3 +350,16 @@ def test_reporter_keeps_decisions_and_only_the_newest_probe_summary():
     silent = Reporter(None, "c1", None)
     silent.post({"type": "probe"})
     assert not silent.queue
+
+
+def test_a_failed_assignment_switch_is_retried():
+    core = Core(W, active="w1")
+    up_all(core, 0.0)
+    [sw] = switches(core.on_assignment(a(4, "w2"), 1.0))
+    core.switch_failed(sw)  # `wg set` failed
+    assert core.active == "w1" and core.pending is not None
+    acts = core.on_reply("w2", 0.001, 2.0)
+    [again] = switches(acts)
+    assert again.to == "w2" and reports(acts, "applied") == [
+        {"type": "applied", "version": 4, "worker": "w2"}]
+    assert reports(acts, "rejected") == []

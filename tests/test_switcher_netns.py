@@ -103,3 +103,26 @@ def test_once_reconciles_missing_peers_and_keepalives(netlab, tmp_path):
     assert "routes are on w1; keeping it (the cache said w2; the interface wins" in text
     assert cache.load(cache_path(state, "c1"), "c1") == cache.CachedState("c1", "w1", 0)
 
+
+
+def test_recreated_interface_gets_its_routes_back(netlab, tmp_path):
+    sl = labkit.build(netlab, tmp_path / "lab")
+    sw = sl.start_switcher(tmp_path / "state", CUT_OFF)
+    for w in sl.prefs():
+        assert sw.wait_for(rf"probe: {w} is up", 15), sw.text()
+    sl.kill_worker("w1")
+    assert sw.wait_for(r"switch w1 -> w2 \(failover\)", 10), sw.text()
+
+    # wg-quick down/up: a new interface, routes back on w1 (its config's first worker), dead.
+    offset = len(sw.text())
+    sl.restart_client_interface()
+    assert sl.route_holder() == "w1"
+    assert sw.wait_for(r"drift: routes on w1, expected on w2; restoring", 15, offset), sw.text()
+    assert labkit.wait_until(lambda: sl.route_holder() == "w2", 10)
+    assert sw.wait_for(r"probe: socket bound to \S+ again", 5, offset), sw.text()
+    ping = sl.start_ping(0.05)
+    try:
+        assert labkit.wait_until(lambda: len(ping.snapshot()) > 5, 15)
+    finally:
+        ping.stop()
+    assert sw.stop() == 0
