@@ -167,8 +167,8 @@ class MqttNotifier:
         for w in app_state.fleet.workers:
             if w.name in app_state.workers:
                 self.worker_changed(app_state.worker_json(w.name))
-        for a in app_state.assignments.values():
-            self.assignment_changed(app_state.assignment_json(a))
+        for aj in app_state.all_assignments():  # fleet clients only (not removed ones)
+            self.assignment_changed(aj)
         with self.lock:
             for item in self.state.values():
                 item[1] = None  # a republish at start is not a change: no latency sample

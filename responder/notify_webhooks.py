@@ -259,9 +259,8 @@ class WebhookNotifier:
                                       headers={"User-Agent": "wg-failover-responder"})
         self.running = True
         # Whatever a target has not accepted yet (new target, or pending at the last stop).
-        for a in app_state.assignments.values():
-            aj = app_state.assignment_json(a)
-            for s in self._targets_of(a.client):
+        for aj in app_state.all_assignments():  # fleet clients only (not removed ones)
+            for s in self._targets_of(aj["client"]):
                 if s.offer(aj, None):
                     self._kick(s)
         n = sum(len(s.pending) for s in self.targets.values())
