@@ -27,6 +27,7 @@ from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
@@ -900,7 +901,7 @@ def create_app(fleet: Fleet, db_path: str) -> FastAPI:
 
     # --------------------------------------------------------------- webhook
 
-    @app.post("/v1/alerts", tags=["alertmanager"])
+    @app.post("/v1/alerts", tags=["alertmanager"], openapi_extra=_body_doc("AMPayload"))
     async def alerts(request: Request) -> JSONResponse:
         s = st()
         m = s.metrics.deliveries
@@ -1006,7 +1007,8 @@ def create_app(fleet: Fleet, db_path: str) -> FastAPI:
         return SSEResponse(st(), name, parse_last_id(request.headers.get("last-event-id"),
                                                      last_event_id))
 
-    @app.post("/v1/clients/{name}/events", tags=["clients"], status_code=202)
+    @app.post("/v1/clients/{name}/events", tags=["clients"], status_code=202,
+              openapi_extra=_body_doc("ClientEvent"))
     async def client_events(request: Request, name: str) -> JSONResponse:
         require_client(request, name)
         s = st()
@@ -1048,7 +1050,27 @@ def create_app(fleet: Fleet, db_path: str) -> FastAPI:
         out = [_event_json(e) for e in rows]
         return {"events": out, "last_id": out[-1]["id"] if out else after}
 
+    def openapi() -> dict[str, Any]:
+        # Bodies are parsed by hand (size limit, 400 vs 422): add their schemas to the docs.
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version,
+                                 description=app.description, routes=app.routes)
+            comps = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name, adapter in (("AMPayload", TypeAdapter(AMPayload)),
+                                  ("ClientEvent", ClientEvent)):
+                js = adapter.json_schema(ref_template="#/components/schemas/{model}")
+                comps.update(js.pop("$defs", {}))
+                comps[name] = js
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _body_doc(model: str) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{model}"}}}}}
 
 
 def _event_json(e: dict[str, Any]) -> dict[str, Any]:

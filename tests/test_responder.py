@@ -101,7 +101,9 @@ def test_initial_state_targets_and_probes(responder):
     assert metric(p, "wgfo_worker_state", worker="w1", state="up") == 1
     assert metric(p, "wgfo_client_assigned", client="c1", worker="w1") == 1
     assert metric(p, "wgfo_worker_assigned_clients", worker="w1") == 2
-    assert "/v1/alerts" in get(p, "/openapi.json").json()["paths"]
+    api = get(p, "/openapi.json").json()
+    assert "requestBody" in api["paths"]["/v1/alerts"]["post"]
+    assert {"AMPayload", "ClientEvent", "SwitchEvent"} <= set(api["components"]["schemas"])
 
 
 def test_failover_duplicates_and_recovery_without_preempt(responder_factory):
