@@ -353,6 +353,11 @@ def status(state: LabState, say: Say = print) -> dict[str, Any]:
         for c in state.clients:
             with contextlib.suppress(httpx.HTTPError, ValueError, OSError):
                 assignments[c] = api.assignment(c)
+        alerts: list[str] | None = None
+        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+            alerts = sorted({
+                f"{a['labels'].get('alertname')}{{worker={a['labels'].get('worker', '')}}}"
+                for a in api.prometheus_alerts() if a.get("state") == "firing"})
     finally:
         api.close()
     say(f"lab {state.prefix}: {state.subnet}, directory {state.dir}")
@@ -375,5 +380,8 @@ def status(state: LabState, say: Say = print) -> dict[str, Any]:
         alive = "up" if sw and sw[0].alive() else "dead"
         say(f"  {c:<8} {a.get('worker') or '?':<10} {str(a.get('version', '?')):<8} "
             f"{active.get(c) or '-':<10} {alive}")
-    return {"workers": states, "active": active,
+    say("")
+    say("  alerts firing: " + ("(prometheus unreachable)" if alerts is None
+                               else ", ".join(alerts) or "none"))
+    return {"workers": states, "active": active, "alerts_firing": alerts,
             "assigned": {c: (a or {}).get("worker") for c, a in assignments.items()}}
