@@ -235,6 +235,9 @@ def test_worker_death_reaches_responder(netlab, tmp_path):
         # was never touched, and the webhook was accepted with the token from the file.
         assert down[0]["labels"]["action"] == "failover"
         assert down[0]["state"] == "firing"
+        # The description's template query ran in the real Prometheus and named the signal.
+        assert down[0]["annotations"]["description"] == (
+            "1 of 3 signals say worker w1 is dead: interface.")
         assert worker_states(responder)["w2"] == "up"
         metrics = httpx.get(f"{responder.url}/metrics", timeout=5).text
         assert sample(metrics, 'wgfo_webhook_deliveries_total{outcome="applied"}') >= 1
