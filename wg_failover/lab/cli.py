@@ -207,17 +207,33 @@ def register(subparsers: Any) -> None:
                        help="Prometheus scrape and rule interval in the lab (default 1; shipped "
                        "prometheus.yml: 5)")
 
-    p = sub.add_parser("up", help="build and start a lab")
+    p = sub.add_parser(
+        "up", help="build and start a lab",
+        description="Build and start a lab: namespaces PREFIX-* around a bridge, a master "
+        "(responder, prometheus, alertmanager with the shipped configs), workers (wireguard-go, "
+        "exporter, service 10.99.0.1) and clients (wireguard-go with every worker as a peer, "
+        "switcher). Waits until every exporter is scraped and every client has handshakes, "
+        "then prints the status. State: /run/wg-failover-lab/PREFIX/.")
     common(p)
     building(p, 5)
     p.set_defaults(func=_run(cmd_up))
 
-    p = sub.add_parser("status", help="workers, clients, assignments and where routes really are")
+    p = sub.add_parser(
+        "status", help="workers, clients, assignments and where routes really are",
+        description="Workers (the responder's state, their processes, the clients whose routes "
+        "are on them), clients (the responder's assignment and version, the peer holding "
+        "their routes per `wg show`, the switcher), and the alerts Prometheus has firing.")
     common(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=_run(cmd_status))
 
-    p = sub.add_parser("failover", help="kill a worker (crash) and print the timeline")
+    p = sub.add_parser(
+        "failover", help="kill a worker (crash) and print the timeline",
+        description="Kill a worker's wireguard-go and exporter (SIGKILL, as a crash; --cut: "
+        "take its link down instead) and print the timeline as it happens: each client's "
+        "fast-path switch, the Prometheus alert, Alertmanager, the responder's webhook and "
+        "plan, every client's confirmation, and the control-path time. Exit 0 when every "
+        "client of the worker ends on a healthy worker and no other client moved.")
     common(p)
     p.add_argument("worker", nargs="?", help="worker to kill (default: the one with most clients)")
     p.add_argument("--timeout", type=float, default=120, help="give up after SECONDS")
@@ -234,7 +250,10 @@ def register(subparsers: Any) -> None:
                    "resolves after 15 s healthy, then the lab's 20 s hold-down)")
     p.set_defaults(func=_run(cmd_revive))
 
-    p = sub.add_parser("drain", help="drain a worker through the responder, clients pinging")
+    p = sub.add_parser(
+        "drain", help="drain a worker through the responder, clients pinging",
+        description="Drain a worker through the responder's API (admin token) while each of "
+        "its clients pings 10.99.0.1 every 20 ms; prints each move and the lost pings.")
     common(p)
     p.add_argument("worker")
     p.add_argument("--undo", action="store_true", help="undrain instead")
@@ -242,11 +261,18 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_run(cmd_drain))
 
-    p = sub.add_parser("down", help="stop and remove everything the lab made (only that)")
+    p = sub.add_parser(
+        "down", help="stop and remove everything the lab made (only that)",
+        description="Stop exactly the lab's processes (pid and start time from its state), "
+        "delete its namespaces PREFIX-*, the host's link PREFIX-root and its state directory.")
     common(p)
     p.set_defaults(func=_run(cmd_down))
 
-    p = sub.add_parser("demo", help="up, a failover with its timeline, a drain, down (~1 min)")
+    p = sub.add_parser(
+        "demo", help="up, a failover with its timeline, a drain, down (~30 s)",
+        description="The main job in one command: lab up, a failover of the busiest worker "
+        "with its timeline, a drain of another worker while clients ping, status, lab down, "
+        "and a recap of the figures. Exit 0 when the failover and the drain succeeded.")
     common(p)
     building(p, 5)
     p.add_argument("--timeout", type=float, default=90)
