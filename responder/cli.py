@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import resource
+import sqlite3
 
 from wg_failover.cli import CliError, fleet_argument
 from wg_failover.fleet import load_fleet, parse_host_port
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
+    from .store import Store
 
     fleet = load_fleet(args.fleet)
     listen = args.listen
@@ -79,10 +81,12 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _raise_nofile()
+    # Open the store once here so a bad --db is one clear line, not a startup traceback.
     try:
-        app = create_app(fleet, args.db)
-    except OSError as exc:
+        Store(args.db).close()
+    except (OSError, sqlite3.Error) as exc:
         raise CliError(f"cannot open --db {args.db}: {exc}") from None
+    app = create_app(fleet, args.db)
     config = uvicorn.Config(
         app, host=hp.host, port=hp.port, log_level=args.log_level, access_log=False,
         lifespan="on", backlog=4096, timeout_graceful_shutdown=2,

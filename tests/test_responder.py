@@ -527,6 +527,17 @@ def test_cli_errors(tmp_path):
     r = subprocess.run([WG_FAILOVER, "responder", "--fleet", str(good), "--listen", "nope"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "--listen" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "file").write_text("")
+    r = subprocess.run([WG_FAILOVER, "responder", "--fleet", str(good), "--listen",
+                        "127.0.0.1:1", "--db", str(tmp_path / "file" / "db")],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "cannot open --db" in r.stderr and "Traceback" not in r.stderr
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not a database" * 100)
+    r = subprocess.run([WG_FAILOVER, "responder", "--fleet", str(good), "--listen",
+                        "127.0.0.1:1", "--db", str(junk)], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 2 and "cannot open --db" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize("path", ["/v1/alerts"])
