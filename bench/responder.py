@@ -39,6 +39,11 @@ def raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -170,6 +175,37 @@ async def deliveries(p, n: int, concurrency: int = 8) -> tuple[float, float]:
     return fresh, dup
 
 
+async def probe_reports(p, n: int, concurrency: int = 8) -> float:
+    """Probe reports/s (`POST /v1/clients/{name}/events`, type probe) from many clients: what a
+    fleet of switchers sends (each every 5 s by default)."""
+    clients = [c.name for c in p.fleet.clients]
+    body = json.dumps({"type": "probe", "workers": {
+        w.name: {"up": True, "rtt_ms": 0.4, "loss": 0.0} for w in p.fleet.workers}}).encode()
+
+    async def sender(k: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
+        try:
+            for i in range(k, n, concurrency):
+                c = clients[i % len(clients)]
+                writer.write(
+                    (f"POST /v1/clients/{c}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     f"Content-Type: application/json\r\nAuthorization: Bearer "
+                     f"{p.tokens[c]}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body)
+                status = await reader.readline()
+                assert b" 202 " in status, status
+                length = 0
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                await reader.readexactly(length)
+        finally:
+            writer.close()
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(sender(k) for k in range(concurrency)))
+    return n / (time.monotonic() - t0)
+
+
 def fanout(n_clients: int, rounds: int, workdir: Path) -> dict:
     import httpx
 
@@ -264,14 +300,22 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="wgfo-bench-") as tmp:
         work = Path(tmp)
         print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
-        p = ResponderProc.start(work / "rate", workers=3, clients=10)
+        p = ResponderProc.start(work / "rate", workers=3, clients=1000)
         try:
             fresh, dup = asyncio.run(deliveries(p, args.deliveries))
+            asyncio.run(probe_reports(p, 1000))  # every client's first report is recorded
+            cpu0 = cpu_seconds(p.pid)
+            n_probes = 4 * args.deliveries
+            probes = asyncio.run(probe_reports(p, n_probes))
+            probe_cpu_us = 1e6 * (cpu_seconds(p.pid) - cpu0) / n_probes
         finally:
             p.stop()
         print(f"webhook deliveries/s (new alert, 1 fsync'd SQLite transaction each, "
               f"8 concurrent senders, {args.deliveries} deliveries): {fresh:.0f}")
         print(f"webhook deliveries/s (duplicates, no write): {dup:.0f}")
+        print(f"client probe reports/s (1,000 clients, 8 keep-alive senders): {probes:.0f}; "
+              f"responder CPU per report {probe_cpu_us:.0f} us, i.e. ~{1e6 / probe_cpu_us:.0f}/s "
+              f"per core (10,000 switchers reporting every 5 s send 2,000/s)")
         for n in [int(x) for x in args.clients.split(",") if x]:
             res = fanout(n, args.rounds, work)
             print(f"\n{n} clients, {n} SSE streams open (responder reports "

@@ -567,6 +567,23 @@ class AppState:
                     # Already elsewhere: still tell the client where it should be.
                     d.assign_reason[name] = "client-rejected"
 
+    def probe_unremarkable(self, name: str, ev: ProbeEvent) -> bool:
+        """Record a probe report in memory if it changes nothing durable; True when it did.
+
+        False (and nothing recorded) when the client's up/down view changed or a worker unusable
+        for it answers again: then the report goes through `change()` like any other."""
+        results = {w: Probe(p.up, p.rtt_ms, p.loss) for w, p in ev.workers.items()
+                   if w in self.worker_by_name}
+        prev = self.probes.get(name)
+        if prev is None or {w: p.up for w, p in prev[1].items()} != {
+                w: p.up for w, p in results.items()}:
+            return False
+        unusable = self.unusable.get(name)
+        if unusable and any(p.up and w in unusable for w, p in results.items()):
+            return False
+        self.probes[name] = (time.time(), results)
+        return True
+
     def _probe(self, d: Draft, name: str, ev: ProbeEvent) -> None:
         results = {w: Probe(p.up, p.rtt_ms, p.loss) for w, p in ev.workers.items()
                    if w in self.worker_by_name}
@@ -647,19 +664,42 @@ def token_matches(token: str | None, want_sha256: str | None) -> bool:
     return hmac.compare_digest(sha256_hex(token).encode(), want_sha256.encode())
 
 
-async def read_json(request: Request) -> Any:
-    length = request.headers.get("content-length")
+def _check_length(length: str | None) -> None:
     if length is not None:
         try:
-            if int(length) > MAX_BODY:
-                raise ApiError(413, f"body larger than {MAX_BODY} bytes")
+            n = int(length)
         except ValueError:
             raise ApiError(400, "bad Content-Length") from None
+        if n > MAX_BODY:
+            raise ApiError(413, f"body larger than {MAX_BODY} bytes")
+
+
+async def read_json(request: Request) -> Any:
+    _check_length(request.headers.get("content-length"))
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_BODY:
             raise ApiError(413, f"body larger than {MAX_BODY} bytes")
+    return parse_json(body)
+
+
+async def read_json_asgi(receive: Receive, length: str | None) -> Any:
+    """read_json for the ASGI fast path (no Request object)."""
+    _check_length(length)
+    body = bytearray()
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise ApiError(400, "the client went away mid-body")
+        body += msg.get("body", b"")
+        if len(body) > MAX_BODY:
+            raise ApiError(413, f"body larger than {MAX_BODY} bytes")
+        if not msg.get("more_body", False):
+            return parse_json(body)
+
+
+def parse_json(body: bytes | bytearray) -> Any:
     try:
         return json.loads(body, parse_constant=_no_constant, parse_float=_finite_float)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -768,21 +808,40 @@ def parse_last_id(header: str | None, query: int | str | None) -> int | None:
         raise ApiError(400, "Last-Event-ID must be an assignment version") from None
 
 
+async def client_event(s: AppState, name: str, raw: Any) -> None:
+    """Validate and apply one client report. Raises ApiError (4xx) or StoreError (503)."""
+    try:
+        ev = ClientEvent.validate_python(raw)
+    except ValidationError as exc:
+        raise ApiError(422, validation_detail(exc)) from None
+    s.metrics.client_events.labels(type=ev.type).inc()
+    if isinstance(ev, ProbeEvent) and s.probe_unremarkable(name, ev):
+        return  # the usual case: memory only, no lock, no transaction
+    await s.change(lambda d: s.client_report(d, name, ev), durable=False)
+
+
 STREAM_PATH = re.compile(r"^/v1/clients/([^/]+)/assignment/stream$")
+EVENTS_PATH = re.compile(r"^/v1/clients/([^/]+)/events$")
 
 
 class SSEFront:
-    """ASGI middleware that serves the SSE route itself, before FastAPI's routing, dependency
-    and exception layers: an idle stream then holds a few small frames instead of a deep stack,
-    which is what keeps 10,000 open streams well inside the memory goal."""
+    """ASGI middleware that serves the two per-client hot paths itself, before FastAPI's routing,
+    dependency and exception layers: the SSE stream (an idle stream then holds a few small
+    frames instead of a deep stack, which keeps 10,000 open streams well inside the memory
+    goal) and the client reports (every switcher posts one every few seconds)."""
 
     def __init__(self, app: Any):
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        m = STREAM_PATH.match(scope.get("path", "")) if scope["type"] == "http" else None
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path, method = scope.get("path", ""), scope["method"]
+        m = STREAM_PATH.match(path) if method == "GET" else \
+            EVENTS_PATH.match(path) if method == "POST" else None
         st = getattr(scope["app"].state, "st", None) if m else None
-        if m is None or st is None or scope["method"] != "GET":
+        if m is None or st is None:
             await self.app(scope, receive, send)
             return
         name = m.group(1)
@@ -791,19 +850,27 @@ class SSEFront:
         auth = headers.get("authorization", "")
         scheme, _, token = auth.partition(" ")
         token = token.strip() if scheme.lower() == "bearer" and token.strip() else None
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         try:
             err = client_auth_error(st, token, name)
             if err is not None:
                 raise err
-            last = parse_last_id(headers.get("last-event-id"),
-                                 (query.get("last_event_id") or [None])[0])
+            if method == "POST":
+                raw = await read_json_asgi(receive, headers.get("content-length"))
+                await client_event(st, name, raw)
+                resp = JSONResponse({"accepted": True}, status_code=202)
+            else:
+                query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+                last = parse_last_id(headers.get("last-event-id"),
+                                     (query.get("last_event_id") or [None])[0])
+                resp = SSEResponse(st, name, last)
         except ApiError as exc:
             resp = JSONResponse({"detail": exc.detail}, status_code=exc.status,
                                 headers=exc.headers)
-            await resp(scope, receive, send)
-            return
-        await SSEResponse(st, name, last)(scope, receive, send)
+        except StoreError as exc:
+            log.error("%s", exc)
+            resp = JSONResponse({"detail": "state store unavailable; retry"}, status_code=503,
+                                headers={"Retry-After": "1"})
+        await resp(scope, receive, send)
 
 
 def _sse_chunk(a: dict[str, Any]) -> dict[str, Any]:
@@ -1010,15 +1077,10 @@ def create_app(fleet: Fleet, db_path: str) -> FastAPI:
     @app.post("/v1/clients/{name}/events", tags=["clients"], status_code=202,
               openapi_extra=_body_doc("ClientEvent"))
     async def client_events(request: Request, name: str) -> JSONResponse:
+        """Served by `SSEFront` (the hot path: every switcher reports every few seconds); this
+        route documents it and is the fallback."""
         require_client(request, name)
-        s = st()
-        raw = await read_json(request)
-        try:
-            ev = ClientEvent.validate_python(raw)
-        except ValidationError as exc:
-            raise ApiError(422, validation_detail(exc)) from None
-        s.metrics.client_events.labels(type=ev.type).inc()
-        await s.change(lambda d: s.client_report(d, name, ev), durable=False)
+        await client_event(st(), name, await read_json(request))
         return JSONResponse({"accepted": True}, status_code=202)
 
     @app.get("/v1/clients/{name}", tags=["clients"])
