@@ -178,6 +178,8 @@ def test_bad_requests_never_500(responder):
     assert post(p, "/v1/alerts", "alert", json=bad_time).status_code == 422
     r = post(p, "/v1/alerts", "alert", content=b"x" * (1024 * 1024 + 1), headers=h)
     assert r.status_code == 413
+    r = post(p, "/v1/clients/c1/events", "c1", content=b"x" * (1024 * 1024 + 1), headers=h)
+    assert r.status_code == 413
     r = post(p, "/v1/clients/c1/events", "c1", json={"type": "dance"})
     assert r.status_code == 422
     r = post(p, "/v1/clients/c1/events", "c1", json={"type": "probe", "workers": {"w1": {}}})
