@@ -12,6 +12,9 @@ root-namespace loopback port to it (the relay's connecting thread enters the nam
 setns(2), which affects that thread only). The fleet's `exporter` addresses are the relay ports,
 so the responder's http_sd points Prometheus at where the exporters really answer.
 
+Then w1 comes back (the resolved alert reaches the responder), and w2's exporter alone is killed:
+that notifies and must not fail w2 over.
+
 Prints the detection time (kill -> responder says "down"). WGFO_PROM_INTERVAL=shipped runs the
 shipped 5 s intervals instead of 1 s, to measure what a deployment gets.
 """
@@ -166,15 +169,17 @@ def test_worker_death_reaches_responder(netlab, tmp_path):
         fleet_path.write_text(dump_fleet(gen.fleet))
 
         ifaces = {}
+        exporters: dict[str, subprocess.Popen] = {}
         for i, w in enumerate(gen.fleet.workers):
             conf = strip(render_worker(gen.fleet, w, gen.private_keys[w.name]))
             host = hosts[w.name]
             ifaces[w.name] = host.wireguard(f"w{i}", conf, [w.tunnel_host_cidr])
             log = (tmp_path / f"exporter-{w.name}.log").open("wb")
-            procs.append(host.popen(
+            exporters[w.name] = host.popen(
                 [WG_FAILOVER, "exporter", "--listen", "127.0.0.1:9586", "--interface",
                  ifaces[w.name].name, "--fleet", str(fleet_path), "--worker", w.name],
-                stdout=log, stderr=subprocess.STDOUT))
+                stdout=log, stderr=subprocess.STDOUT)
+            procs.append(exporters[w.name])
             log.close()
 
         responder = ResponderProc.start(tmp_path / "responder", gen, hold_down_seconds=60)
@@ -257,6 +262,16 @@ def test_worker_death_reaches_responder(netlab, tmp_path):
                    logs=logs)
         print(f"worker restarted -> responder starts its hold-down: "
               f"{time.monotonic() - t1:.2f} s (keep_firing_for 15s, group_interval 5s)")
+
+        # An exporter crash on a healthy worker: people are told (WgExporterDown, for: 30s),
+        # clients are not moved. By the time the notify alert fires, a failover would long have.
+        exporters["w2"].kill()
+        exporters["w2"].wait(5)
+        wait_until("WgExporterDown for w2", lambda: prom_query(
+            prom_url, 'ALERTS{alertname="WgExporterDown",worker="w2",alertstate="firing"}'),
+            90, every=0.5, logs=logs)
+        assert prom_query(prom_url, 'ALERTS{alertname="WgWorkerDown",worker="w2"}') == []
+        assert worker_states(responder)["w2"] == "up"
     finally:
         for p in procs:
             promconfig.stop_process(p)
