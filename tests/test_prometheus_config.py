@@ -132,3 +132,19 @@ def test_render_alertmanager_points_at_responder(tmp_path):
                  if r["receiver"] == promconfig.RESPONDER_RECEIVER)
     assert route["group_by"] == ["worker"]
     assert route["matchers"] == ['action=~"failover|drain"']
+
+
+def test_start_prometheus_reports_a_bad_config_with_its_log(tmp_path):
+    cfg = tmp_path / "prometheus.yml"
+    cfg.write_text("scrape_configs:\n  - job_name: x\n    scrape_interval: fast\n")
+    with pytest.raises(RuntimeError, match="exited") as info:
+        promconfig.start_prometheus(cfg, tmp_path / "prom", promconfig.find_free_port())
+    assert "fast" in str(info.value)  # the log's tail says what is wrong
+
+
+def test_seconds_parses_prometheus_durations():
+    assert promconfig.duration_seconds("500ms") == 0.5
+    assert promconfig.duration_seconds("5s") == 5
+    assert promconfig.duration_seconds("2m") == 120
+    with pytest.raises(promconfig.PromConfigError):
+        promconfig.duration_seconds("5 seconds")

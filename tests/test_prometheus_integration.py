@@ -221,7 +221,7 @@ def test_worker_death_reaches_responder(netlab, tmp_path):
 
         # Kill w1's wireguard-go as a crash would, at a random phase of the scrape cycle (the
         # wait above ends just after a scrape, which would always measure the worst case).
-        time.sleep(random.uniform(0, promconfig._seconds(scrape_interval or "5s")))
+        time.sleep(random.uniform(0, promconfig.duration_seconds(scrape_interval or "5s")))
         t0, wall0 = time.monotonic(), time.time()
         ifaces["w1"].kill()
         wait_until("w1 marked down by the responder",

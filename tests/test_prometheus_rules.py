@@ -79,9 +79,9 @@ def test_every_alert_is_unit_tested_firing_and_quiet():
 def test_failover_fires_on_two_bad_scrapes_not_one():
     rule = next(r for r in _ours() if r["alert"] == "WgWorkerDown")
     prom = yaml.safe_load((SHIPPED / "prometheus.yml").read_text())
-    scrape = promconfig._seconds(prom["global"]["scrape_interval"])
+    scrape = promconfig.duration_seconds(prom["global"]["scrape_interval"])
     # Longer than one scrape interval (a single bad sample), shorter than two.
-    assert scrape < promconfig._seconds(rule["for"]) < 2 * scrape
+    assert scrape < promconfig.duration_seconds(rule["for"]) < 2 * scrape
 
 
 @pytest.mark.parametrize(("labels", "receiver"), [

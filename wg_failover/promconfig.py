@@ -12,7 +12,7 @@ functions take the shipped text and swap exactly these things, nothing else:
   exporter's address (the ICMP job is dropped when it is None: the lab runs no blackbox exporter).
 - `render_alertmanager_config(*, responder_url, token_file) -> str`: the responder's webhook
   URL (`{responder_url}/v1/alerts`) and the bearer token file.
-- `render_*_text(source, ...)`: the same on text, pure (no file I/O).
+- `render_*_text(source, ...)`: the same on text, pure (no file I/O); `duration_seconds("5s")`.
 - `start_prometheus(config_path, data_dir, port) -> Popen` and
   `start_alertmanager(config_path, data_dir, port, cluster_off=True) -> Popen` start the real
   Debian binaries on 127.0.0.1 and return once `/-/ready` answers 200 (logs go to
@@ -70,7 +70,7 @@ def _split_url(url: str, what: str) -> tuple[str, str, str]:
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def _seconds(duration: str) -> float:
+def duration_seconds(duration: str) -> float:
     """A simple Prometheus duration ("500ms", "5s", "1m") in seconds."""
     m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)", str(duration).strip())
     if not m:
@@ -112,13 +112,13 @@ def render_prometheus_text(
     a_scheme, a_host, a_path = _split_url(alertmanager_url, "alertmanager_url")
 
     if scrape_interval:
-        limit = _seconds(scrape_interval)
+        limit = duration_seconds(scrape_interval)
         glob = config.setdefault("global", {})
         glob["scrape_interval"] = scrape_interval
         glob["evaluation_interval"] = scrape_interval
         # Prometheus refuses a scrape timeout longer than the interval; cap the shipped ones.
         for section in (glob, *(config.get("scrape_configs") or [])):
-            if "scrape_timeout" in section and _seconds(section["scrape_timeout"]) > limit:
+            if "scrape_timeout" in section and duration_seconds(section["scrape_timeout"]) > limit:
                 section["scrape_timeout"] = scrape_interval
     config["rule_files"] = [str(Path(rules_dir).resolve() / "*.yml")]
 
