@@ -463,6 +463,10 @@ class AppState:
         # The fleet and state are long-lived: keep them out of the collector's full passes.
         gc.collect()
         gc.freeze()
+        # Fewer, larger young collections: a 10,000-client change allocates ~100k objects,
+        # i.e. ~140 collections at the default threshold of 700. In bench/responder.py this
+        # took the 10,000-client webhook answer from 420-570 ms to 210-375 ms.
+        gc.set_threshold(50_000, 20, 100)
         self.ready = True
 
     async def stop(self) -> None:
