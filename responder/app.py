@@ -483,6 +483,12 @@ class AppState:
 
     def apply_alerts(self, d: Draft, payload: AMPayload, fresh: list[AMAlert]) -> None:
         now = d.now
+        if payload.truncatedAlerts:
+            # Alertmanager's max_alerts cut some alerts out of this delivery: they never reach
+            # us, so say so where an operator will look.
+            log.warning("webhook from group %s: %d alerts truncated (raise max_alerts)",
+                        payload.groupKey, payload.truncatedAlerts)
+            d.event("alerts-truncated", count=payload.truncatedAlerts, group=payload.groupKey)
         for a in fresh:
             fp = alert_fingerprint(a)
             d.tx.dedup.add(dedup_key(a))

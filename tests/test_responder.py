@@ -156,7 +156,11 @@ def test_unknown_worker_and_other_actions_are_recorded_and_ignored(responder):
     r = post(p, "/v1/alerts", "alert", json={"alerts": [{
         "status": "firing", "labels": {"alertname": "X"}, "startsAt": "2026-01-01T00:00:00Z"}]})
     assert r.status_code == 200
+    body = alert_payload("w3", "notify", alertname="Many")
+    body["truncatedAlerts"] = 7
+    assert post(p, "/v1/alerts", "alert", json=body).status_code == 200
     evs = events(p)
+    assert any(e["kind"] == "alerts-truncated" and e["data"]["count"] == 7 for e in evs)
     ignored = [e for e in evs if e["kind"] == "alert-ignored"]
     assert {e["data"]["why"] for e in ignored} == {"unknown worker", "no worker/action label"}
     assert any(e["kind"] == "alert" and e["data"]["action"] == "notify" for e in evs)
