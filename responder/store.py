@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +131,7 @@ class Store:
         # worker thread: a second connection (WAL lets readers and one writer work together).
         self.reader = sqlite3.connect(self.path, check_same_thread=False)
         self.reader.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        self.reader_lock = threading.Lock()  # readers run in worker threads, several at once
 
     def close(self) -> None:
         self.reader.close()
@@ -226,10 +228,11 @@ class Store:
             where += " AND client = ?"
             args.append(client)
         order = "DESC" if newest else "ASC"
-        rows = self.reader.execute(
-            f"SELECT id, ts, kind, worker, client, data FROM events WHERE {where} "
-            f"ORDER BY id {order} LIMIT ?", [*args, limit],
-        ).fetchall()
+        with self.reader_lock:
+            rows = self.reader.execute(
+                f"SELECT id, ts, kind, worker, client, data FROM events WHERE {where} "
+                f"ORDER BY id {order} LIMIT ?", [*args, limit],
+            ).fetchall()
         if newest:
             rows.reverse()
         return [{"id": r[0], "ts": r[1], "kind": r[2], "worker": r[3], "client": r[4],
