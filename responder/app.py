@@ -830,14 +830,52 @@ async def client_event(s: AppState, name: str, raw: Any) -> None:
     await s.change(lambda d: s.client_report(d, name, ev), durable=False)
 
 
+async def longpoll(s: AppState, name: str, after: int | None, wait: float) -> dict[str, Any]:
+    a = s.assignments[name]
+    wait = min(wait, MAX_WAIT)
+    if after is None or a.version > after or wait <= 0:
+        return s.assignment_json(a)
+    sub = s.hub.subscribe(name)
+    deadline = time.monotonic() + wait
+    try:
+        while not sub.closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            await sub.wait(left)
+            while sub.pending:
+                item, t0 = sub.pending.popleft()
+                if item["version"] > after:
+                    s.hub.observe("longpoll", t0)
+                    return item
+    finally:
+        s.hub.unsubscribe(sub)
+    return s.assignment_json(s.assignments[name])
+
+
+def _query_number(query: dict[str, list[str]], key: str, kind: type) -> Any:
+    values = query.get(key)
+    if not values:
+        return None
+    try:
+        value = kind(values[0])
+    except ValueError:
+        value = None
+    if value is None or (kind is float and not value >= 0) or value != value:
+        what = "an integer" if kind is int else "a number >= 0"
+        raise ApiError(422, [{"loc": ["query", key], "msg": f"Input should be {what}"}])
+    return value
+
+
+ASSIGNMENT_PATH = re.compile(r"^/v1/clients/([^/]+)/assignment$")
 STREAM_PATH = re.compile(r"^/v1/clients/([^/]+)/assignment/stream$")
 EVENTS_PATH = re.compile(r"^/v1/clients/([^/]+)/events$")
 
 
 class SSEFront:
-    """ASGI middleware that serves the two per-client hot paths itself, before FastAPI's routing,
-    dependency and exception layers: the SSE stream (an idle stream then holds a few small
-    frames instead of a deep stack, which keeps 10,000 open streams well inside the memory
+    """ASGI middleware that serves the per-client hot paths itself, before FastAPI's routing,
+    dependency and exception layers: the SSE stream and the long-poll (an idle one then holds a
+    few small frames instead of a deep stack, which keeps 10,000 of them well inside the memory
     goal) and the client reports (every switcher posts one every few seconds)."""
 
     def __init__(self, app: Any):
@@ -848,8 +886,11 @@ class SSEFront:
             await self.app(scope, receive, send)
             return
         path, method = scope.get("path", ""), scope["method"]
-        m = STREAM_PATH.match(path) if method == "GET" else \
-            EVENTS_PATH.match(path) if method == "POST" else None
+        m = None
+        if method == "GET":
+            m = STREAM_PATH.match(path) or ASSIGNMENT_PATH.match(path)
+        elif method == "POST":
+            m = EVENTS_PATH.match(path)
         st = getattr(scope["app"].state, "st", None) if m else None
         if m is None or st is None:
             await self.app(scope, receive, send)
@@ -868,6 +909,11 @@ class SSEFront:
                 raw = await read_json_asgi(receive, headers.get("content-length"))
                 await client_event(st, name, raw)
                 resp = JSONResponse({"accepted": True}, status_code=202)
+            elif m.re is ASSIGNMENT_PATH:
+                query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+                after = _query_number(query, "after", int)
+                wait = _query_number(query, "wait", float) or 0.0
+                resp = JSONResponse(await longpoll(st, name, after, wait))
             else:
                 query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
                 last = parse_last_id(headers.get("last-event-id"),
@@ -1050,28 +1096,10 @@ def create_app(fleet: Fleet, db_path: str) -> FastAPI:
         after: Annotated[int | None, Query(description="answer once version > after")] = None,
         wait: Annotated[float, Query(ge=0, description="seconds to wait (max 60)")] = 0,
     ) -> dict[str, Any]:
+        """Long-poll: with `after`, answers once version > after or `wait` seconds passed
+        (clamped to 60), 200 with the current assignment either way. Served by `SSEFront`."""
         require_client(request, name)
-        s = st()
-        a = s.assignments[name]
-        wait = min(wait, MAX_WAIT)
-        if after is None or a.version > after or wait <= 0:
-            return s.assignment_json(a)
-        sub = s.hub.subscribe(name)
-        deadline = time.monotonic() + wait
-        try:
-            while not sub.closed:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                await sub.wait(left)
-                while sub.pending:
-                    item, t0 = sub.pending.popleft()
-                    if item["version"] > after:
-                        s.hub.observe("longpoll", t0)
-                        return item
-        finally:
-            s.hub.unsubscribe(sub)
-        return s.assignment_json(s.assignments[name])
+        return await longpoll(st(), name, after, wait)
 
     @app.get("/v1/clients/{name}/assignment/stream", tags=["clients"],
              response_class=Response)
