@@ -154,6 +154,8 @@ def plan(
     _rebalance_capacity(workers, clients, assign, load, out)
     if preempt:
         _preempt(workers, clients, assign, load, out, preempt_batch)
+        # A client returning home frees room that an over-full worker's clients may now take.
+        _rebalance_capacity(workers, clients, assign, load, out)
     return out
 
 

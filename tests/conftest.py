@@ -7,12 +7,18 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from wg_failover import netns
 from wg_failover.gen import generate_fleet
 
 ROOT = Path(__file__).resolve().parent.parent
 _counter = itertools.count()
+
+# CI runs the property tests on a fixed seed so a red build can be replayed; locally they explore.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 def require_netns() -> None:

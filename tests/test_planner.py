@@ -229,3 +229,21 @@ def test_property_moves_only_to_usable_workers(s):
         assert workers[m.to_worker].healthy
         assert m.to_worker not in by[m.client].unusable
         assert m.to_worker in by[m.client].prefs
+
+
+def test_room_freed_by_preempt_is_used_by_an_over_full_worker():
+    # Found by hypothesis: c8 returning home (preempt) frees w2 after the capacity pass had run,
+    # leaving c7 on an over-full w4 while w2 had room.
+    workers = {
+        "w1": P.WorkerView("w1"),
+        "w2": P.WorkerView("w2", capacity=1),
+        "w4": P.WorkerView("w4", capacity=1),
+    }
+    clients = [
+        P.ClientView("c7", ("w4", "w2")),
+        P.ClientView("c8", ("w1", "w2")),
+        P.ClientView("c14", ("w4",)),
+    ]
+    assign = {"c7": None, "c8": "w2", "c14": None}
+    after = apply(assign, P.plan(workers, clients, assign, preempt=True))
+    assert after == {"c7": "w2", "c8": "w1", "c14": "w4"}
