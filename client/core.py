@@ -138,7 +138,9 @@ class WorkerHealth:
         return min(cap, max(base, self.srtt + 4 * self.rttvar))
 
     def summary(self) -> dict[str, Any]:
-        rtt = None if self.srtt is None else round(self.srtt * 1000, 3)
+        # A dead worker has no round trip: reporting the last smoothed one would draw a flat,
+        # healthy-looking RTT line for a worker that answers nothing.
+        rtt = None if self.srtt is None or self.state != UP else round(self.srtt * 1000, 3)
         return {"up": self.state == UP, "rtt_ms": rtt, "loss": round(self.loss, 4)}
 
 

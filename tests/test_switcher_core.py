@@ -363,3 +363,13 @@ def test_a_failed_assignment_switch_is_retried():
     assert again.to == "w2" and reports(acts, "applied") == [
         {"type": "applied", "version": 4, "worker": "w2"}]
     assert reports(acts, "rejected") == []
+
+
+def test_a_dead_worker_reports_no_rtt():
+    h = WorkerHealth("w1")
+    for t in range(4):
+        h.record_reply(0.002, now=float(t))
+    assert h.summary()["rtt_ms"] == 2.0
+    for t in range(3):
+        h.record_miss(now=10.0 + t, k=3)
+    assert h.summary() == {"up": False, "rtt_ms": None, "loss": round(3 / 7, 4)}
