@@ -232,6 +232,7 @@ class AppState:
         self._preempt_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.metrics.attach(self)
+        self.metrics.known_labels([w.name for w in fleet.workers], [c.name for c in fleet.clients])
 
     # ----------------------------------------------------------------- views
 

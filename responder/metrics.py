@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .planner import REASONS
+
 if TYPE_CHECKING:
     from .app import AppState
 
@@ -58,6 +60,22 @@ class Metrics:
             self.deliveries.labels(outcome=outcome)
         for ch in ("sse", "longpoll"):
             self.notification_latency.labels(channel=ch)
+
+    def known_labels(self, workers: list[str], clients: list[str]) -> None:
+        """Create the labelled counters at 0 for every known label value.
+
+        A counter series born at its first event makes `increase()` miss that event (there is no
+        earlier sample), so the first failover after a restart would read as 0 on dashboards
+        and in rules.
+        """
+        for w in workers:
+            self.failovers.labels(worker=w)
+        for reason in REASONS:
+            self.moves.labels(reason=reason)
+        for c in clients:
+            self.switches.labels(client=c)
+        for kind in ("probe", "switch", "applied", "rejected"):
+            self.client_events.labels(type=kind)
 
     def attach(self, state: AppState) -> None:
         self.registry.register(_StateCollector(state))

@@ -31,6 +31,7 @@ R_CAPACITY = "capacity"
 R_PREEMPT = "preempt"
 R_SWITCH = "client-switch"
 R_FLEET = "fleet-change"  # its worker left the fleet or its preference list
+REASONS = (R_INITIAL, R_FAILOVER, R_DRAIN, R_UNUSABLE, R_CAPACITY, R_PREEMPT, R_SWITCH, R_FLEET)
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,10 @@ def test_initial_state_targets_and_probes(responder):
     assert metric(p, "wgfo_worker_state", worker="w1", state="up") == 1
     assert metric(p, "wgfo_client_assigned", client="c1", worker="w1") == 1
     assert metric(p, "wgfo_worker_assigned_clients", worker="w1") == 2
+    # Labelled counters exist at 0 before their first event, so increase() sees that event.
+    assert metric(p, "wgfo_failovers_total", worker="w3") == 0
+    assert metric(p, "wgfo_client_moves_total", reason="failover") == 0
+    assert metric(p, "wgfo_client_switches_total", client="c1") == 0
     api = get(p, "/openapi.json").json()
     assert "requestBody" in api["paths"]["/v1/alerts"]["post"]
     assert {"AMPayload", "ClientEvent", "SwitchEvent"} <= set(api["components"]["schemas"])
