@@ -61,7 +61,12 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole CLI; with `only`, just that component's subcommand is loaded.
+
+    Loading one component rather than all keeps a long-running process (the exporter on every
+    worker) free of the others' imports: httpx, FastAPI and friends cost megabytes of RSS.
+    """
     parser = argparse.ArgumentParser(
         prog="wg-failover",
         description=(
@@ -99,7 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="FILE", help="write here (mode 0600), not stdout")
     p.set_defaults(func=cmd_config)
 
-    for ep in sorted(entry_points(group="wg_failover.commands"), key=lambda e: e.name):
+    eps = sorted(entry_points(group="wg_failover.commands"), key=lambda e: e.name)
+    if only is not None and any(ep.name == only for ep in eps):
+        eps = [ep for ep in eps if ep.name == only]
+    for ep in eps:
         try:
             register = ep.load()
         except Exception as exc:  # a broken component must not take the whole CLI down
@@ -118,8 +126,10 @@ def _unavailable(name: str, exc: Exception):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args_list = sys.argv[1:] if argv is None else argv
+    first = next((a for a in args_list if not a.startswith("-")), None)
+    parser = build_parser(only=first if first not in ("check", "config") else None)
+    args = parser.parse_args(args_list)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
