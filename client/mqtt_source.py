@@ -17,45 +17,17 @@ import json
 import logging
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+
+from wg_failover.mqtt import MqttUrlError, assignment_topic, parse_mqtt_url
 
 from .core import Assignment, AssignmentError
 from .sources import Deliver
 
 log = logging.getLogger("wg_failover.switcher")
-
-
-class MqttUrlError(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class MqttUrl:
-    host: str
-    port: int
-    tls: bool
-
-
-def parse_mqtt_url(url: str) -> MqttUrl:
-    """`mqtt://host[:1883]` or `mqtts://host[:8883]`; the password never goes in the URL."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("mqtt", "mqtts"):
-        raise MqttUrlError(f"{url!r}: expected mqtt://host:port or mqtts://host:port")
-    if parts.password:
-        raise MqttUrlError("put the MQTT password in --mqtt-password-file, not in the URL")
-    if not parts.hostname:
-        raise MqttUrlError(f"{url!r}: no host")
-    try:
-        port = parts.port or (8883 if scheme == "mqtts" else 1883)
-    except ValueError:
-        raise MqttUrlError(f"{url!r}: bad port") from None
-    return MqttUrl(parts.hostname, port, scheme == "mqtts")
 
 
 class MqttAssignmentSource:
@@ -70,7 +42,7 @@ class MqttAssignmentSource:
         self.username = username
         self.password = password
         self.ca_file = ca_file
-        self.topic = f"{topic_prefix.rstrip('/')}/clients/{client}/assignment"
+        self.topic = assignment_topic(topic_prefix, client)
         self.on_connected = on_connected or (lambda _up: None)
         self.connected = False
 

@@ -24,14 +24,14 @@ import ssl
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import Counter, Gauge
+
+from wg_failover.mqtt import MqttUrl, MqttUrlError, assignment_topic, parse_mqtt_url, worker_topic
 
 from .notify import register_factory
 
@@ -48,30 +48,15 @@ class MqttConfigError(ValueError):
     """Bad MQTT settings (URL, password file): the notifier does not start."""
 
 
-@dataclass(frozen=True)
-class BrokerUrl:
-    host: str
-    port: int
-    tls: bool
+BrokerUrl = MqttUrl
 
 
-def parse_broker_url(url: str) -> BrokerUrl:
-    """`mqtt://host[:1883]` or `mqtts://host[:8883]` (TLS). Credentials never go in the URL."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-        raise MqttConfigError(f"{url!r}: expected mqtt://host:port or mqtts://host:port")
-    if parts.username or parts.password:
-        raise MqttConfigError(f"{parts.hostname}: put the user in `username` and the password "
-                              "in `password_file`, not in the URL")
-    if not parts.hostname:
-        raise MqttConfigError(f"{url!r}: no host")
-    tls = scheme in ("mqtts", "ssl")
+def parse_broker_url(url: str) -> MqttUrl:
+    """The fleet's `responder.mqtt.url`, as a config error the notifier reports at start."""
     try:
-        port = parts.port or (8883 if tls else 1883)
-    except ValueError:
-        raise MqttConfigError(f"{url!r}: bad port") from None
-    return BrokerUrl(parts.hostname, port, tls)
+        return parse_mqtt_url(url)
+    except MqttUrlError as exc:
+        raise MqttConfigError(str(exc)) from None
 
 
 def read_secret_file(path: str, what: str) -> str:
@@ -82,14 +67,6 @@ def read_secret_file(path: str, what: str) -> str:
     if not value:
         raise MqttConfigError(f"{what} {path}: empty")
     return value
-
-
-def assignment_topic(prefix: str, client: str) -> str:
-    return f"{prefix}/clients/{client}/assignment"
-
-
-def worker_topic(prefix: str, worker: str) -> str:
-    return f"{prefix}/workers/{worker}"
 
 
 def encode(payload: dict[str, Any]) -> bytes:

@@ -155,3 +155,13 @@ def test_cli_fleet_from_environment(tmp_path):
     good.write_text(VALID)
     res = _cli("check", env=dict(os.environ, WG_FAILOVER_FLEET=str(good)))
     assert res.returncode == 0, res.stderr
+
+
+def test_bad_mqtt_url_fails_at_load():
+    def edit(d):
+        d["responder"]["mqtt"] = {"url": "mqtt://user:secret@broker:1883"}
+    with pytest.raises(FleetError) as info:
+        parse_fleet(broken(edit), "bad.yaml")
+    [problem] = info.value.problems
+    assert problem.path == "responder.mqtt.url"
+    assert "password file" in problem.message and "secret" not in problem.message

@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from client.mqtt_source import MqttUrlError, parse_mqtt_url
 from responder.notify_mqtt import MqttConfigError, MqttNotifier, parse_broker_url
 from responder.notify_webhooks import (
     BACKOFF_CAP,
@@ -23,6 +22,7 @@ from responder.notify_webhooks import (
 )
 from tests.fleets import VALID
 from wg_failover.fleet import FleetError, MqttSettings, parse_fleet
+from wg_failover.mqtt import MqttUrlError, parse_mqtt_url
 
 KEY = b"k" * 32
 BODY = b'{"client":"c1","version":7,"worker":"w2"}'
@@ -126,7 +126,7 @@ def test_broker_urls():
         with pytest.raises(MqttConfigError):
             parse_broker_url(bad)
     assert parse_mqtt_url("mqtts://h:8884").tls
-    for bad in ("tcp://h", "mqtt://u:p@h", "mqtt://"):
+    for bad in ("http://h", "mqtt://u:p@h", "mqtt://", "mqtts://h:0x1"):
         with pytest.raises(MqttUrlError):
             parse_mqtt_url(bad)
 

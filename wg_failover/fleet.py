@@ -27,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from .mqtt import parse_mqtt_url
+
 DEFAULT_FLEET_PATH = "/etc/wg-failover/fleet.yaml"
 FLEET_ENV = "WG_FAILOVER_FLEET"
 
@@ -151,6 +153,11 @@ def _check_url(value: str) -> str:
     return value
 
 
+def _check_mqtt_url(value: str) -> str:
+    parse_mqtt_url(value)  # MqttUrlError is a ValueError: pydantic reports it at the field
+    return value
+
+
 Name = Annotated[str, AfterValidator(_check_name)]
 Key = Annotated[str, AfterValidator(_check_key)]
 Hex64 = Annotated[str, AfterValidator(_check_hex64)]
@@ -159,6 +166,7 @@ IPAddr = Annotated[str, AfterValidator(_check_ip)]
 HostCIDR = Annotated[str, AfterValidator(_check_host_cidr)]
 Network = Annotated[str, AfterValidator(_check_network)]
 Url = Annotated[str, AfterValidator(_check_url)]
+MqttBrokerUrl = Annotated[str, AfterValidator(_check_mqtt_url)]
 
 
 # --------------------------------------------------------------------------- models
@@ -214,7 +222,7 @@ class Client(_Strict):
 
 
 class MqttSettings(_Strict):
-    url: str = "mqtt://127.0.0.1:1883"
+    url: MqttBrokerUrl = "mqtt://127.0.0.1:1883"
     username: str | None = None
     password_file: str | None = None
     tls_ca_file: str | None = None
