@@ -154,13 +154,7 @@ async def deliveries(p, n: int, concurrency: int = 8) -> tuple[float, float]:
                 while not q.empty():
                     body = q.get_nowait()
                     writer.write(head + str(len(body)).encode() + b"\r\n\r\n" + body)
-                    status = await reader.readline()
-                    assert b" 200 " in status, status
-                    length = 0
-                    while (line := await reader.readline()) not in (b"\r\n", b""):
-                        if line.lower().startswith(b"content-length:"):
-                            length = int(line.split(b":")[1])
-                    await reader.readexactly(length)
+                    await read_response(reader, b" 200 ")
             finally:
                 writer.close()
 
@@ -173,6 +167,17 @@ async def deliveries(p, n: int, concurrency: int = 8) -> tuple[float, float]:
     fresh = await run(bodies)
     dup = await run(bodies)
     return fresh, dup
+
+
+async def read_response(reader: asyncio.StreamReader, status: bytes) -> None:
+    """Read one HTTP/1.1 response off a kept-alive connection, asserting its status."""
+    line = await reader.readline()
+    assert status in line, line
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    await reader.readexactly(length)
 
 
 async def probe_reports(p, n: int, concurrency: int = 8) -> float:
@@ -191,13 +196,7 @@ async def probe_reports(p, n: int, concurrency: int = 8) -> float:
                     (f"POST /v1/clients/{c}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                      f"Content-Type: application/json\r\nAuthorization: Bearer "
                      f"{p.tokens[c]}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body)
-                status = await reader.readline()
-                assert b" 202 " in status, status
-                length = 0
-                while (line := await reader.readline()) not in (b"\r\n", b""):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":")[1])
-                await reader.readexactly(length)
+                await read_response(reader, b" 202 ")
         finally:
             writer.close()
 
