@@ -21,7 +21,6 @@ shipped 5 s intervals instead of 1 s, to measure what a deployment gets.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import random
@@ -33,7 +32,6 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -44,6 +42,7 @@ from wg_failover.gen import Generated, generate_fleet
 from wg_failover.netns import WG_RUN_DIR
 from wg_failover.wgquick import render_worker, strip
 
+from .prom_helpers import prom_query, sample, wait_until, worker_states
 from .responder_proc import ResponderProc
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
@@ -111,40 +110,6 @@ class NetnsRelay:
         self.stopping.set()
         self.listener.close()
         self.thread.join(2)
-
-
-def prom_query(url: str, expr: str) -> list[dict[str, Any]]:
-    r = httpx.get(f"{url}/api/v1/query", params={"query": expr}, timeout=5)
-    r.raise_for_status()
-    return r.json()["data"]["result"]
-
-
-def wait_until(what: str, pred, timeout: float, every: float = 0.2, logs=()) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(httpx.HTTPError):
-            value = pred()
-            if value:
-                return value
-        if time.monotonic() > deadline:
-            tails = "\n".join(f"--- {p} ---\n{Path(p).read_text(errors='replace')[-3000:]}"
-                              for p in logs if Path(p).exists())
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}\n{tails}")
-        time.sleep(every)
-
-
-def sample(text: str, series: str) -> float:
-    """The value of one series in a text exposition (0 when it is not there)."""
-    for line in text.splitlines():
-        if line.startswith(series + " "):
-            return float(line.split()[1])
-    return 0.0
-
-
-def worker_states(responder: ResponderProc) -> dict[str, str]:
-    r = httpx.get(f"{responder.url}/v1/workers", timeout=5)
-    r.raise_for_status()
-    return {w["name"]: w["state"] for w in r.json()}
 
 
 def test_worker_death_reaches_responder(netlab, tmp_path):

@@ -9,14 +9,16 @@ functions take the shipped text and swap exactly these things, nothing else:
   the responder's http_sd URL and scrape target, the Alertmanager target, the rule files'
   directory (absolute), optionally the global scrape/evaluation interval (the lab and tests use
   1 s), extra static exporter targets (`"host:port"` or `"worker=host:port"`), and the blackbox
-  exporter's address (the ICMP job is dropped when it is None: the lab runs no blackbox exporter).
+  exporter's address (the ICMP job is dropped when it is None).
 - `render_alertmanager_config(*, responder_url, token_file) -> str`: the responder's webhook
   URL (`{responder_url}/v1/alerts`) and the bearer token file.
 - `render_*_text(source, ...)`: the same on text, pure (no file I/O); `duration_seconds("5s")`.
 - `start_prometheus(config_path, data_dir, port) -> Popen` and
   `start_alertmanager(config_path, data_dir, port, cluster_off=True) -> Popen` start the real
   Debian binaries on 127.0.0.1 and return once `/-/ready` answers 200 (logs go to
-  `data_dir/*.log`); `stop_process(proc)` ends one; `find_free_port()` picks a loopback port.
+  `data_dir/*.log`); `start_blackbox_exporter(port, log_dir, config_path=BLACKBOX_YML) -> Popen`
+  runs Debian's `prometheus-blackbox-exporter` with the shipped `icmp` module the same way;
+  `stop_process(proc)` ends one; `find_free_port()` picks a loopback port.
 
 The shipped files live in `prometheus/` at the repository root (`SHIPPED_DIR`).
 """
@@ -41,6 +43,7 @@ import yaml
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "prometheus"
 PROMETHEUS_YML = SHIPPED_DIR / "prometheus.yml"
 ALERTMANAGER_YML = SHIPPED_DIR / "alertmanager.yml"
+BLACKBOX_YML = SHIPPED_DIR / "blackbox.yml"
 RULES_DIR = SHIPPED_DIR / "rules"
 
 EXPORTER_JOB = "wg-failover-exporter"
@@ -50,6 +53,7 @@ RESPONDER_RECEIVER = "wg-failover-responder"
 
 PROMETHEUS_BIN = "prometheus"
 ALERTMANAGER_BIN = "prometheus-alertmanager"  # Debian's name for the alertmanager binary
+BLACKBOX_BIN = "prometheus-blackbox-exporter"  # Debian's name for blackbox_exporter
 
 
 class PromConfigError(ValueError):
@@ -220,8 +224,8 @@ def find_free_port(host: str = "127.0.0.1") -> int:
 def _binary(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        raise FileNotFoundError(f"`{name}` not found: apt-get install prometheus "
-                                "prometheus-alertmanager")
+        # Debian's package names equal the binaries' names.
+        raise FileNotFoundError(f"`{name}` not found: apt-get install {name}")
     return path
 
 
@@ -294,6 +298,19 @@ def start_alertmanager(config_path: Path | str, data_dir: Path | str, port: int,
     if cluster_off:
         argv.append("--cluster.listen-address=")
     return _start(argv, data / "alertmanager.log", f"http://127.0.0.1:{port}/-/ready", timeout)
+
+
+def start_blackbox_exporter(port: int, log_dir: Path | str, config_path: Path | str = BLACKBOX_YML,
+                            *, timeout: float = 30) -> subprocess.Popen:
+    """Run the real blackbox exporter on 127.0.0.1:`port`; returns once /-/ready answers.
+
+    ICMP probes need a raw socket: run as root (the tests and the lab do) or grant CAP_NET_RAW.
+    """
+    logs = Path(log_dir)
+    logs.mkdir(parents=True, exist_ok=True)
+    argv = [_binary(BLACKBOX_BIN), f"--config.file={config_path}",
+            f"--web.listen-address=127.0.0.1:{port}"]
+    return _start(argv, logs / "blackbox.log", f"http://127.0.0.1:{port}/-/ready", timeout)
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
