@@ -101,6 +101,8 @@ def test_compose_mounts_exist(compose):
     assert Path(prom["/etc/prometheus/rules"]) == ROOT / "prometheus/rules"
     am = mounts(services["alertmanager"])
     assert Path(am["/etc/alertmanager/alertmanager.yml"]) == ROOT / "prometheus/alertmanager.yml"
+    bb = mounts(services["blackbox"])
+    assert Path(bb["/etc/blackbox_exporter/config.yml"]) == ROOT / "prometheus/blackbox.yml"
     graf = mounts(services["grafana"])
     assert Path(graf["/etc/grafana/provisioning"]) == ROOT / "grafana/provisioning"
     assert Path(graf["/var/lib/grafana/dashboards"]) == ROOT / "grafana/dashboards"
