@@ -61,7 +61,7 @@ def test_lab_failover_end_to_end(lab_env):
     state = LabState.load(directory)
     pids = list(state.processes)
     assert {p.role for p in pids} == {"wireguard", "exporter", "responder", "prometheus",
-                                      "alertmanager", "switcher"}
+                                      "alertmanager", "blackbox", "switcher"}
     assert all(p.alive() for p in pids)
 
     before = json.loads(lab(env, "status", "--json").stdout)["active"]

@@ -24,6 +24,7 @@ from ..gen import generate_fleet
 from ..wgquick import render_client, render_worker, strip
 from .state import (
     ALERTMANAGER_PORT,
+    BLACKBOX_PORT,
     EXPORTER_PORT,
     PROMETHEUS_PORT,
     RESPONDER_PORT,
@@ -66,7 +67,8 @@ def missing_components() -> list[str]:
         if proc.returncode != 0 or "--fleet" not in proc.stdout:
             problems.append(f"`wg-failover {name}` is not available")
     for tool, pkg in (("prometheus", "prometheus"),
-                      ("prometheus-alertmanager", "prometheus-alertmanager")):
+                      ("prometheus-alertmanager", "prometheus-alertmanager"),
+                      ("prometheus-blackbox-exporter", "prometheus-blackbox-exporter")):
         if shutil.which(tool) is None:
             problems.append(f"`{tool}` not found: apt-get install {pkg}")
     try:
@@ -187,7 +189,8 @@ def _build(state: LabState, addrs, n_workers: int, n_clients: int, say: Say) -> 
     _start_prometheus(state, promconfig, master.netns, logs)
     state.save()
     say(f"  master up: responder :{RESPONDER_PORT}, prometheus :{PROMETHEUS_PORT}, "
-        f"alertmanager :{ALERTMANAGER_PORT} (scrape {state.scrape_interval:g} s, "
+        f"alertmanager :{ALERTMANAGER_PORT}, blackbox exporter :{BLACKBOX_PORT} "
+        f"(scrape {state.scrape_interval:g} s, "
         f"rules every {state.eval_interval:g} s: short, for the lab)")
     _wait_http(state, f"{state.responder_url}/readyz", "responder", 30)
 
@@ -262,7 +265,12 @@ def _ip(*args: str) -> None:
 
 
 def _start_prometheus(state: LabState, promconfig, ns: str, logs: Path) -> None:
-    """The shipped Prometheus and Alertmanager configs, rendered for the lab's addresses."""
+    """The shipped Prometheus, Alertmanager and blackbox configs, for the lab's addresses.
+
+    The blackbox exporter runs in the master beside Prometheus, as in a deployment, and pings
+    the workers' underlay addresses: a worker cut off the network (`lab failover --cut`) then
+    fails over on its exporter and ICMP both failing, not only on its clients' votes.
+    """
     pdir = state.dir / "prometheus"
     adir = state.dir / "alertmanager"
     pdir.mkdir()
@@ -272,7 +280,8 @@ def _start_prometheus(state: LabState, promconfig, ns: str, logs: Path) -> None:
     prom_yml.write_text(promconfig.render_prometheus_config(
         responder_url=f"{local}:{RESPONDER_PORT}", alertmanager_url=f"{local}:{ALERTMANAGER_PORT}",
         scrape_interval=f"{state.scrape_interval:g}s",
-        sd_refresh_interval=f"{max(state.scrape_interval, 5):g}s"))
+        sd_refresh_interval=f"{max(state.scrape_interval, 5):g}s",
+        blackbox_address=f"127.0.0.1:{BLACKBOX_PORT}"))
     am_yml = adir / "alertmanager.yml"
     am_yml.write_text(promconfig.render_alertmanager_config(
         responder_url=f"{local}:{RESPONDER_PORT}", token_file=state.secret_path("alert.token")))
@@ -285,6 +294,10 @@ def _start_prometheus(state: LabState, promconfig, ns: str, logs: Path) -> None:
         f"--storage.path={adir / 'data'}", f"--web.listen-address=0.0.0.0:{ALERTMANAGER_PORT}",
         "--cluster.listen-address=",
     ], logs / "alertmanager.log", "alertmanager", "master"))
+    state.processes.append(spawn(ns, [
+        promconfig.BLACKBOX_BIN, f"--config.file={promconfig.BLACKBOX_YML}",
+        f"--web.listen-address=0.0.0.0:{BLACKBOX_PORT}",
+    ], logs / "blackbox.log", "blackbox", "master"))
 
 
 def _wait_http(state: LabState, url: str, what: str, timeout: float) -> None:
@@ -308,16 +321,22 @@ def _wait_http(state: LabState, url: str, what: str, timeout: float) -> None:
 
 def wait_ready(state: LabState, say: Say, timeout: float = 60) -> None:
     """Until every part answers: exporters scraped, clients hold handshakes and assignments."""
+    from ..promconfig import EXPORTER_JOB
+
     _wait_http(state, f"{state.prometheus_url}/-/ready", "prometheus", 30)
     _wait_http(state, f"{state.alertmanager_url}/-/ready", "alertmanager", 30)
+    _wait_http(state, f"http://{state.master_address}:{BLACKBOX_PORT}/-/ready",
+               "blackbox exporter", 30)
     deadline = time.monotonic() + timeout
     pending: list[str] = []
     while time.monotonic() < deadline:
         pending = []
         try:
             targets = httpx.get(f"{state.prometheus_url}/api/v1/targets", timeout=2).json()
+            # The blackbox job's targets carry `worker` too; this waits for the exporters.
             ups = {t["labels"].get("worker"): t["health"]
-                   for t in targets["data"]["activeTargets"] if t["labels"].get("worker")}
+                   for t in targets["data"]["activeTargets"]
+                   if t["labels"].get("worker") and t["labels"].get("job") == EXPORTER_JOB}
         except (httpx.HTTPError, ValueError, KeyError):
             ups = {}
         pending += [f"scrape of {w}" for w in state.workers if ups.get(w) != "up"]

@@ -25,6 +25,7 @@ PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,5}$")
 RESPONDER_PORT = 8080
 PROMETHEUS_PORT = 9090
 ALERTMANAGER_PORT = 9093
+BLACKBOX_PORT = 9115
 EXPORTER_PORT = 9586
 WG_PORT = 51820
 SERVICE_ADDRESS = "10.99.0.1"  # the same service behind every worker, reached through the tunnel
@@ -84,7 +85,8 @@ def plan_addresses(subnet: str, workers: int, clients: int) -> Addresses:
 class Proc:
     """One process the lab started, identified by pid and kernel start time (pids get reused)."""
 
-    role: str  # wireguard | exporter | responder | prometheus | alertmanager | switcher
+    role: str  # wireguard | exporter | responder | prometheus | alertmanager | blackbox
+    #            | switcher
     host: str  # short host name: master, w1, c1
     pid: int
     start_time: int
