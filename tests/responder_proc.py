@@ -57,6 +57,7 @@ import pytest
 
 from wg_failover.fleet import Client, Fleet, ResponderSettings, Worker, dump_fleet
 from wg_failover.gen import Generated, sha256_hex
+from wg_failover.promconfig import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 WG_FAILOVER = str(Path(sys.executable).with_name("wg-failover"))
@@ -190,13 +191,8 @@ class ResponderProc:
             return ""
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        if self.proc is not None:
+            stop_process(self.proc, timeout=5)
 
     def kill(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
