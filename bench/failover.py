@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from client import labkit  # noqa: E402
-from wg_failover.netns import NetLab, preflight  # noqa: E402
+from wg_failover.lab import kit as labkit  # noqa: E402
+from wg_failover.lab.netns import NetLab, preflight  # noqa: E402
 
 CUT_OFF = "http://198.18.0.254:9"  # no host there: the fast path alone
 

@@ -138,7 +138,7 @@ async def subscriber_main(port: int, tokens_file: str) -> None:
 async def deliveries(p, n: int, concurrency: int = 8) -> tuple[float, float]:
     """Deliveries/s over keep-alive connections with a minimal raw HTTP/1.1 client (httpx would
     spend more CPU than the responder on this 2-CPU machine and cap the figure)."""
-    from tests.responder_proc import alert_payload
+    from tests.helpers.responder import alert_payload
 
     head = (f"POST /v1/alerts HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
             f"\r\nAuthorization: Bearer {p.tokens['alert']}\r\nContent-Length: ").encode()
@@ -208,7 +208,7 @@ async def probe_reports(p, n: int, concurrency: int = 8) -> float:
 def fanout(n_clients: int, rounds: int, workdir: Path) -> dict:
     import httpx
 
-    from tests.responder_proc import ResponderProc, make_fleet
+    from tests.helpers.responder import ResponderProc, make_fleet
 
     gen = make_fleet(2, n_clients, hold_down_seconds=0, prefs="same")
     os.environ.setdefault("WGFO_TEST_RESPONDER_LOG_LEVEL", "info")  # for the timing lines
@@ -265,7 +265,7 @@ def fanout(n_clients: int, rounds: int, workdir: Path) -> dict:
 
 
 def _alert(worker: str, status: str, r: int) -> dict:
-    from tests.responder_proc import alert_payload
+    from tests.helpers.responder import alert_payload
 
     # A new startsAt per failure episode, as Alertmanager would send.
     episode = r // 2
@@ -294,7 +294,7 @@ def main() -> int:
         return 0
     raise_nofile()
 
-    from tests.responder_proc import ResponderProc
+    from tests.helpers.responder import ResponderProc
 
     with tempfile.TemporaryDirectory(prefix="wgfo-bench-") as tmp:
         work = Path(tmp)

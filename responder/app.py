@@ -13,7 +13,6 @@ import contextlib
 import functools
 import gc
 import hashlib
-import hmac
 import json
 import logging
 import math
@@ -36,6 +35,7 @@ from starlette.middleware import Middleware
 from starlette.types import Receive, Scope, Send
 
 from wg_failover.fleet import Fleet
+from wg_failover.tokens import token_matches
 
 from . import planner as P
 from .metrics import Metrics
@@ -53,10 +53,6 @@ RECENT_EVENTS = 20
 @functools.lru_cache(maxsize=4096)  # one change stamps thousands of rows with one time
 def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
-
-
-def sha256_hex(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------- request models
@@ -667,12 +663,6 @@ def bearer(request: Request) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
-
-
-def token_matches(token: str | None, want_sha256: str | None) -> bool:
-    if token is None or not want_sha256:
-        return False
-    return hmac.compare_digest(sha256_hex(token).encode(), want_sha256.encode())
 
 
 def _check_length(length: str | None) -> None:

@@ -8,7 +8,7 @@ publish, an outbound webhook) happens in the notifier's own task, started by `st
 Adding a channel (issue 7: MQTT, outbound webhooks) needs no edit to the other responder files:
 
     # responder/mqtt.py
-    from responder.notify import register_factory
+    from wg_failover.responder.notify import register_factory
 
     class MqttNotifier:
         async def start(self, app_state): ...      # app_state: responder.app.AppState
@@ -77,14 +77,14 @@ def register_factory(name: str, factory: NotifierFactory) -> None:
 def load_plugins() -> None:
     """Import the notifier modules: `responder/notify_*.py` in this package, then any module in
     the `wg_failover.responder_notifiers` entry-point group. Each registers its factory."""
-    import responder
 
-    for mod in sorted(pkgutil.iter_modules(responder.__path__), key=lambda m: m.name):
+    package = importlib.import_module(__package__)
+    for mod in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
         if mod.name.startswith("notify_"):
             try:
-                importlib.import_module(f"responder.{mod.name}")
+                importlib.import_module(f"{__package__}.{mod.name}")
             except Exception as exc:  # one broken channel must not stop the responder
-                log.warning("notifier module responder.%s unavailable: %s", mod.name, exc)
+                log.warning("notifier module %s.%s unavailable: %s", __package__, mod.name, exc)
     for ep in entry_points(group="wg_failover.responder_notifiers"):
         try:
             ep.load()

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 from hypothesis import settings
-
-from wg_failover import netns
-from wg_failover.gen import generate_fleet
+from wg_failover.lab import netns
+from wg_failover.lab.gen import generate_fleet
 
 ROOT = Path(__file__).resolve().parent.parent
 _counter = itertools.count()

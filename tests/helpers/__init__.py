@@ -1,0 +1,1 @@
+"""Test helpers: fleets, real-process wrappers (responder, mosquitto), Prometheus, waiting."""

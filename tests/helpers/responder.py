@@ -1,0 +1,259 @@
+"""Run the real responder (`wg-failover responder`, uvicorn) as a subprocess, for any test.
+
+    from tests.helpers.responder import ResponderProc, make_fleet
+    # the fixtures `responder` and `responder_factory`, registered by importing them:
+    from tests.helpers.responder import responder_factory_fixture, responder_fixture  # noqa: F401
+
+    ResponderProc.start(workdir, gen=None, *, workers=3, clients=4, capacity=None,
+                        hold_down_seconds=60, preempt=False, db=None,
+                        timeout=30, env=None) -> ResponderProc
+        Writes a fleet (`gen`, a wg_failover.lab.gen.Generated, else make_fleet(...)) to
+        workdir/fleet.yaml, picks a free port on 127.0.0.1, starts the responder with the db at
+        `db` (default workdir/responder.db) and waits for /readyz (raises RuntimeError with the
+        log when it does not come up). The fleet's responder.url is set to the real URL.
+        `env`: extra environment variables for the process.
+
+    proc.url                    "http://127.0.0.1:PORT"
+    proc.gen / .fleet / .tokens  the Generated fleet; tokens["alert"], ["admin"], [client name]
+    proc.headers(who)           {"Authorization": "Bearer ..."}; who = "alert"|"admin"|client
+    proc.fleet_path, proc.db_path, proc.port, proc.pid
+    proc.stop()                 SIGTERM, then SIGKILL after 5 s (idempotent)
+    proc.kill()                 SIGKILL (kill -9), waits for the exit
+    proc.restart()              start again: same port, fleet and db; waits for /readyz
+    proc.log()                  the process's output so far (stdout and stderr)
+    proc.alert(worker, action="failover", status="firing", starts_at=None, fingerprint=None)
+                                POST one Alertmanager-shaped alert; returns the httpx.Response
+
+    make_fleet(workers=3, clients=4, *, capacity=None, hold_down_seconds=60, preempt=False,
+               prefs=None, responder_url="http://127.0.0.1:8080") -> Generated
+        Fast fleet for the responder (random keys: valid base64 of 32 bytes, not wg keypairs;
+        use wg_failover.lab.gen.generate_fleet when a test needs real keys). Worker i is w{i+1} with
+        exporter 127.0.0.1:{9600+i}; client j is c{j+1} on 10.68.x.y/32 (any count up to
+        60,000) and prefers all workers rotated by j (prefs="same": all in file order).
+
+Fixtures: `responder` (a started ResponderProc with the defaults, stopped afterwards) and
+`responder_factory` (call it like ResponderProc.start without the workdir; all are stopped at the
+end of the test). Import either `responder_fixture, responder_factory_fixture` (no ruff F811 at
+the use sites) or the plain names `responder, responder_factory` (then `# noqa: F811` on uses).
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from wg_failover.lab.gen import Generated, sha256_hex
+from wg_failover.lab.procs import stop_process
+
+from wg_failover.fleet import Client, Fleet, ResponderSettings, Worker, dump_fleet
+
+ROOT = Path(__file__).resolve().parents[2]
+WG_FAILOVER = str(Path(sys.executable).with_name("wg-failover"))
+
+
+def _key() -> str:
+    return base64.b64encode(os.urandom(32)).decode()
+
+
+def make_fleet(
+    workers: int = 3,
+    clients: int = 4,
+    *,
+    capacity: int | None = None,
+    hold_down_seconds: float = 60,
+    preempt: bool = False,
+    prefs: str | None = None,
+    responder_url: str = "http://127.0.0.1:8080",
+) -> Generated:
+    ws = [
+        Worker(name=f"w{i + 1}", public_key=_key(), endpoint=f"198.18.0.{i + 10}:51820",
+               tunnel_address=f"10.66.0.{i + 1}", exporter=f"127.0.0.1:{9600 + i}",
+               capacity=capacity, region="lab")
+        for i in range(workers)
+    ]
+    tokens: dict[str, str] = {}
+    cs = []
+    base = ipaddress.ip_address("10.68.0.0")
+    for j in range(clients):
+        name = f"c{j + 1}"
+        tokens[name] = secrets.token_urlsafe(18)
+        order = None if prefs == "same" else [ws[(j + k) % workers].name for k in range(workers)]
+        cs.append(Client(name=name, public_key=_key(), address=f"{base + j + 2}/32",
+                         routes=["10.99.0.0/24"], workers=order,
+                         token_sha256=sha256_hex(tokens[name])))
+    tokens["alert"] = secrets.token_urlsafe(18)
+    tokens["admin"] = secrets.token_urlsafe(18)
+    rs = ResponderSettings(url=responder_url, alert_token_sha256=sha256_hex(tokens["alert"]),
+                           admin_token_sha256=sha256_hex(tokens["admin"]),
+                           hold_down_seconds=hold_down_seconds, preempt=preempt)
+    return Generated(Fleet(workers=ws, clients=cs, responder=rs), {}, tokens)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ResponderProc:
+    def __init__(self, workdir: Path, gen: Generated, port: int, db: Path):
+        self.workdir = Path(workdir)
+        self.gen = gen
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.db_path = Path(db)
+        self.fleet_path = self.workdir / "fleet.yaml"
+        self.log_path = self.workdir / f"responder-{port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def fleet(self) -> Fleet:
+        return self.gen.fleet
+
+    @property
+    def tokens(self) -> dict[str, str]:
+        return self.gen.tokens
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @classmethod
+    def start(cls, workdir: str | os.PathLike[str], gen: Generated | None = None, *,
+              workers: int = 3, clients: int = 4, capacity: int | None = None,
+              hold_down_seconds: float = 60, preempt: bool = False,
+              db: str | os.PathLike[str] | None = None, timeout: float = 30,
+              env: dict[str, str] | None = None) -> ResponderProc:
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        if gen is None:
+            gen = make_fleet(workers, clients, capacity=capacity,
+                             hold_down_seconds=hold_down_seconds, preempt=preempt,
+                             responder_url=url)
+        else:
+            rs = gen.fleet.responder.model_copy(update={"url": url})
+            gen = Generated(gen.fleet.model_copy(update={"responder": rs}), gen.private_keys,
+                            gen.tokens)
+        p = cls(workdir, gen, port, Path(db) if db else workdir / "responder.db")
+        p.env = env
+        p.fleet_path.write_text(dump_fleet(gen.fleet))
+        p._launch(timeout)
+        return p
+
+    env: dict[str, str] | None = None  # extra environment for the process
+
+    def _launch(self, timeout: float = 30) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self.proc = subprocess.Popen(
+                [WG_FAILOVER, "responder", "--fleet", str(self.fleet_path),
+                 "--db", str(self.db_path), "--listen", f"127.0.0.1:{self.port}",
+                 "--log-level", os.environ.get("WGFO_TEST_RESPONDER_LOG_LEVEL", "warning")],
+                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                env={**os.environ, **(self.env or {})},
+            )
+        finally:
+            log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"responder exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"responder not ready within {timeout} s:\n{self.log()}")
+
+    def headers(self, who: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[who]}"}
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, timeout=5)
+
+    def kill(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def restart(self, timeout: float = 30) -> None:
+        self.stop()
+        self._launch(timeout)
+
+    def alert(self, worker: str, action: str = "failover", status: str = "firing", *,
+              starts_at: str | None = None, fingerprint: str | None = None,
+              alertname: str = "WorkerDown") -> httpx.Response:
+        return httpx.post(self.url + "/v1/alerts", headers=self.headers("alert"), timeout=10,
+                          json=alert_payload(worker, action, status, starts_at=starts_at,
+                                             fingerprint=fingerprint, alertname=alertname))
+
+
+def alert_payload(worker: str, action: str = "failover", status: str = "firing", *,
+                  starts_at: str | None = None, fingerprint: str | None = None,
+                  alertname: str = "WorkerDown") -> dict[str, Any]:
+    """An Alertmanager webhook (version 4) body with one alert."""
+    starts_at = starts_at or "2026-01-01T00:00:00Z"
+    labels = {"alertname": alertname, "worker": worker, "action": action, "severity": "page"}
+    return {
+        "version": "4", "status": status, "receiver": "wg-failover", "groupKey": "{}:{}",
+        "truncatedAlerts": 0, "groupLabels": {"worker": worker}, "commonLabels": labels,
+        "commonAnnotations": {}, "externalURL": "http://alertmanager:9093",
+        "alerts": [{
+            "status": status, "labels": labels, "annotations": {"summary": f"{worker} {action}"},
+            "startsAt": starts_at,
+            "endsAt": datetime.now(UTC).isoformat() if status == "resolved"
+            else "0001-01-01T00:00:00Z",
+            "generatorURL": "http://prometheus/graph",
+            "fingerprint": fingerprint or f"{alertname}-{worker}-{action}",
+        }],
+    }
+
+
+@pytest.fixture(name="responder_factory")
+def responder_factory_fixture(tmp_path):
+    started: list[ResponderProc] = []
+
+    def start(gen: Generated | None = None, **kw: Any) -> ResponderProc:
+        p = ResponderProc.start(tmp_path / f"responder{len(started)}", gen, **kw)
+        started.append(p)
+        return p
+
+    try:
+        yield start
+    finally:
+        for p in started:
+            p.stop()
+
+
+@pytest.fixture(name="responder")
+def responder_fixture(responder_factory) -> ResponderProc:
+    return responder_factory()
+
+
+# The first published names; tests written against them keep working.
+responder = responder_fixture
+responder_factory = responder_factory_fixture

@@ -1,0 +1,151 @@
+"""The shipped Prometheus/Alertmanager files pass the real tools, before and after rendering."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from wg_failover.lab import procs
+
+from wg_failover import promconfig
+
+SHIPPED = promconfig.SHIPPED_DIR
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"`{name}` is not installed "
+                    "(apt-get install prometheus prometheus-alertmanager)")
+    return path
+
+
+def run_tool(*argv: str, cwd: Path | None = None) -> str:
+    proc = subprocess.run([_tool(argv[0]), *argv[1:]], capture_output=True, text=True,
+                          timeout=120, cwd=cwd)
+    out = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        pytest.fail(f"`{' '.join(argv)}` failed ({proc.returncode}):\n{out}")
+    return out
+
+
+def test_promtool_check_shipped_config():
+    out = run_tool("promtool", "check", "config", str(SHIPPED / "prometheus.yml"))
+    assert "SUCCESS" in out
+
+
+def test_promtool_check_shipped_rules():
+    files = sorted(str(p) for p in (SHIPPED / "rules").glob("*.yml"))
+    assert files
+    run_tool("promtool", "check", "rules", *files)
+
+
+def test_amtool_check_shipped_config():
+    run_tool("amtool", "check-config", str(SHIPPED / "alertmanager.yml"))
+
+
+def test_rendered_configs_pass_the_tools(tmp_path):
+    token = tmp_path / "alert-token"
+    token.write_text("secret\n")
+    prom = tmp_path / "prometheus.yml"
+    prom.write_text(promconfig.render_prometheus_config(
+        responder_url="http://127.0.0.1:18080", alertmanager_url="http://127.0.0.1:19093",
+        rules_dir=SHIPPED / "rules", scrape_interval="1s",
+        extra_static_exporters=["w9=127.0.0.1:19586"], blackbox_address="127.0.0.1:19115",
+        sd_refresh_interval="2s"))
+    am = tmp_path / "alertmanager.yml"
+    am.write_text(promconfig.render_alertmanager_config(
+        responder_url="http://127.0.0.1:18080", token_file=token))
+    out = run_tool("promtool", "check", "config", str(prom))
+    assert "rule files found" in out
+    run_tool("amtool", "check-config", str(am))
+
+
+def test_render_prometheus_swaps_only_addresses():
+    shipped = yaml.safe_load((SHIPPED / "prometheus.yml").read_text())
+    text = promconfig.render_prometheus_text(
+        (SHIPPED / "prometheus.yml").read_text(),
+        responder_url="https://10.0.0.5:8443/wgfo/", alertmanager_url="http://10.0.0.6:9093",
+        rules_dir="/opt/rules")
+    cfg = yaml.safe_load(text)
+    jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
+    assert set(jobs) == {promconfig.EXPORTER_JOB, promconfig.RESPONDER_JOB}  # no blackbox asked
+    assert jobs[promconfig.EXPORTER_JOB]["http_sd_configs"][0]["url"] == (
+        "https://10.0.0.5:8443/wgfo/v1/targets")
+    resp = jobs[promconfig.RESPONDER_JOB]
+    assert resp["scheme"] == "https"
+    assert resp["metrics_path"] == "/wgfo/metrics"
+    assert resp["static_configs"] == [{"targets": ["10.0.0.5:8443"]}]
+    assert cfg["alerting"]["alertmanagers"][0]["static_configs"] == [
+        {"targets": ["10.0.0.6:9093"]}]
+    assert cfg["rule_files"] == ["/opt/rules/*.yml"]
+    # Intervals stay the shipped ones unless asked.
+    assert cfg["global"] == shipped["global"]
+    shipped_exporter = next(j for j in shipped["scrape_configs"]
+                            if j["job_name"] == promconfig.EXPORTER_JOB)
+    assert jobs[promconfig.EXPORTER_JOB]["scrape_timeout"] == shipped_exporter["scrape_timeout"]
+
+
+def test_render_prometheus_interval_static_targets_and_blackbox():
+    text = promconfig.render_prometheus_text(
+        (SHIPPED / "prometheus.yml").read_text(),
+        responder_url="http://127.0.0.1:1", alertmanager_url="http://127.0.0.1:2",
+        rules_dir="/r", scrape_interval="1s", blackbox_address="127.0.0.1:3",
+        extra_static_exporters=["127.0.0.1:4", "w2=127.0.0.1:5"])
+    cfg = yaml.safe_load(text)
+    assert cfg["global"]["scrape_interval"] == cfg["global"]["evaluation_interval"] == "1s"
+    assert cfg["global"]["scrape_timeout"] == "1s"  # capped: may not exceed the interval
+    jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
+    assert jobs[promconfig.EXPORTER_JOB]["static_configs"] == [
+        {"targets": ["127.0.0.1:4"]}, {"targets": ["127.0.0.1:5"], "labels": {"worker": "w2"}}]
+    relabel = jobs[promconfig.BLACKBOX_JOB]["relabel_configs"]
+    assert [r["replacement"] for r in relabel if r.get("target_label") == "__address__"] == [
+        "127.0.0.1:3"]
+
+
+def test_render_rejects_bad_input():
+    src = (SHIPPED / "prometheus.yml").read_text()
+    with pytest.raises(promconfig.PromConfigError, match="responder_url"):
+        promconfig.render_prometheus_text(src, responder_url="127.0.0.1:8080",
+                                          alertmanager_url="http://a:1", rules_dir="/r")
+    with pytest.raises(promconfig.PromConfigError, match="host:port"):
+        promconfig.render_prometheus_text(src, responder_url="http://a:1",
+                                          alertmanager_url="http://a:1", rules_dir="/r",
+                                          extra_static_exporters=["nope"])
+    with pytest.raises(promconfig.PromConfigError, match="receiver"):
+        promconfig.render_alertmanager_text("receivers: []\n", responder_url="http://a:1",
+                                            token_file="/t")
+
+
+def test_render_alertmanager_points_at_responder(tmp_path):
+    text = promconfig.render_alertmanager_config(responder_url="http://127.0.0.1:8123/",
+                                                 token_file=tmp_path / "tok")
+    cfg = yaml.safe_load(text)
+    hook = next(r for r in cfg["receivers"]
+                if r["name"] == promconfig.RESPONDER_RECEIVER)["webhook_configs"][0]
+    assert hook["url"] == "http://127.0.0.1:8123/v1/alerts"
+    assert hook["send_resolved"] is True
+    assert hook["http_config"]["authorization"]["credentials_file"] == str(tmp_path / "tok")
+    route = next(r for r in cfg["route"]["routes"]
+                 if r["receiver"] == promconfig.RESPONDER_RECEIVER)
+    assert route["group_by"] == ["worker"]
+    assert route["matchers"] == ['action=~"failover|drain"']
+
+
+def test_start_prometheus_reports_a_bad_config_with_its_log(tmp_path):
+    cfg = tmp_path / "prometheus.yml"
+    cfg.write_text("scrape_configs:\n  - job_name: x\n    scrape_interval: fast\n")
+    with pytest.raises(RuntimeError, match="exited") as info:
+        procs.start_prometheus(cfg, tmp_path / "prom", procs.find_free_port())
+    assert "fast" in str(info.value)  # the log's tail says what is wrong
+
+
+def test_seconds_parses_prometheus_durations():
+    assert promconfig.duration_seconds("500ms") == 0.5
+    assert promconfig.duration_seconds("5s") == 5
+    assert promconfig.duration_seconds("2m") == 120
+    with pytest.raises(promconfig.PromConfigError):
+        promconfig.duration_seconds("5 seconds")

@@ -1,0 +1,76 @@
+"""The real Prometheus discovers exporters from the real responder's http_sd, with the labels
+the rules key on, and the blackbox job's relabelling probes each worker's host (IPv4 and IPv6).
+
+Every target is on loopback; nothing needs to answer: the test reads Prometheus's own view of
+its targets (/api/v1/targets), not scrape results.
+"""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from wg_failover.lab import procs
+from wg_failover.lab.gen import Generated
+
+from tests.helpers.responder import ResponderProc, make_fleet
+from wg_failover import promconfig
+
+
+def test_targets_from_http_sd_with_labels_and_blackbox_relabelling(tmp_path):
+    base = make_fleet(2, 1)
+    ws = [base.fleet.workers[0].model_copy(update={"exporter": "127.0.0.2:9586"}),
+          base.fleet.workers[1].model_copy(update={"exporter": "[::1]:9587", "region": None})]
+    gen = Generated(base.fleet.model_copy(update={"workers": ws}), {}, base.tokens)
+    responder = ResponderProc.start(tmp_path / "responder", gen)
+    prom = None
+    try:
+        bb_port, prom_port = procs.find_free_port(), procs.find_free_port()
+        cfg = tmp_path / "prometheus.yml"
+        cfg.write_text(promconfig.render_prometheus_config(
+            responder_url=responder.url, alertmanager_url="http://127.0.0.1:1",
+            scrape_interval="1s", sd_refresh_interval="1s",
+            blackbox_address=f"127.0.0.1:{bb_port}"))
+        prom = procs.start_prometheus(cfg, tmp_path / "prom", prom_port)
+        deadline = time.monotonic() + 30
+        while True:
+            active = httpx.get(f"http://127.0.0.1:{prom_port}/api/v1/targets",
+                               timeout=5).json()["data"]["activeTargets"]
+            if len(active) == 5:  # 2 exporters, 2 probes, the responder
+                break
+            assert time.monotonic() < deadline, active
+            time.sleep(0.2)
+    finally:
+        if prom is not None:
+            procs.stop_process(prom)
+        responder.stop()
+
+    by_job: dict[str, list[dict]] = {}
+    for t in active:
+        by_job.setdefault(t["labels"]["job"], []).append(t)
+    exporters = {t["labels"]["worker"]: t for t in by_job[promconfig.EXPORTER_JOB]}
+    assert exporters["w1"]["scrapeUrl"] == "http://127.0.0.2:9586/metrics"
+    assert exporters["w1"]["labels"]["region"] == "lab"
+    assert exporters["w2"]["scrapeUrl"] == "http://[::1]:9587/metrics"
+    assert "region" not in exporters["w2"]["labels"]
+
+    probes = {t["labels"]["worker"]: t for t in by_job[promconfig.BLACKBOX_JOB]}
+    for worker, host in (("w1", "127.0.0.2"), ("w2", "::1")):
+        url = urlsplit(probes[worker]["scrapeUrl"])
+        assert url.netloc == f"127.0.0.1:{bb_port}"
+        assert url.path == "/probe"
+        assert parse_qs(url.query) == {"module": ["icmp"], "target": [host]}
+        assert probes[worker]["labels"]["instance"] == host
+
+    [resp] = by_job[promconfig.RESPONDER_JOB]
+    assert resp["scrapeUrl"] == f"{responder.url}/metrics"
+
+
+def test_render_rejects_a_blackbox_job_missing(tmp_path):
+    src = promconfig.PROMETHEUS_YML.read_text().replace("wg-failover-blackbox", "renamed")
+    with pytest.raises(promconfig.PromConfigError, match="wg-failover-blackbox"):
+        promconfig.render_prometheus_text(src, responder_url="http://a:1",
+                                          alertmanager_url="http://a:2", rules_dir="/r",
+                                          blackbox_address="127.0.0.1:9115")
