@@ -8,7 +8,8 @@ The lab, the tests and the benchmarks start these with the configs that
   binaries on 127.0.0.1 and return once `/-/ready` answers 200 (logs go to `data_dir/*.log`);
   `start_blackbox_exporter(port, log_dir, config_path=BLACKBOX_YML) -> Popen` runs Debian's
   `prometheus-blackbox-exporter` with the shipped `icmp` module the same way;
-- `stop_process(proc)` ends one; `find_free_port()` picks a loopback port.
+- `stop_process(proc)` ends one; `find_free_port()` picks a loopback port;
+- `poll_until(pred, timeout, step)`: the one bounded wait loop the lab, tests and benchmarks use.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from wg_failover.promconfig import ALERTMANAGER_BIN, BLACKBOX_BIN, BLACKBOX_YML, PROMETHEUS_BIN
 
@@ -133,3 +136,14 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def poll_until(pred: Callable[[], Any], timeout: float, step: float = 0.05) -> Any:
+    """Call `pred` every `step` seconds until it returns something truthy (returned) or `timeout`
+    seconds pass (then its last value, falsy, is returned). Bounded in time, never in a tight loop."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(step)

@@ -9,37 +9,18 @@
 
 from __future__ import annotations
 
-import contextlib
-import time
-from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from .responder import ResponderProc
+from .wait import wait_until  # noqa: F401  (re-exported: the Prometheus tests import it from here)
 
 
 def prom_query(url: str, expr: str) -> list[dict[str, Any]]:
     r = httpx.get(f"{url}/api/v1/query", params={"query": expr}, timeout=5)
     r.raise_for_status()
     return r.json()["data"]["result"]
-
-
-def wait_until(what: str, pred: Callable[[], Any], timeout: float, every: float = 0.2,
-               logs: Iterable[Path | str] = ()) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(httpx.HTTPError):
-            value = pred()
-            if value:
-                return value
-        if time.monotonic() > deadline:
-            tails = "\n".join(f"--- {p} ---\n{Path(p).read_text(errors='replace')[-3000:]}"
-                              for p in logs if Path(p).exists())
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}\n{tails}")
-        time.sleep(every)
 
 
 def sample(text: str, series: str) -> float:
