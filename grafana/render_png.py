@@ -9,7 +9,8 @@ the same queries, not a pixel copy of Grafana.
         --dashboard grafana/dashboards/overview.json --minutes 5 -o docs/overview.png
 
 The query helpers at the top (every query of a dashboard, template-variable substitution) have no
-dependency beyond the standard library; tests/integration/test_grafana.py uses them to run every query.
+dependency beyond the standard library; tests/integration/test_grafana.py uses them to run every
+query.
 matplotlib is needed only to draw (`pip install -e .[docs]`).
 """
 

@@ -140,7 +140,7 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
 
 def poll_until(pred: Callable[[], Any], timeout: float, step: float = 0.05) -> Any:
     """Call `pred` every `step` seconds until it returns something truthy (returned) or `timeout`
-    seconds pass (then its last value, falsy, is returned). Bounded in time, never in a tight loop."""
+    seconds pass (then its last, falsy, value is returned). Bounded in time, never a tight loop."""
     deadline = time.monotonic() + timeout
     while True:
         value = pred()
