@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -30,6 +31,11 @@ from pydantic import (
 from .mqtt import parse_mqtt_url
 
 DEFAULT_FLEET_PATH = "/etc/wg-failover/fleet.yaml"
+# Far above any real worker, and small enough that sums over a fleet stay ordinary integers.
+MAX_CAPACITY = 1_000_000
+# A fleet file nests about six levels deep; PyYAML's composer recurses per level, so a file
+# nested thousands deep would otherwise end in a RecursionError instead of a field-path error.
+MAX_NESTING = 64
 FLEET_ENV = "WG_FAILOVER_FLEET"
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -150,6 +156,13 @@ def _check_network(value: str) -> str:
 def _check_url(value: str) -> str:
     if not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
         raise ValueError(f"{value!r} is not an http:// or https:// URL")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number in range
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a valid URL: {exc}") from None
+    if not parts.hostname:
+        raise ValueError(f"{value!r} has no host")
     return value
 
 
@@ -183,7 +196,7 @@ class Worker(_Strict):
     endpoint: Endpoint
     tunnel_address: IPAddr
     exporter: Endpoint
-    capacity: int | None = Field(default=None, ge=1)
+    capacity: int | None = Field(default=None, ge=1, le=MAX_CAPACITY)
     region: str | None = None
 
     @property
@@ -244,9 +257,10 @@ class ResponderSettings(_Strict):
     url: Url = "http://127.0.0.1:8080"
     alert_token_sha256: Hex64 | None = None
     admin_token_sha256: Hex64 | None = None
-    hold_down_seconds: float = Field(default=60, ge=0)
+    # Finite and at most a day: `.inf` would parse as a float and silently disable recovery.
+    hold_down_seconds: float = Field(default=60, ge=0, le=86400, allow_inf_nan=False)
     preempt: bool = False
-    preempt_batch_size: int = Field(default=10, ge=1)
+    preempt_batch_size: int = Field(default=10, ge=1, le=MAX_CAPACITY)
     mqtt: MqttSettings | None = None
     webhooks: list[WebhookTarget] = Field(default_factory=list)
 
@@ -408,12 +422,18 @@ def _cross_checks(data: dict[str, Any], bad: set[str]) -> list[Problem]:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate mapping keys, which PyYAML would silently overwrite."""
+    """SafeLoader that rejects duplicate mapping keys, which PyYAML would silently overwrite,
+    non-scalar keys (a stray `? ` makes a list or a mapping a key), and numbers too long to read."""
 
 
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
     seen: set[Any] = set()
     for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            kind = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a {kind} cannot be a key (a stray `? `?)", key_node.start_mark
+            )
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
@@ -423,14 +443,43 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
     return loader.construct_mapping(node, deep)
 
 
+def _construct_int(loader: _UniqueKeyLoader, node: yaml.ScalarNode) -> int:
+    try:
+        return yaml.SafeLoader.construct_yaml_int(loader, node)
+    except ValueError:  # Python refuses int() of more than 4300 digits
+        raise yaml.constructor.ConstructorError(
+            None, None, f"a number of {len(str(node.value))} characters is too long",
+            node.start_mark) from None
+
+
 _UniqueKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
 )
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+def _too_deep(text: str) -> Problem | None:
+    """The first place nested deeper than MAX_NESTING, found on the parser's flat event
+    stream (the composer, which builds the nested objects, is the part that recurses)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_NESTING:
+                mark = event.start_mark
+                return Problem(f"line {mark.line + 1}, column {mark.column + 1}",
+                               f"nested more than {MAX_NESTING} levels deep")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    return None
 
 
 def parse_fleet(text: str, source: str = "<fleet>") -> Fleet:
     """Parse and validate fleet YAML; raises FleetError with every problem found."""
     try:
+        deep = _too_deep(text)
+        if deep:
+            raise FleetError(source, [deep])
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
