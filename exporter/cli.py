@@ -13,6 +13,7 @@ from wg_failover.cli import CliError, fleet_argument
 from wg_failover.fleet import DEFAULT_FLEET_PATH, FLEET_ENV, load_fleet
 
 from .collector import FleetSource, WireGuardCollector
+from .limits import MAX_CONNECTIONS, REQUEST_TIMEOUT
 from .metrics import ACTIVE_WINDOW_SECONDS, help_table
 
 log = logging.getLogger("wg-failover.exporter")
@@ -61,6 +62,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="give up on a `wg show` after this long (default 5)")
     p.add_argument("--hash-password", action="store_true",
                    help="read a password on stdin, print its bcrypt hash (for basic_auth_users)")
+    p.add_argument("--request-timeout", type=float, default=REQUEST_TIMEOUT, metavar="SECONDS",
+                   help="close a connection that sends or reads nothing for this long "
+                        "(default %(default)g)")
+    p.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS, metavar="N",
+                   help="connections served at once; past that: 503 with Retry-After "
+                        "(default %(default)d)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
 
@@ -90,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--listen {exc}") from None
     if args.wg_timeout <= 0:
         raise CliError("--wg-timeout must be positive")
+    if args.request_timeout <= 0:
+        raise CliError("--request-timeout must be positive")
+    if args.max_connections < 1:
+        raise CliError("--max-connections must be at least 1")
     fleet = _fleet_source(args)
     if args.worker:
         if fleet is None:
@@ -113,7 +124,9 @@ def run(args: argparse.Namespace) -> int:
         peer_metrics=args.peer_metrics == "on", wg_timeout=args.wg_timeout,
     )
     try:
-        httpd = server.serve(server.make_app(collector, auth), host, port, tls)
+        httpd = server.serve(server.make_app(collector, auth), host, port, tls,
+                             request_timeout=args.request_timeout,
+                             max_connections=args.max_connections)
     except OSError as exc:
         raise CliError(f"cannot listen on {args.listen}: {exc.strerror or exc}") from None
     bound = httpd.server_address

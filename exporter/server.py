@@ -22,6 +22,7 @@ interval does not pay for bcrypt each time.
 from __future__ import annotations
 
 import base64
+import contextlib
 import ctypes
 import ctypes.util
 import hashlib
@@ -44,6 +45,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 
 from .collector import WireGuardCollector
+from .limits import MAX_CONNECTIONS, REQUEST_TIMEOUT
 from .render import PageRenderer
 
 log = logging.getLogger("wg-failover.exporter")
@@ -338,9 +340,20 @@ def _v6_works() -> bool:
         return False
 
 
-def serve(app, host: str, port: int, tls: ssl.SSLContext | None = None):
-    """Bind and return the server (not yet serving). An empty host means every address."""
+_BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n"
+         b"Connection: close\r\n\r\n")
+
+
+def serve(app, host: str, port: int, tls: ssl.SSLContext | None = None, *,
+          request_timeout: float = REQUEST_TIMEOUT, max_connections: int = MAX_CONNECTIONS):
+    """Bind and return the server (not yet serving). An empty host means every address.
+
+    Every connection gets `request_timeout` per read or write (a half-open or dribbling client
+    lets its thread go), and at most `max_connections` are served at once: past that a new one
+    is answered 503 with Retry-After and closed, so idle sockets cannot use up threads or files.
+    """
     family = _family(host)
+    active = threading.BoundedSemaphore(max_connections)
 
     class Server(ThreadingWSGIServer):
         address_family = family
@@ -356,12 +369,28 @@ def serve(app, host: str, port: int, tls: ssl.SSLContext | None = None):
             if conn.family in (socket.AF_INET, socket.AF_INET6):
                 # The page goes out in a few large writes; do not let Nagle hold the last one.
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.settimeout(request_timeout)
             if tls is not None:
                 # The handshake runs on first read, in the request's own thread, so a slow client
                 # cannot stall accept(); the timeout stops a stalled one holding its thread.
-                conn.settimeout(30)
                 conn = tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
             return conn, addr
+
+        def process_request(self, request, client_address) -> None:
+            if not active.acquire(blocking=False):
+                if tls is None:  # over TLS there is no handshake yet to answer through
+                    with contextlib.suppress(OSError):
+                        request.setblocking(False)
+                        request.send(_BUSY)
+                self.shutdown_request(request)
+                return
+            super().process_request(request, client_address)
+
+        def process_request_thread(self, request, client_address) -> None:
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                active.release()
 
         def handle_error(self, request, client_address) -> None:
             # A failed TLS handshake or a client gone mid-answer: one line, not a traceback.
