@@ -5,7 +5,8 @@ One set of pydantic models, so the two sides cannot drift apart:
   message); `parse_assignment` is the followers' entry point and raises `AssignmentError`.
 - `ClientEvent` (`ProbeEvent | SwitchEvent | AppliedEvent | RejectedEvent`, discriminated by
   `type`): what a switcher reports to `POST /v1/clients/{name}/events`.
-- `WorkerStatus`: one entry of `GET /v1/workers`.
+- `WorkerStatus`: one entry of `GET /v1/workers`; `ClientStatus` (`GET /v1/clients/{name}`) and
+  `EventsPage` (`GET /v1/events`) with their `EventRecord`s.
 
 Every model ignores fields it does not know, so a newer responder can add fields without breaking
 an older follower (and the other way round).
@@ -137,3 +138,39 @@ class WorkerStatus(_Wire):
     region: str | None = None
     assigned: int = 0
     exporter: str | None = None
+
+
+class EventRecord(_Wire):
+    """One entry of the responder's append-only event log."""
+
+    id: int
+    time: str  # ISO 8601 UTC, the same instant as `ts`
+    ts: float
+    kind: str
+    worker: str | None = None
+    client: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class EventsPage(_Wire):
+    """`GET /v1/events`: a page of the event log; the next page is `after=last_id`."""
+
+    events: list[EventRecord]
+    last_id: int
+
+
+class ProbeReport(_Wire):
+    """A client's latest probe report, as the responder keeps it."""
+
+    time: str
+    workers: dict[str, ProbeResult]
+
+
+class ClientStatus(_Wire):
+    """`GET /v1/clients/{name}`: a client's assignment and what the responder knows about it."""
+
+    assignment: Assignment
+    unusable: list[str] = Field(default_factory=list)
+    probes: ProbeReport | None = None
+    events: list[EventRecord] = Field(default_factory=list)
+    delivery: dict[str, Any] = Field(default_factory=dict)
