@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .core import Assignment, AssignmentError
+from wg_failover.wire import Assignment, AssignmentError, parse_assignment
 
 DEFAULT_STATE_DIR = "/var/lib/wg-failover"
 
@@ -72,7 +72,7 @@ def load(path: Path, client: str) -> CachedState | None:
     pending = None
     if data.get("pending") is not None:
         try:
-            pending = Assignment.from_json(data["pending"], client)
+            pending = parse_assignment(data["pending"], client)
         except AssignmentError:
             pending = None
     return CachedState(

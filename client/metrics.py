@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 
 from wg_failover.fleet import parse_host_port
 
-from .core import UP, Core
+from .decisions import UP, Decider
 
 
 class SwitcherMetrics:
@@ -45,15 +45,15 @@ class SwitcherMetrics:
         for w in workers:
             self.active.labels(w).set(0)
 
-    def update(self, core: Core) -> None:
-        for w, h in core.health.items():
+    def update(self, decider: Decider) -> None:
+        for w, h in decider.health.items():
             if h.srtt is not None:
                 self.rtt.labels(w).set(h.srtt)
             self.loss.labels(w).set(h.loss)
             self.up.labels(w).set(1 if h.state == UP else 0)
         for w in self.workers:
-            self.active.labels(w).set(1 if w == core.active else 0)
-        self.version.set(core.version)
+            self.active.labels(w).set(1 if w == decider.active else 0)
+        self.version.set(decider.version)
 
     def serve(self, listen: str) -> None:
         hp = parse_host_port(listen)

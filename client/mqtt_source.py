@@ -23,8 +23,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from wg_failover.mqtt import MqttUrlError, assignment_topic, parse_mqtt_url
+from wg_failover.wire import Assignment, AssignmentError, parse_assignment
 
-from .core import Assignment, AssignmentError
 from .sources import Deliver
 
 log = logging.getLogger("wg_failover.switcher")
@@ -48,7 +48,7 @@ class MqttAssignmentSource:
 
     def parse(self, payload: bytes) -> Assignment | None:
         try:
-            return Assignment.from_json(json.loads(payload), self.client)
+            return parse_assignment(json.loads(payload), self.client)
         except (ValueError, UnicodeDecodeError, AssignmentError) as exc:
             log.warning("mqtt: ignoring an unusable assignment on %s: %s", self.topic, exc)
             return None

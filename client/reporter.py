@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from .core import Backoff
+from wg_failover.backoff import Backoff
 
 log = logging.getLogger("wg_failover.switcher")
 

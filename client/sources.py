@@ -3,7 +3,8 @@
 `HttpAssignmentSource` follows the responder: SSE (`/assignment/stream`, resumed with
 `Last-Event-ID`), falling back to long-poll (`/assignment?after=V&wait=S`) when the responder or a
 proxy on the way does not do SSE; reconnects with bounded exponential backoff and jitter.
-An MQTT source (issue 7) plugs in beside it with the same `run(deliver, after)` method.
+`client.mqtt_source.MqttAssignmentSource` (`--mqtt`) plugs in beside it with the same
+`run(deliver, after)` method.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Protocol
 
 import httpx
 
-from .core import Assignment, AssignmentError, Backoff
+from wg_failover.backoff import Backoff
+from wg_failover.wire import Assignment, AssignmentError, parse_assignment
 
 log = logging.getLogger("wg_failover.switcher")
 
@@ -25,7 +27,7 @@ Deliver = Callable[[Assignment], None]
 
 
 class AssignmentSource(Protocol):
-    """Anything that yields the client's assignments: the responder over HTTP, later MQTT.
+    """Anything that yields the client's assignments: the responder over HTTP, or MQTT.
 
     `run` delivers every assignment it sees (the switcher drops old versions itself), resumes
     after the version `after()` returns, and keeps going (reconnecting) until cancelled.
@@ -105,7 +107,7 @@ class HttpAssignmentSource:
 
     def _parse(self, text: str) -> Assignment | None:
         try:
-            return Assignment.from_json(json.loads(text), self.client)
+            return parse_assignment(json.loads(text), self.client)
         except (ValueError, AssignmentError) as exc:
             log.warning("responder: ignoring an unusable assignment: %s", exc)
             return None

@@ -1,5 +1,5 @@
 """The switcher process: one asyncio loop running the prober, the assignment follower and the
-reporter around `client.core.Core`, carrying out its actions on the WireGuard interface."""
+reporter around `client.decisions.Decider`, carrying out its actions on the WireGuard interface."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from pathlib import Path
 
 from wg_failover import wg
 from wg_failover.fleet import Client, Fleet
+from wg_failover.wire import Assignment, RejectedEvent
 
 from . import cache, wgctl
-from .core import DOWN, Action, Assignment, Core, Note, Report, Settings, Switch
+from .decisions import DOWN, Action, Decider, Note, Report, Settings, Switch
 from .metrics import SwitcherMetrics
 from .probe import IcmpProber
 from .reporter import Reporter
@@ -47,18 +48,18 @@ class Switcher:
         self.source = source
         self.reporter = reporter or Reporter(None, client.name, None)
         self.metrics = metrics
-        self.core: Core | None = None
+        self.decider: Decider | None = None
         self.prober: IcmpProber | None = None
         self.switches = 0
         self.failed_at = -1e9
 
     # ------------------------------------------------------------------ start
-    def resume(self) -> Core:
+    def resume(self) -> Decider:
         """Reconcile the interface with the fleet and the cache; touch no healthy active peer."""
         iface = self.opts.interface
         dump = wg.show_dump(iface)
         cached = cache.load(self.cache_file, self.client.name)
-        active = wgctl.find_active(self.fleet, self.client, dump.peers)
+        active = wg.find_active(self.fleet, self.client, dump.peers)
         version = cached.version if cached else 0
         if active is not None:
             note = ""
@@ -82,7 +83,7 @@ class Switcher:
         wgctl.apply_changes(iface, changes)
         if not changes:
             log.info("reconcile: %s matches the fleet (%d worker peers)", iface, len(self.prefs))
-        self.core = Core(
+        self.decider = Decider(
             self.prefs, Settings(k=self.opts.k, hold_down=self.opts.hold_down), active=active,
             version=version, pending=cached.pending if cached and version else None,
         )
@@ -90,12 +91,12 @@ class Switcher:
             log.info("resume: last responder version %d from %s", cached.version,
                      self.cache_file)
         self.save()
-        return self.core
+        return self.decider
 
     def save(self) -> None:
-        assert self.core is not None
-        state = cache.CachedState(self.client.name, self.core.active, self.core.version,
-                                  self.core.pending)
+        assert self.decider is not None
+        state = cache.CachedState(self.client.name, self.decider.active, self.decider.version,
+                                  self.decider.pending)
         try:
             cache.save(self.cache_file, state)
         except OSError as exc:
@@ -103,36 +104,37 @@ class Switcher:
 
     # ------------------------------------------------------------------ actions
     def handle(self, actions: list[Action]) -> None:
-        assert self.core is not None
+        assert self.decider is not None
         failed = False
         changed = False
         for act in actions:
             if isinstance(act, Switch):
-                failed = not self._switch(act)
+                failed = not self._carry_out(act)
                 changed = True
             elif isinstance(act, Report):
                 if not failed:
                     self.reporter.post(act.event)
-                if act.event.get("type") == "rejected" and self.metrics:
+                if act.event["type"] == "rejected" and self.metrics:
                     self.metrics.rejected.inc()
             elif isinstance(act, Note):
                 log.info("%s", act.message)
         if changed:
             self.save()
         if self.metrics:
-            self.metrics.update(self.core)
+            self.metrics.update(self.decider)
 
-    def _switch(self, act: Switch) -> bool:
-        assert self.core is not None
+    def _carry_out(self, act: Switch) -> bool:
+        """One `wg set` for a decided move; False (and the decider told) when it failed."""
+        assert self.decider is not None
         t0 = time.monotonic()
         if t0 - self.failed_at < 1.0:
-            self.core.switch_failed(act)  # `wg` just failed: retry in a second, not per probe
+            self.decider.switch_failed(act)  # `wg` just failed: retry in a second, not per probe
             return False
         try:
             wgctl.move_routes(self.opts.interface, self.fleet, self.client, act.to)
         except (wg.WgError, KeyError) as exc:
             log.error("switch %s -> %s FAILED (%s): %s", act.from_, act.to, act.kind, exc)
-            self.core.switch_failed(act)
+            self.decider.switch_failed(act)
             self.failed_at = t0
             return False
         took = (time.monotonic() - t0) * 1000
@@ -145,24 +147,24 @@ class Switcher:
         return True
 
     def deliver(self, a: Assignment) -> None:
-        assert self.core is not None
-        before = self.core.version
-        actions = self.core.on_assignment(a, asyncio.get_running_loop().time())
+        assert self.decider is not None
+        before = self.decider.version
+        actions = self.decider.on_assignment(a, asyncio.get_running_loop().time())
         self.handle(actions)
-        if self.core.version != before:
+        if self.decider.version != before:
             self.save()
 
     def _on_reply(self, worker: str, rtt: float, now: float) -> None:
-        assert self.core is not None
-        self.handle(self.core.on_reply(worker, rtt, now))
+        assert self.decider is not None
+        self.handle(self.decider.on_reply(worker, rtt, now))
 
     def _on_miss(self, worker: str, now: float) -> None:
-        assert self.core is not None
-        self.handle(self.core.on_miss(worker, now))
+        assert self.decider is not None
+        self.handle(self.decider.on_miss(worker, now))
 
     def make_prober(self) -> IcmpProber:
-        assert self.core is not None
-        core = self.core
+        assert self.decider is not None
+        decider = self.decider
         targets = {}
         for w in self.fleet.preferences(self.client):
             if ipaddress.ip_address(w.tunnel_address).version == 4:
@@ -173,7 +175,7 @@ class Switcher:
         floor = self.opts.probe_timeout
 
         def timeout(worker: str) -> float:
-            return core.health[worker].timeout(self.opts.interval, floor)
+            return decider.health[worker].timeout(self.opts.interval, floor)
 
         self.prober = IcmpProber(targets, self.opts.interval, self._on_reply, self._on_miss,
                                  timeout, interface=self.opts.interface)
@@ -182,15 +184,15 @@ class Switcher:
 
     # ------------------------------------------------------------------ run
     async def _report_probes(self) -> None:
-        assert self.core is not None
+        assert self.decider is not None
         while True:
             await asyncio.sleep(self.opts.report_every)
-            self.reporter.post(self.core.probe_report().event)
+            self.reporter.post(self.decider.probe_report().event)
             if self.metrics:
-                self.metrics.update(self.core)
+                self.metrics.update(self.decider)
 
     async def _watch_interface(self) -> None:
-        """Every few seconds, check that the routes are where the core thinks they are: the
+        """Every few seconds, check that the routes are where the decider thinks they are: the
         interface may have been recreated (wg-quick down/up) or changed by hand."""
         iface = self.opts.interface
         noted = False
@@ -211,16 +213,16 @@ class Switcher:
                 self.check_drift(dump)
 
     def check_drift(self, dump: wg.Dump) -> None:
-        assert self.core is not None
-        core = self.core
-        holder = wgctl.find_active(self.fleet, self.client, dump.peers)
-        if core.active is not None and holder is not None and holder != core.active \
-                and core.health[core.active].state == DOWN:
+        assert self.decider is not None
+        decider = self.decider
+        holder = wg.find_active(self.fleet, self.client, dump.peers)
+        if decider.active is not None and holder is not None and holder != decider.active \
+                and decider.health[decider.active].state == DOWN:
             log.info("drift: routes are on %s, not on %s which is down; adopting %s", holder,
-                     core.active, holder)
-            core.active = holder
+                     decider.active, holder)
+            decider.active = holder
             self.save()
-        target = core.active or holder
+        target = decider.active or holder
         changes = wgctl.plan_reconcile(self.fleet, self.client, dump.peers, target,
                                        self.opts.keepalive)
         if not changes:
@@ -232,8 +234,8 @@ class Switcher:
         except wg.WgError as exc:
             log.error("drift: restoring failed: %s", exc)
             return
-        if core.active is None:
-            core.active = target
+        if decider.active is None:
+            decider.active = target
             self.save()
 
     async def run(self) -> int:
@@ -244,14 +246,14 @@ class Switcher:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        assert self.core is not None
-        core = self.core
+        assert self.decider is not None
+        decider = self.decider
         tasks = [asyncio.create_task(prober.run(), name="prober"),
                  asyncio.create_task(self.reporter.run(), name="reporter"),
                  asyncio.create_task(self._report_probes(), name="probe-reports"),
                  asyncio.create_task(self._watch_interface(), name="interface-watch")]
         if self.source is not None:
-            tasks.append(asyncio.create_task(self.source.run(self.deliver, lambda: core.version),
+            tasks.append(asyncio.create_task(self.source.run(self.deliver, lambda: decider.version),
                                              name="assignments"))
         log.info("switcher %s on %s: probing %s every %g ms, K=%d, hold-down %g s",
                  self.client.name, self.opts.interface, ", ".join(self.prefs),
@@ -270,7 +272,7 @@ class Switcher:
         await asyncio.gather(*tasks, return_exceptions=True)
         prober.close()
         self.save()
-        log.info("switcher stopped; %s holds the routes", core.active)
+        log.info("switcher stopped; %s holds the routes", decider.active)
         return rc
 
     async def run_once(self) -> int:
@@ -279,8 +281,8 @@ class Switcher:
         0: applied or already in place; 1: rejected (the probes see the worker dead) or none.
         """
         self.resume()
-        assert self.core is not None
-        core = self.core
+        assert self.decider is not None
+        decider = self.decider
         assignment = None
         if isinstance(self.source, HttpAssignmentSource):
             import httpx
@@ -298,18 +300,19 @@ class Switcher:
         rc = 0
         if assignment is not None:
             self.deliver(assignment)
-        if core.pending is not None:
-            a = core.pending
-            h = core.health[a.worker]
+        if decider.pending is not None:
+            a = decider.pending
+            h = decider.health[a.worker]
             log.info("once: assignment v%d to %s not applied: probes see it %s", a.version,
                      a.worker, h.state)
-            if not core.pending_rejected:
-                self.reporter.post({"type": "rejected", "version": a.version, "worker": a.worker,
-                                    "reason": f"probes see {a.worker} {h.state}"})
+            if not decider.pending_rejected:
+                self.reporter.post(Report.of(RejectedEvent(
+                    version=a.version, worker=a.worker,
+                    reason=f"probes see {a.worker} {h.state}")).event)
             rc = 1
         elif assignment is None:
-            log.info("once: no assignment from the responder; %s holds the routes", core.active)
-        self.reporter.post(core.probe_report().event)
+            log.info("once: no assignment from the responder; %s holds the routes", decider.active)
+        self.reporter.post(decider.probe_report().event)
         await self.reporter.flush(3.0)
         reporter_task.cancel()
         await asyncio.gather(reporter_task, return_exceptions=True)

@@ -25,29 +25,6 @@ class PeerChange:
     persistent_keepalive: int | None = None
 
 
-def _norm_nets(items) -> set[str]:
-    out = set()
-    for item in items:
-        try:
-            out.add(str(ipaddress.ip_network(item, strict=False)))
-        except ValueError:
-            out.add(item)
-    return out
-
-
-def find_active(fleet: Fleet, client: Client, peers: list[wg.Peer]) -> str | None:
-    """The worker whose peer holds all the client's routes, or None."""
-    routes = _norm_nets(client.routes)
-    if not routes:
-        return None
-    by_key = {p.public_key: p for p in peers}
-    for w in fleet.preferences(client):
-        p = by_key.get(w.public_key)
-        if p is not None and routes <= _norm_nets(p.allowed_ips):
-            return w.name
-    return None
-
-
 def _endpoint_matches(worker: Worker, current: str | None) -> bool:
     if current is None:
         return False
@@ -63,7 +40,7 @@ def plan_reconcile(fleet: Fleet, client: Client, peers: list[wg.Peer], active: s
                    keepalive: int) -> list[PeerChange]:
     """What to change so every worker is a warm peer and the routes sit on `active` only."""
     by_key = {p.public_key: p for p in peers}
-    routes = _norm_nets(client.routes)
+    routes = wg.normalize_networks(client.routes)
     changes = []
     for w in fleet.preferences(client):
         want = client_peer_allowed_ips(fleet, client, w, w.name == active)
@@ -72,14 +49,14 @@ def plan_reconcile(fleet: Fleet, client: Client, peers: list[wg.Peer], active: s
             changes.append(PeerChange(w.name, w.public_key, "missing peer", tuple(want),
                                       w.endpoint, keepalive))
             continue
-        have = _norm_nets(p.allowed_ips)
+        have = wg.normalize_networks(p.allowed_ips)
         allowed = None
         whys = []
         if w.name == active:
-            if not _norm_nets(want) <= have:
+            if not wg.normalize_networks(want) <= have:
                 allowed = tuple(want)
                 whys.append("routes incomplete")
-        elif not _norm_nets(want) <= have or have & routes:
+        elif not wg.normalize_networks(want) <= have or have & routes:
             allowed = tuple(want)
             whys.append("allowed-ips" if not have & routes else "backup held routes")
         endpoint = None

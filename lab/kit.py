@@ -96,9 +96,7 @@ class SwitcherLab:
 
     def route_holder(self) -> str | None:
         assert self.client_iface is not None
-        from wg_failover.client.wgctl import find_active
-
-        return find_active(self.fleet, self.client, self.client_iface.dump().peers)
+        return wg.find_active(self.fleet, self.client, self.client_iface.dump().peers)
 
     def client_peers(self) -> dict[str, tuple[str, ...]]:
         assert self.client_iface is not None

@@ -7,11 +7,16 @@ The private key column of a dump is dropped at parse time so it can never reach 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .fleet import Client, Fleet
 
 WG = os.environ.get("WG_FAILOVER_WG", "wg")
 
@@ -97,6 +102,33 @@ def parse_dump(text: str, device: str | None = None) -> Dump:
         except ValueError as exc:
             raise WgError(f"wg dump line {lineno}: {exc}") from None
     return out
+
+
+def normalize_networks(items: Iterable[str]) -> set[str]:
+    """Prefixes in one spelling (`10.0.0.1/24` -> `10.0.0.0/24`), so a dump and a fleet compare;
+    anything unparsable is kept as written."""
+    out = set()
+    for item in items:
+        try:
+            out.add(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            out.add(item)
+    return out
+
+
+def find_active(fleet: Fleet, client: Client, peers: Sequence[Peer]) -> str | None:
+    """The worker whose peer holds all the client's routes (the first in the client's preference
+    order should several), or None. Here, not in the switcher, because the lab reads a client's
+    dump the same way to show where the routes really are."""
+    routes = normalize_networks(client.routes)
+    if not routes:
+        return None
+    by_key = {p.public_key: p for p in peers}
+    for w in fleet.preferences(client):
+        p = by_key.get(w.public_key)
+        if p is not None and routes <= normalize_networks(p.allowed_ips):
+            return w.name
+    return None
 
 
 def run_wg(args: Sequence[str], *, input: str | None = None, timeout: float = 10.0) -> str:

@@ -7,13 +7,10 @@ import random
 
 import pytest
 from wg_failover.client import cache
-from wg_failover.client.core import (
+from wg_failover.client.decisions import (
     DOWN,
     UP,
-    Assignment,
-    AssignmentError,
-    Backoff,
-    Core,
+    Decider,
     Note,
     Report,
     Settings,
@@ -22,23 +19,31 @@ from wg_failover.client.core import (
 )
 from wg_failover.client.probe import checksum, echo_request, parse_echo_reply
 from wg_failover.client.sources import SseParser
-from wg_failover.client.wgctl import find_active, plan_reconcile
+from wg_failover.client.wgctl import plan_reconcile
 
-from wg_failover.wg import Peer
+from wg_failover.backoff import Backoff
+from wg_failover.wg import Peer, find_active
+from wg_failover.wire import (
+    Assignment,
+    AssignmentError,
+    ClientEvent,
+    ProbeResult,
+    parse_assignment,
+)
 
 W = ["w1", "w2", "w3"]
 
 
-def up_all(core: Core, now: float, workers=W) -> None:
+def up_all(decider: Decider, now: float, workers=W) -> None:
     for w in workers:
-        core.on_reply(w, 0.001, now)
-        core.on_reply(w, 0.001, now)
+        decider.on_reply(w, 0.001, now)
+        decider.on_reply(w, 0.001, now)
 
 
-def miss(core: Core, worker: str, n: int, now: float) -> list:
+def miss(decider: Decider, worker: str, n: int, now: float) -> list:
     out = []
     for _ in range(n):
-        out += core.on_miss(worker, now)
+        out += decider.on_miss(worker, now)
     return out
 
 
@@ -54,68 +59,89 @@ def reports(actions, kind: str) -> list[dict]:
 
 
 def test_k_misses_on_active_switch_to_first_answering_backup():
-    core = Core(W, Settings(k=3), active="w1")
-    up_all(core, 0.0)
-    assert switches(miss(core, "w1", 2, 0.3)) == []
-    acts = core.on_miss("w1", 0.4)
+    decider = Decider(W, Settings(k=3), active="w1")
+    up_all(decider, 0.0)
+    assert switches(miss(decider, "w1", 2, 0.3)) == []
+    acts = decider.on_miss("w1", 0.4)
     [sw] = switches(acts)
     assert (sw.from_, sw.to, sw.kind) == ("w1", "w2", "failover")
-    assert core.active == "w2"
+    assert decider.active == "w2"
     [ev] = reports(acts, "switch")
     assert ev["from_worker"] == "w1" and ev["to_worker"] == "w2" and ev["elapsed_ms"] == 400
     assert "w1 missed 3 probes" in ev["reason"]
 
 
 def test_a_reply_resets_the_miss_count():
-    core = Core(W, Settings(k=3), active="w1")
-    up_all(core, 0.0)
-    miss(core, "w1", 2, 0.2)
-    core.on_reply("w1", 0.001, 0.25)
-    assert switches(miss(core, "w1", 2, 0.5)) == []
-    assert core.active == "w1"
+    decider = Decider(W, Settings(k=3), active="w1")
+    up_all(decider, 0.0)
+    miss(decider, "w1", 2, 0.2)
+    decider.on_reply("w1", 0.001, 0.25)
+    assert switches(miss(decider, "w1", 2, 0.5)) == []
+    assert decider.active == "w1"
 
 
 def test_no_switch_without_an_answering_backup():
-    core = Core(W, Settings(k=3), active="w1")
-    up_all(core, 0.0, ["w1"])
-    acts = miss(core, "w1", 5, 1.0)
-    assert switches(acts) == [] and core.active == "w1"
+    decider = Decider(W, Settings(k=3), active="w1")
+    up_all(decider, 0.0, ["w1"])
+    acts = miss(decider, "w1", 5, 1.0)
+    assert switches(acts) == [] and decider.active == "w1"
     assert any(isinstance(a, Note) and "no backup answers" in a.message for a in acts)
     # As soon as a backup answers, the switch happens.
-    [sw] = switches(core.on_reply("w3", 0.001, 1.1))
+    [sw] = switches(decider.on_reply("w3", 0.001, 1.1))
     assert sw.to == "w3"
 
 
 def test_backups_that_miss_are_skipped_in_preference_order():
-    core = Core(W, Settings(k=3), active="w1")
-    up_all(core, 0.0)
-    miss(core, "w2", 3, 0.3)  # w2 is down
-    [sw] = switches(miss(core, "w1", 3, 0.4))
+    decider = Decider(W, Settings(k=3), active="w1")
+    up_all(decider, 0.0)
+    miss(decider, "w2", 3, 0.3)  # w2 is down
+    [sw] = switches(miss(decider, "w1", 3, 0.4))
     assert sw.to == "w3"
 
 
 def test_hold_down_keeps_the_fast_path_off_a_worker_that_flapped():
-    core = Core(W, Settings(k=3, hold_down=10), active="w1")
-    up_all(core, 0.0)
-    [sw] = switches(miss(core, "w1", 3, 1.0))
+    decider = Decider(W, Settings(k=3, hold_down=10), active="w1")
+    up_all(decider, 0.0)
+    [sw] = switches(miss(decider, "w1", 3, 1.0))
     assert sw.to == "w2"
-    core.on_reply("w1", 0.001, 2.0)  # w1 is back, but only since t=2
-    assert core.health["w1"].held_down(5.0, 10)
-    [sw] = switches(miss(core, "w2", 3, 5.0))
+    decider.on_reply("w1", 0.001, 2.0)  # w1 is back, but only since t=2
+    assert decider.health["w1"].held_down(5.0, 10)
+    [sw] = switches(miss(decider, "w2", 3, 5.0))
     assert sw.to == "w3", "w1 flapped: w3 is preferred while w1 is held down"
     # When nothing else answers, a held-down worker is still better than none.
-    [sw] = switches(miss(core, "w3", 3, 6.0) + miss(core, "w2", 0, 6.0))
+    [sw] = switches(miss(decider, "w3", 3, 6.0) + miss(decider, "w2", 0, 6.0))
     assert sw.to == "w1"
-    assert not core.health["w1"].held_down(12.5, 10)
+    assert not decider.health["w1"].held_down(12.5, 10)
 
 
 def test_probe_state_changes_are_reported_at_once():
-    core = Core(W, Settings(k=2), active="w1")
-    acts = core.on_reply("w2", 0.002, 0.0)
+    decider = Decider(W, Settings(k=2), active="w1")
+    acts = decider.on_reply("w2", 0.002, 0.0)
     [ev] = reports(acts, "probe")
     assert ev["workers"]["w2"]["up"] is True
     assert ev["workers"]["w1"] == {"up": False, "rtt_ms": None, "loss": 0.0}
-    assert reports(core.on_reply("w2", 0.002, 0.1), "probe") == []
+    assert reports(decider.on_reply("w2", 0.002, 0.1), "probe") == []
+
+
+def test_reports_are_the_wire_schema_with_the_keys_the_responder_always_got():
+    decider = Decider(W, Settings(k=3), active="w1")
+    acts = []
+    for w in W:
+        acts += decider.on_reply(w, 0.001, 0.0) + decider.on_reply(w, 0.001, 0.0)
+    acts += miss(decider, "w1", 3, 0.4)  # probe (w1 down) and switch
+    acts += decider.on_assignment(a(1, "w3"), 0.5)  # applied
+    acts += miss(decider, "w2", 3, 0.6) + decider.on_assignment(a(2, "w2"), 0.7)  # rejected
+    acts += decider.on_assignment(a(3, "nope"), 0.8)  # rejected: not a worker of this client
+    keys = {"probe": {"type", "workers"},
+            "switch": {"type", "from_worker", "to_worker", "reason", "elapsed_ms"},
+            "applied": {"type", "version", "worker"},
+            "rejected": {"type", "version", "worker", "reason"}}
+    events = [act.event for act in acts if isinstance(act, Report)]
+    assert {ev["type"] for ev in events} == set(keys)
+    for ev in events:
+        assert set(ev) == keys[ev["type"]], ev
+        assert ClientEvent.validate_python(ev).model_dump(mode="json") == ev
+        json.dumps(ev, allow_nan=False)  # plain JSON, as the reporter posts it
 
 
 def test_health_rtt_loss_and_timeout():
@@ -140,90 +166,93 @@ def test_health_rtt_loss_and_timeout():
 
 
 def a(version: int, worker: str, backups=("w2", "w3"), reason="planned") -> Assignment:
-    return Assignment("c1", worker, version, tuple(backups), reason)
+    return Assignment(client="c1", worker=worker, version=version, backups=tuple(backups),
+                      reason=reason)
 
 
 def test_assignment_applied_once_and_in_order():
-    core = Core(W, active="w1")
-    up_all(core, 0.0)
-    acts = core.on_assignment(a(5, "w2"), 1.0)
+    decider = Decider(W, active="w1")
+    up_all(decider, 0.0)
+    acts = decider.on_assignment(a(5, "w2"), 1.0)
     [sw] = switches(acts)
     assert sw.to == "w2" and sw.kind == "assignment" and sw.version == 5
     assert reports(acts, "applied") == [{"type": "applied", "version": 5, "worker": "w2"}]
-    assert core.on_assignment(a(5, "w3"), 1.1) == []
-    assert core.on_assignment(a(4, "w3"), 1.2) == []
-    assert core.active == "w2"
+    assert decider.on_assignment(a(5, "w3"), 1.1) == []
+    assert decider.on_assignment(a(4, "w3"), 1.2) == []
+    assert decider.active == "w2"
 
 
 def test_assignment_to_the_active_worker_is_acknowledged_without_wg_set():
-    core = Core(W, active="w1")
-    up_all(core, 0.0)
-    acts = core.on_assignment(a(1, "w1"), 1.0)
+    decider = Decider(W, active="w1")
+    up_all(decider, 0.0)
+    acts = decider.on_assignment(a(1, "w1"), 1.0)
     assert switches(acts) == []
     assert reports(acts, "applied") == [{"type": "applied", "version": 1, "worker": "w1"}]
 
 
 def test_assignment_to_a_dead_worker_is_rejected_then_applied_when_it_is_back():
-    core = Core(W, Settings(k=3, hold_down=5), active="w1")
-    up_all(core, 0.0)
-    miss(core, "w3", 3, 1.0)
-    acts = core.on_assignment(a(7, "w3", backups=("w1",)), 1.5)
+    decider = Decider(W, Settings(k=3, hold_down=5), active="w1")
+    up_all(decider, 0.0)
+    miss(decider, "w3", 3, 1.0)
+    acts = decider.on_assignment(a(7, "w3", backups=("w1",)), 1.5)
     assert switches(acts) == []
     [rej] = reports(acts, "rejected")
     assert rej["version"] == 7 and rej["worker"] == "w3" and "dead" in rej["reason"]
-    assert core.pending is not None and core.version == 7
-    assert switches(core.on_reply("w3", 0.001, 2.0)) == []  # back, but inside its hold-down
-    acts = core.on_reply("w3", 0.001, 7.5)
+    assert decider.pending is not None and decider.version == 7
+    assert switches(decider.on_reply("w3", 0.001, 2.0)) == []  # back, but inside its hold-down
+    acts = decider.on_reply("w3", 0.001, 7.5)
     [sw] = switches(acts)
     assert sw.to == "w3" and reports(acts, "applied")[0]["version"] == 7
-    assert core.pending is None
+    assert decider.pending is None
 
 
 def test_assignment_waits_for_the_first_probe_answer():
-    core = Core(W, active="w1")
-    up_all(core, 0.0, ["w1"])
-    assert switches(core.on_assignment(a(2, "w2"), 0.1)) == []
-    [sw] = switches(core.on_reply("w2", 0.001, 0.2))
+    decider = Decider(W, active="w1")
+    up_all(decider, 0.0, ["w1"])
+    assert switches(decider.on_assignment(a(2, "w2"), 0.1)) == []
+    [sw] = switches(decider.on_reply("w2", 0.001, 0.2))
     assert sw.to == "w2"
 
 
 def test_assignment_to_an_unknown_worker_is_rejected():
-    core = Core(W, active="w1")
-    acts = core.on_assignment(a(3, "nope"), 0.0)
-    assert reports(acts, "rejected")[0]["worker"] == "nope" and core.active == "w1"
+    decider = Decider(W, active="w1")
+    acts = decider.on_assignment(a(3, "nope"), 0.0)
+    assert reports(acts, "rejected")[0]["worker"] == "nope" and decider.active == "w1"
 
 
 def test_assignment_backups_set_the_fast_path_order():
-    core = Core(W, active="w1")
-    up_all(core, 0.0)
-    core.on_assignment(a(1, "w1", backups=("w3", "w2")), 0.1)
-    [sw] = switches(miss(core, "w1", 3, 0.5))
+    decider = Decider(W, active="w1")
+    up_all(decider, 0.0)
+    decider.on_assignment(a(1, "w1", backups=("w3", "w2")), 0.1)
+    [sw] = switches(miss(decider, "w1", 3, 0.5))
     assert sw.to == "w3"
 
 
 def test_routes_on_no_peer_go_to_the_first_answering_worker():
-    core = Core(W, active=None)
-    [sw] = switches(core.on_reply("w2", 0.001, 0.0))
+    decider = Decider(W, active=None)
+    [sw] = switches(decider.on_reply("w2", 0.001, 0.0))
     assert sw.to == "w2" and sw.kind == "initial"
 
 
 @pytest.mark.parametrize("data, message", [
     ([], "not a JSON object"),
-    ({"version": 1}, "no worker"),
-    ({"worker": "w1", "version": "1"}, "integer version"),
-    ({"worker": "w1", "version": True}, "integer version"),
+    ({"version": 1}, "worker: Field required"),
+    ({"worker": "", "version": 1}, "worker: String should have at least 1 character"),
+    ({"worker": "w1", "version": "1"}, "version: Input should be a valid integer"),
+    ({"worker": "w1", "version": True}, "version: Input should be a valid integer"),
+    ({"worker": "w1", "version": -1}, "version: Input should be greater than or equal to 0"),
     ({"worker": "w1", "version": 1, "client": "c9"}, "for client 'c9'"),
-    ({"worker": "w1", "version": 1, "backups": "w2"}, "backups"),
+    ({"worker": "w1", "version": 1, "backups": "w2"}, "backups: Input should be a valid tuple"),
 ])
 def test_bad_assignments_are_refused(data, message):
     with pytest.raises(AssignmentError, match=message):
-        Assignment.from_json(data, "c1")
+        parse_assignment(data, "c1")
 
 
 def test_assignment_json_round_trip():
     src = {"client": "c1", "worker": "w2", "backups": ["w3"], "version": 9, "reason": "drain",
            "since": "2026-01-01T00:00:00Z"}
-    assert Assignment.from_json(src, "c1").to_json() == src
+    assert parse_assignment(src, "c1").to_json() == src
 
 
 # --------------------------------------------------------------------------- wire formats
@@ -353,12 +382,12 @@ def test_reporter_keeps_decisions_and_only_the_newest_probe_summary():
 
 
 def test_a_failed_assignment_switch_is_retried():
-    core = Core(W, active="w1")
-    up_all(core, 0.0)
-    [sw] = switches(core.on_assignment(a(4, "w2"), 1.0))
-    core.switch_failed(sw)  # `wg set` failed
-    assert core.active == "w1" and core.pending is not None
-    acts = core.on_reply("w2", 0.001, 2.0)
+    decider = Decider(W, active="w1")
+    up_all(decider, 0.0)
+    [sw] = switches(decider.on_assignment(a(4, "w2"), 1.0))
+    decider.switch_failed(sw)  # `wg set` failed
+    assert decider.active == "w1" and decider.pending is not None
+    acts = decider.on_reply("w2", 0.001, 2.0)
     [again] = switches(acts)
     assert again.to == "w2" and reports(acts, "applied") == [
         {"type": "applied", "version": 4, "worker": "w2"}]
@@ -369,7 +398,7 @@ def test_a_dead_worker_reports_no_rtt():
     h = WorkerHealth("w1")
     for t in range(4):
         h.record_reply(0.002, now=float(t))
-    assert h.summary()["rtt_ms"] == 2.0
+    assert h.summary().rtt_ms == 2.0
     for t in range(3):
         h.record_miss(now=10.0 + t, k=3)
-    assert h.summary() == {"up": False, "rtt_ms": None, "loss": round(3 / 7, 4)}
+    assert h.summary() == ProbeResult(up=False, rtt_ms=None, loss=round(3 / 7, 4))

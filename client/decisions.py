@@ -1,67 +1,28 @@
 """The switcher's decisions, as plain logic on plain data (no sockets, no clock of its own).
 
-`Core` is fed probe results and responder assignments, each with the current monotonic time, and
-answers with actions (`Switch`, `Report`, `Note`) that the I/O shell in `client.switcher` carries
-out. Keeping time an argument makes every rule here testable without waiting.
+`Decider` is fed probe results and responder assignments, each with the current monotonic time,
+and answers with actions (`Switch`, `Report`, `Note`) that the I/O shell in `client.switcher`
+carries out. Keeping time an argument makes every rule here testable without waiting.
+Assignments and reports are the wire schema's models (`wg_failover.wire`), the ones the responder
+validates against.
 """
 
 from __future__ import annotations
 
-import math
-import random
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from wg_failover.wire import (
+    AppliedEvent,
+    Assignment,
+    ProbeEvent,
+    ProbeResult,
+    RejectedEvent,
+    SwitchEvent,
+)
+
 UP, DOWN, UNKNOWN = "up", "down", "unknown"
-
-
-# --------------------------------------------------------------------------- assignments
-
-
-class AssignmentError(ValueError):
-    """An assignment message we cannot use (wrong shape, wrong client)."""
-
-
-@dataclass(frozen=True)
-class Assignment:
-    client: str
-    worker: str
-    version: int
-    backups: tuple[str, ...] = ()
-    reason: str = ""
-    since: str | None = None
-
-    @classmethod
-    def from_json(cls, data: Any, client: str | None = None) -> Assignment:
-        """Validate one assignment object as the responder sends it (SSE data, long-poll body)."""
-        if not isinstance(data, dict):
-            raise AssignmentError("assignment is not a JSON object")
-        worker, version = data.get("worker"), data.get("version")
-        if not isinstance(worker, str) or not worker:
-            raise AssignmentError("assignment has no worker")
-        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-            raise AssignmentError("assignment has no integer version")
-        who = data.get("client")
-        if client is not None and who not in (None, client):
-            raise AssignmentError(f"assignment is for client {who!r}, not {client!r}")
-        backups = data.get("backups") or []
-        if not isinstance(backups, list) or not all(isinstance(b, str) for b in backups):
-            raise AssignmentError("assignment backups is not a list of worker names")
-        reason = data.get("reason")
-        since = data.get("since")
-        return cls(
-            client=who or client or "",
-            worker=worker,
-            version=version,
-            backups=tuple(backups),
-            reason=reason if isinstance(reason, str) else "",
-            since=since if isinstance(since, str) else None,
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {"client": self.client, "worker": self.worker, "backups": list(self.backups),
-                "version": self.version, "reason": self.reason, "since": self.since}
 
 
 # --------------------------------------------------------------------------- probe health
@@ -137,11 +98,11 @@ class WorkerHealth:
             return max(base, 0.001)
         return min(cap, max(base, self.srtt + 4 * self.rttvar))
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> ProbeResult:
         # A dead worker has no round trip: reporting the last smoothed one would draw a flat,
         # healthy-looking RTT line for a worker that answers nothing.
         rtt = None if self.srtt is None or self.state != UP else round(self.srtt * 1000, 3)
-        return {"up": self.state == UP, "rtt_ms": rtt, "loss": round(self.loss, 4)}
+        return ProbeResult(up=self.state == UP, rtt_ms=rtt, loss=round(self.loss, 4))
 
 
 # --------------------------------------------------------------------------- actions
@@ -161,9 +122,14 @@ class Switch:
 
 @dataclass(frozen=True)
 class Report:
-    """One event for `POST /v1/clients/{name}/events`."""
+    """One event for `POST /v1/clients/{name}/events`: the JSON body, from a wire model."""
 
     event: dict[str, Any]
+
+    @classmethod
+    def of(cls, event: ProbeEvent | SwitchEvent | AppliedEvent | RejectedEvent) -> Report:
+        # None stays in: the responder has always been sent `"rtt_ms": null` for a dead worker.
+        return cls(event.model_dump(mode="json"))
 
 
 @dataclass(frozen=True)
@@ -176,7 +142,7 @@ class Note:
 Action = Switch | Report | Note
 
 
-# --------------------------------------------------------------------------- the core
+# --------------------------------------------------------------------------- the decider
 
 
 @dataclass
@@ -185,7 +151,7 @@ class Settings:
     hold_down: float = 10.0
 
 
-class Core:
+class Decider:
     """The switcher's state machine. Every public method takes `now` (monotonic seconds)."""
 
     def __init__(
@@ -237,8 +203,7 @@ class Core:
         return out + self.evaluate(now)
 
     def probe_report(self) -> Report:
-        return Report({"type": "probe",
-                       "workers": {w: self.health[w].summary() for w in self.workers}})
+        return Report.of(ProbeEvent(workers={w: self.health[w].summary() for w in self.workers}))
 
     # ------------------------------------------------------------------ decisions
     def best_backup(self, now: float) -> str | None:
@@ -269,17 +234,17 @@ class Core:
                 reason = (f"{self.active} missed {active_h.consecutive_misses} probes"
                           + (f" (last reply {elapsed} ms ago)" if elapsed is not None else "")
                           + f"; {to} answers")
-                out.append(self._switch(to, "failover", reason, elapsed))
-                out.append(Report({"type": "switch", "from_worker": active_h.name,
-                                   "to_worker": to, "reason": reason,
-                                   "elapsed_ms": elapsed if elapsed is not None else 0}))
+                out.append(self._switch_to(to, "failover", reason, elapsed))
+                out.append(Report.of(SwitchEvent(
+                    from_worker=active_h.name, to_worker=to, reason=reason,
+                    elapsed_ms=elapsed if elapsed is not None else 0)))
         if self.pending is not None and self.pending.version == self.version:
             out += self._try_pending(now)
         if self.active is None:
             # Routes sit on no peer: nothing flows, so take the best answering worker now.
             to = self._first_up(now)
             if to is not None:
-                out.append(self._switch(to, "initial", f"routes were on no peer; {to} answers"))
+                out.append(self._switch_to(to, "initial", f"routes were on no peer; {to} answers"))
         return out
 
     def _first_up(self, now: float) -> str | None:
@@ -287,8 +252,9 @@ class Core:
                for i, w in enumerate(self.order) if self.health[w].state == UP]
         return min(ups)[2] if ups else None
 
-    def _switch(self, to: str, kind: str, reason: str, elapsed_ms: int | None = None,
-                version: int | None = None) -> Switch:
+    def _switch_to(self, to: str, kind: str, reason: str, elapsed_ms: int | None = None,
+                   version: int | None = None) -> Switch:
+        """Decide a move (the routes count as on `to` from now); the shell carries it out."""
         act = Switch(to=to, from_=self.active, kind=kind, reason=reason, elapsed_ms=elapsed_ms,
                      version=version)
         self.active = to
@@ -316,8 +282,9 @@ class Core:
         self.pending = None
         self.pending_rejected = False
         if a.worker not in self.health:
-            return [Report({"type": "rejected", "version": a.version, "worker": a.worker,
-                            "reason": f"{a.worker} is not one of this client's workers"}),
+            return [Report.of(RejectedEvent(
+                        version=a.version, worker=a.worker,
+                        reason=f"{a.worker} is not one of this client's workers")),
                     Note(f"assignment v{a.version}: rejected, {a.worker} is not one of this "
                          "client's workers")]
         self._set_order(a)
@@ -332,20 +299,19 @@ class Core:
         if a.worker == self.active:
             self.pending = None
             return [Note(f"assignment v{a.version}: {a.worker} is already active ({a.reason})"),
-                    Report({"type": "applied", "version": a.version, "worker": a.worker})]
+                    Report.of(AppliedEvent(version=a.version, worker=a.worker))]
         # The responder is the authority: a fresh assignment to an answering worker is applied
         # at once; one we rejected earlier waits out the hold-down once its worker is back.
         if h.state == UP and (first or not h.held_down(now, self.settings.hold_down)):
             self.pending = None
             reason = f"responder v{a.version}" + (f": {a.reason}" if a.reason else "")
-            return [self._switch(a.worker, "assignment", reason, version=a.version),
-                    Report({"type": "applied", "version": a.version, "worker": a.worker})]
+            return [self._switch_to(a.worker, "assignment", reason, version=a.version),
+                    Report.of(AppliedEvent(version=a.version, worker=a.worker))]
         if h.state == DOWN and not self.pending_rejected:
             self.pending_rejected = True
             ago = "" if h.last_reply is None else f", last reply {now - h.last_reply:.1f} s ago"
             why = f"probes see {a.worker} dead ({h.consecutive_misses} missed{ago})"
-            return [Report({"type": "rejected", "version": a.version, "worker": a.worker,
-                            "reason": why}),
+            return [Report.of(RejectedEvent(version=a.version, worker=a.worker, reason=why)),
                     Note(f"assignment v{a.version}: rejected {a.worker}: {why}; will apply it "
                          "if it comes back")]
         if first:
@@ -353,24 +319,3 @@ class Core:
                          f"{a.worker}")]
         return []
 
-
-# --------------------------------------------------------------------------- reconnects
-
-
-@dataclass
-class Backoff:
-    """Exponential backoff with jitter, bounded: reconnects spread out and never stop."""
-
-    base: float = 0.5
-    cap: float = 30.0
-    attempt: int = 0
-    rng: random.Random = field(default_factory=random.Random)
-
-    def next(self) -> float:
-        ceiling = min(self.cap, self.base * math.pow(2, self.attempt))
-        self.attempt = min(self.attempt + 1, 30)
-        # "Equal jitter": at least half the ceiling, so a flapping responder is not hammered.
-        return ceiling / 2 + self.rng.uniform(0, ceiling / 2)
-
-    def reset(self) -> None:
-        self.attempt = 0
