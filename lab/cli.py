@@ -13,7 +13,7 @@ import httpx
 from wg_failover.cli import CliError
 from wg_failover.fleet import load_fleet
 
-from . import build, ops
+from . import build, netns, ops
 from .netns import NetnsError
 from .state import LabError, LabState, check_prefix, lab_dir
 
@@ -56,8 +56,6 @@ def cmd_down(args: argparse.Namespace) -> int:
         state = LabState.load(directory)
     except LabError:
         # No state (or a broken one): still remove namespaces with exactly this prefix.
-        from .. import netns
-
         removed = netns.cleanup_prefix(args.prefix)
         _say(f"no lab state in {directory}; removed {len(removed)} namespaces {args.prefix}-*")
         return 0
