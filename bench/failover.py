@@ -27,8 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from wg_failover.lab import kit as labkit  # noqa: E402
+from wg_failover.lab import kit  # noqa: E402
 from wg_failover.lab.netns import NetLab, preflight  # noqa: E402
+from wg_failover.lab.procs import poll_until  # noqa: E402
 
 CUT_OFF = "http://198.18.0.254:9"  # no host there: the fast path alone
 
@@ -39,14 +40,13 @@ def pct(values: list[float], p: float) -> float:
     return s[max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))]
 
 
-def wait_worker_answers(sl: labkit.SwitcherLab, worker: str, timeout: float = 20) -> bool:
+def wait_worker_answers(sl: kit.SwitcherLab, worker: str, timeout: float = 20) -> bool:
     assert sl.client_host is not None
     addr = sl.fleet.worker(worker).tunnel_address
-    return labkit.wait_until(lambda: sl.client_host.ping(addr, count=1, timeout=0.5), timeout,
-                             step=0.1)
+    return poll_until(lambda: sl.client_host.ping(addr, count=1, timeout=0.5), timeout, step=0.1)
 
 
-def run_kills(sl: labkit.SwitcherLab, sw: labkit.Switcher, ping: labkit.Pinger, kills: int,
+def run_kills(sl: kit.SwitcherLab, sw: kit.SwitcherProc, ping: kit.Pinger, kills: int,
               settle: float) -> list[float]:
     gaps: list[float] = []
     decided: list[int] = []
@@ -60,7 +60,7 @@ def run_kills(sl: labkit.SwitcherLab, sw: labkit.Switcher, ping: labkit.Pinger, 
         if not m:
             print(f"kill {i + 1}: no switch within 10 s\n{sw.text()[offset:]}", file=sys.stderr)
             sys.exit(1)
-        labkit.wait_until(lambda t=killed_at: ping.replies_after(t), 5, step=0.02)
+        poll_until(lambda t=killed_at: ping.replies_after(t), 5, step=0.02)
         gap = ping.gap_around(killed_at)
         if gap is None:
             print(f"kill {i + 1}: traffic did not come back", file=sys.stderr)
@@ -81,7 +81,7 @@ def run_kills(sl: labkit.SwitcherLab, sw: labkit.Switcher, ping: labkit.Pinger, 
     return gaps
 
 
-def run_soak(sw: labkit.Switcher, ping: labkit.Pinger, seconds: float) -> int:
+def run_soak(sw: kit.SwitcherProc, ping: kit.Pinger, seconds: float) -> int:
     offset = len(sw.text())
     t0 = time.time()
     time.sleep(seconds)
@@ -104,7 +104,7 @@ def log_time(stamp: str) -> float:
     return time.mktime(time.strptime(base, "%Y-%m-%dT%H:%M:%S")) + int(ms or 0) / 1000
 
 
-def run_drains(sl: labkit.SwitcherLab, sw: labkit.Switcher, ping: labkit.Pinger,
+def run_drains(sl: kit.SwitcherLab, sw: kit.SwitcherProc, ping: kit.Pinger,
                drains: int) -> int:
     total_lost = 0
     for i in range(drains):
@@ -154,7 +154,7 @@ def main() -> int:
     prefix = f"bf{os.getpid() % 10000:04d}"
     workdir = Path(tempfile.mkdtemp(prefix="wgfo-bench-"))
     with NetLab(prefix) as lab:
-        sl = labkit.build(lab, workdir / "lab")
+        sl = kit.build(lab, workdir / "lab")
         responder = CUT_OFF
         if args.drains:
             sl.start_responder()
@@ -166,7 +166,7 @@ def main() -> int:
                 print(sw.text(), file=sys.stderr)
                 return 1
         ping = sl.start_ping(0.01)
-        labkit.wait_until(lambda: len(ping.snapshot()) > 50, 10)
+        poll_until(lambda: len(ping.snapshot()) > 50, 10)
         print(f"lab {prefix}: 3 workers, 1 client; switcher defaults "
               f"{' '.join(args.switcher_arg) or '(interval 100 ms, K=3)'}; "
               f"responder {'in the lab' if args.drains else 'cut off (fast path only)'}; "

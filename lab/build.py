@@ -1,7 +1,7 @@
 """`lab up` and `lab down`: build the fleet in namespaces, start every part, and undo exactly that.
 
-Components are separate processes started through their own CLIs (`python -m wg_failover.cli
-exporter ...`), so the lab exercises what an operator runs and never imports their code.
+Components are separate processes started through their own CLIs (`wg-failover exporter ...`,
+see `wgfo_argv`), so the lab exercises what an operator runs and never imports their code.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from wg_failover.wgquick import render_client, render_worker, strip
 
 from . import netns
 from .gen import generate_fleet
+from .procs import poll_until
 from .state import (
     ALERTMANAGER_PORT,
     BLACKBOX_PORT,
@@ -303,22 +304,31 @@ def _start_prometheus(state: LabState, promconfig, ns: str, logs: Path) -> None:
 
 
 def _wait_http(state: LabState, url: str, what: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
     last = ""
-    while time.monotonic() < deadline:
+
+    def ready() -> bool:
+        nonlocal last
         try:
             r = httpx.get(url, timeout=2)
             if r.status_code == 200:
-                return
+                return True
             last = f"HTTP {r.status_code}"
         except httpx.HTTPError as exc:
             last = str(exc) or type(exc).__name__
-        dead = [p for p in state.processes if p.log and not p.alive()]
-        if dead:
-            raise LabError(f"{dead[0].role} on {dead[0].host} exited; see {dead[0].log}")
-        time.sleep(0.2)
-    raise LabError(f"{what} not ready at {url} after {timeout:g} s ({last}); logs in "
-                   f"{state.dir / 'logs'}")
+        _raise_if_dead(state, only_logged=True)
+        return False
+
+    if not poll_until(ready, timeout, 0.2):
+        raise LabError(f"{what} not ready at {url} after {timeout:g} s ({last}); logs in "
+                       f"{state.dir / 'logs'}")
+
+
+def _raise_if_dead(state: LabState, only_logged: bool = False) -> None:
+    """A part that exited will not come up: say which, instead of waiting out the timeout."""
+    dead = [p for p in state.processes if (p.log or not only_logged) and not p.alive()]
+    if dead:
+        raise LabError(f"{dead[0].role} on {dead[0].host} exited; see "
+                       f"{dead[0].log or 'its namespace'}")
 
 
 def wait_ready(state: LabState, say: Say, timeout: float = 60) -> None:
@@ -329,10 +339,10 @@ def wait_ready(state: LabState, say: Say, timeout: float = 60) -> None:
     _wait_http(state, f"{state.alertmanager_url}/-/ready", "alertmanager", 30)
     _wait_http(state, f"http://{state.master_address}:{BLACKBOX_PORT}/-/ready",
                "blackbox exporter", 30)
-    deadline = time.monotonic() + timeout
     pending: list[str] = []
-    while time.monotonic() < deadline:
-        pending = []
+
+    def ready() -> bool:
+        pending.clear()
         try:
             targets = httpx.get(f"{state.prometheus_url}/api/v1/targets", timeout=2).json()
             # The blackbox job's targets carry `worker` too; this waits for the exporters.
@@ -341,21 +351,18 @@ def wait_ready(state: LabState, say: Say, timeout: float = 60) -> None:
                    if t["labels"].get("worker") and t["labels"].get("job") == EXPORTER_JOB}
         except (httpx.HTTPError, ValueError, KeyError):
             ups = {}
-        pending += [f"scrape of {w}" for w in state.workers if ups.get(w) != "up"]
+        pending.extend(f"scrape of {w}" for w in state.workers if ups.get(w) != "up")
         for c, info in state.clients.items():
             with contextlib.suppress(wg.WgError):
                 peers = wg.show_dump(info["ifname"]).peers
                 if len(peers) < len(state.workers) or any(
                         p.latest_handshake == 0 for p in peers):
                     pending.append(f"handshakes of {c}")
-        dead = [p for p in state.processes if not p.alive()]
-        if dead:
-            raise LabError(f"{dead[0].role} on {dead[0].host} exited; see "
-                           f"{dead[0].log or 'its namespace'}")
-        if not pending:
-            return
-        time.sleep(0.5)
-    raise LabError("lab not ready after {:g} s: waiting for {}".format(timeout, ", ".join(pending)))
+        _raise_if_dead(state)
+        return not pending
+
+    if not poll_until(ready, timeout, 0.5):
+        raise LabError(f"lab not ready after {timeout:g} s: waiting for {', '.join(pending)}")
 
 
 # ---------------------------------------------------------------------- down

@@ -2,14 +2,14 @@
 
 Three workers each hold the same service address (10.99.0.1 on their loopback) behind their
 tunnel; one client carries every worker as a peer, routes 10.99.0.0/24 on its first choice. The
-switcher runs as a real process in the client's namespace.
+switcher runs as a real process in the client's namespace (`SwitcherProc`), through its CLI: like
+the rest of the lab, this never imports the switcher's code.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -17,12 +17,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wg_failover.lab.gen import Generated, generate_fleet
-from wg_failover.lab.netns import WG_RUN_DIR, Host, NetLab, WgInterface
-
 from wg_failover import wg
-from wg_failover.fleet import Fleet, dump_fleet
+from wg_failover.fleet import Client, Fleet, dump_fleet
 from wg_failover.wgquick import render_client, render_worker, strip
+
+from .gen import Generated, generate_fleet
+from .netns import WG_RUN_DIR, Host, NetLab, WgInterface
+from .procs import poll_until, stop_process
 
 SERVICE = "10.99.0.1"
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +57,7 @@ class SwitcherLab:
         return self.gen.fleet
 
     @property
-    def client(self):
+    def client(self) -> Client:
         return self.fleet.clients[0]
 
     def prefs(self) -> list[str]:
@@ -113,14 +114,14 @@ class SwitcherLab:
                 "--state-dir", str(state_dir), *extra]
 
     def start_switcher(self, state_dir: Path, responder: str, *extra: str,
-                       log: Path | None = None) -> Switcher:
+                       log: Path | None = None) -> SwitcherProc:
         assert self.client_host is not None
         log = log or self.workdir / f"switcher-{time.monotonic_ns()}.log"
         fh = open(log, "w")  # noqa: SIM115 - the process owns it until it exits
         proc = self.client_host.popen(self.switcher_argv(state_dir, responder, *extra),
                                       stdout=fh, stderr=subprocess.STDOUT)
         fh.close()
-        return Switcher(proc, log)
+        return SwitcherProc(proc, log)
 
     def start_responder(self, address: str = "198.18.0.2", port: int = 8080,
                         timeout: float = 30) -> Host:
@@ -136,12 +137,8 @@ class SwitcherLab:
         log.close()
         self.master = master
         self.responder_url = f"http://{address}:{port}"
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            status, _ = self.http("GET", "/readyz")
-            if status == 200:
-                return master
-            time.sleep(0.2)
+        if poll_until(lambda: self.http("GET", "/readyz")[0] == 200, timeout, 0.2):
+            return master
         raise RuntimeError("responder did not come up:\n"
                            + (self.workdir / "responder.log").read_text())
 
@@ -162,7 +159,9 @@ class SwitcherLab:
 
 
 @dataclass
-class Switcher:
+class SwitcherProc:
+    """A `wg-failover switcher` process and its log."""
+
     proc: subprocess.Popen
     log: Path
 
@@ -172,24 +171,14 @@ class Switcher:
     def wait_for(self, pattern: str, timeout: float, start: int = 0) -> re.Match | None:
         """Wait until the log (from offset `start`) matches `pattern`; None on timeout or exit."""
         rx = re.compile(pattern)
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            m = rx.search(self.text(), start)
-            if m:
-                return m
-            if self.proc.poll() is not None:
-                return rx.search(self.text(), start)
-            time.sleep(0.02)
-        return None
+        # Stop early when the process exits: its log will not grow any more.
+        poll_until(lambda: rx.search(self.text(), start) or self.proc.poll() is not None,
+                   timeout, 0.02)
+        return rx.search(self.text(), start)
 
     def stop(self, timeout: float = 5) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        """SIGTERM (the switcher's clean shutdown), SIGKILL after `timeout`; its exit code."""
+        stop_process(self.proc, timeout)
         return self.proc.returncode
 
 
@@ -257,13 +246,7 @@ class Pinger:
         return after[0] - before[-1]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 5)
         self._thread.join(2)
 
 
@@ -342,13 +325,4 @@ def python() -> str:
     return str(venv) if venv.exists() else sys.executable
 
 
-def wait_until(pred, timeout: float, step: float = 0.05) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(step)
-    return bool(pred())
-
-
-__all__ = ["SERVICE", "Pinger", "Switcher", "SwitcherLab", "build", "python", "wait_until"]
+__all__ = ["SERVICE", "Pinger", "SwitcherLab", "SwitcherProc", "build", "ns_request", "python"]

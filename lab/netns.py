@@ -24,6 +24,8 @@ from pathlib import Path
 
 from wg_failover import wg
 
+from .procs import poll_until
+
 WG_RUN_DIR = Path("/var/run/wireguard")
 IFNAMSIZ = 15
 
@@ -192,13 +194,14 @@ class NetLab:
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                           start_new_session=self.detach)
         sock = WG_RUN_DIR / f"{ifname}.sock"
-        deadline = time.monotonic() + 10
-        while not sock.exists():
+
+        def listening() -> bool:
             if proc.poll() is not None:
                 raise NetnsError(f"wireguard-go {ifname} exited with {proc.returncode}")
-            if time.monotonic() > deadline:
-                raise NetnsError(f"wireguard-go {ifname}: no control socket after 10 s")
-            time.sleep(0.02)
+            return sock.exists()
+
+        if not poll_until(listening, 10, 0.02):
+            raise NetnsError(f"wireguard-go {ifname}: no control socket after 10 s")
         iface = WgInterface(host, ifname, proc)
         self.interfaces.append(iface)
         wg.setconf(ifname, config)
@@ -219,6 +222,10 @@ def list_namespaces() -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
+def _pids(ns: str) -> list[str]:
+    return _run(["ip", "netns", "pids", ns], check=False).stdout.split()
+
+
 def cleanup_prefix(prefix: str) -> list[str]:
     """Kill every process in, and delete, the namespaces named `{prefix}-*`; drop stale sockets.
 
@@ -228,14 +235,10 @@ def cleanup_prefix(prefix: str) -> list[str]:
     for ns in list_namespaces():
         if not ns.startswith(prefix + "-"):
             continue
-        pids = _run(["ip", "netns", "pids", ns], check=False).stdout.split()
-        for pid in pids:
+        for pid in _pids(ns):
             with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid), signal.SIGKILL)
-        for _ in range(50):
-            if not _run(["ip", "netns", "pids", ns], check=False).stdout.split():
-                break
-            time.sleep(0.05)
+        poll_until(lambda ns=ns: not _pids(ns), 2.5, 0.05)
         _run(["ip", "netns", "del", ns], check=False)
         removed.append(ns)
     if WG_RUN_DIR.is_dir():

@@ -20,6 +20,7 @@ import httpx
 from wg_failover import wg
 from wg_failover.fleet import Fleet, load_fleet
 
+from .procs import poll_until
 from .state import SERVICE_ADDRESS, SERVICE_ROUTES, LabError, LabState, kill_procs
 from .timeline import Entry, FailoverWatch
 
@@ -153,24 +154,25 @@ def failover(state: LabState, worker: str | None, say: Say = print,
         state.killed.append(worker)
         state.save()
         say(f"  {0:+8.3f} s  {worker} {'cut off' if cut else 'killed'}")
-        deadline = time.monotonic() + timeout
         next_api = 0.0
-        done_at = None
-        while time.monotonic() < deadline:
+        done_at: float | None = None
+
+        def settled() -> bool:
+            nonlocal next_api, done_at
             now = time.time()
             entries = watch.routes(now, active_workers(state, fleet))
             if time.monotonic() >= next_api:
                 next_api = time.monotonic() + POLL_APIS
                 entries += _poll_apis(api, watch, now, cursor)
             _print_entries(say, entries)
-            if watch.done:
-                # Watch a little longer: a late re-plan would need new confirmations.
-                done_at = done_at or time.monotonic()
-                if time.monotonic() - done_at >= SETTLE:
-                    break
-            else:
+            if not watch.done:
                 done_at = None
-            time.sleep(POLL_ROUTES)
+                return False
+            # Watch a little longer: a late re-plan would need new confirmations.
+            done_at = done_at or time.monotonic()
+            return time.monotonic() - done_at >= SETTLE
+
+        poll_until(settled, timeout, POLL_ROUTES)
         final = active_workers(state, fleet)
         summary = watch.summary()
         summary["others_moved"] = watch.others_moved(final)
@@ -215,16 +217,18 @@ def revive(state: LabState, worker: str, say: Say = print, wait: float = 0) -> s
     if wait <= 0:
         return None
     api = Api(state)
+
+    def up_again() -> bool:
+        nonlocal last
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            now = worker_states(api.workers()).get(worker)
+            if now != last:
+                say(f"  {time.monotonic() - t0:+8.3f} s  responder: {worker} is {now}")
+                last = now
+        return last == "up"
+
     try:
-        while time.monotonic() - t0 < wait:
-            with contextlib.suppress(httpx.HTTPError, ValueError):
-                now = worker_states(api.workers()).get(worker)
-                if now != last:
-                    say(f"  {time.monotonic() - t0:+8.3f} s  responder: {worker} is {now}")
-                    last = now
-                if now == "up":
-                    break
-            time.sleep(0.5)
+        poll_until(up_again, wait - (time.monotonic() - t0), 0.5)
     finally:
         api.close()
     return last
@@ -303,13 +307,15 @@ def drain(state: LabState, worker: str, say: Say = print, timeout: float = 60) -
             f"{', '.join(affected) or 'none'}; each pings {SERVICE_ADDRESS} every 20 ms)")
         api.drain(worker)
         moved: dict[str, tuple[float, str]] = {}
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and len(moved) < len(affected):
+
+        def all_moved() -> bool:
             for c, w in active_workers(state, fleet).items():
                 if c in affected and w not in (None, worker) and c not in moved:
                     moved[c] = (time.time() - t0, w)
                     say(f"  {moved[c][0]:+8.3f} s  {c}: routes moved {worker} -> {w}")
-            time.sleep(POLL_ROUTES)
+            return len(moved) >= len(affected)
+
+        poll_until(all_moved, timeout, POLL_ROUTES)
         events = []
         with contextlib.suppress(httpx.HTTPError, ValueError):
             events = api.events(after)

@@ -5,8 +5,9 @@ switcher in the client's namespace."""
 from __future__ import annotations
 
 import pytest
-from wg_failover.lab import kit as labkit
+from wg_failover.lab import kit
 from wg_failover.lab.gen import Generated
+from wg_failover.lab.procs import poll_until
 
 from tests.helpers.mosquitto import Mosquitto
 from wg_failover.fleet import MqttSettings, dump_fleet
@@ -17,7 +18,7 @@ MASTER = "198.18.0.2"
 @pytest.mark.netns
 @pytest.mark.timeout(120)
 def test_switcher_follows_mqtt_instead_of_sse(netlab, tmp_path):
-    sl = labkit.build(netlab, tmp_path / "lab")
+    sl = kit.build(netlab, tmp_path / "lab")
     broker_url = f"mqtt://{MASTER}:1883"
     fleet = sl.gen.fleet
     rs = fleet.responder.model_copy(update={"mqtt": MqttSettings(url=broker_url)})
@@ -44,7 +45,7 @@ def test_switcher_follows_mqtt_instead_of_sse(netlab, tmp_path):
         assert body["delivery"]["mqtt"]["connected"] is True
         assert body["delivery"]["mqtt"]["published_version"] == 2
         # Its reports still reach the responder over HTTP.
-        assert labkit.wait_until(lambda: any(
+        assert poll_until(lambda: any(
             e["kind"] == "client-applied" and e["data"].get("version") == 2
             for e in sl.http("GET", "/v1/clients/c1", "c1")[1]["events"]), 10)
         assert sw.stop() == 0

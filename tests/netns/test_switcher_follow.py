@@ -15,7 +15,8 @@ import httpx
 import pytest
 from wg_failover.client.cache import cache_path
 from wg_failover.client.sources import HttpAssignmentSource
-from wg_failover.lab import kit as labkit
+from wg_failover.lab import kit
+from wg_failover.lab.procs import poll_until
 
 from tests.helpers.responder import responder, responder_factory  # noqa: F401 - fixtures
 from wg_failover.backoff import Backoff
@@ -95,7 +96,7 @@ def test_source_with_a_refused_token_delivers_nothing(responder, caplog):  # noq
 @pytest.mark.netns
 @pytest.mark.timeout(120)
 def test_switcher_follows_drains_rejects_dead_workers_and_resumes(netlab, tmp_path):
-    sl = labkit.build(netlab, tmp_path / "lab")
+    sl = kit.build(netlab, tmp_path / "lab")
     sl.start_responder()
     state = tmp_path / "state"
     sw = sl.start_switcher(state, sl.responder_url)
@@ -103,14 +104,14 @@ def test_switcher_follows_drains_rejects_dead_workers_and_resumes(netlab, tmp_pa
 
     ping = sl.start_ping(0.01)
     try:
-        assert labkit.wait_until(lambda: len(ping.snapshot()) > 20, 10)
+        assert poll_until(lambda: len(ping.snapshot()) > 20, 10)
         # A planned drain through the responder: the routes move with one `wg set`.
         status, _ = sl.http("POST", "/v1/workers/w1/drain", "admin")
         assert status == 200
         assert sw.wait_for(r"switch w1 -> w2 \(assignment\): responder v2", 15), sw.text()
         assert sl.route_holder() == "w2"
         n = len(ping.snapshot())
-        assert labkit.wait_until(lambda: len(ping.snapshot()) > n + 20, 10)
+        assert poll_until(lambda: len(ping.snapshot()) > n + 20, 10)
 
         # An assignment onto a worker the probes see dead is refused, and the responder is told.
         sl.kill_worker("w3")
@@ -127,7 +128,7 @@ def test_switcher_follows_drains_rejects_dead_workers_and_resumes(netlab, tmp_pa
         def kinds() -> set:
             return {(e["kind"], e["data"].get("version")) for e in responder_events()}
 
-        assert labkit.wait_until(lambda: {("client-applied", 1), ("client-applied", 2),
+        assert poll_until(lambda: {("client-applied", 1), ("client-applied", 2),
                                           ("client-rejected", 3)} <= kinds(), 10), kinds()
         assert sw.stop() == 0
         cached = json.loads(cache_path(state, "c1").read_text())
@@ -139,7 +140,7 @@ def test_switcher_follows_drains_rejects_dead_workers_and_resumes(netlab, tmp_pa
         assert sw2.wait_for(r"resume: last responder version 3", 15), sw2.text()
         assert sw2.wait_for(r"probe: w2 is up", 15), sw2.text()
         n = len(ping.snapshot())
-        assert labkit.wait_until(lambda: len(ping.snapshot()) > n + 50, 10)
+        assert poll_until(lambda: len(ping.snapshot()) > n + 50, 10)
         text = sw2.text()
         assert "switch " not in text and "assignment v" not in text, text
         assert sl.client_peers() == before

@@ -14,7 +14,8 @@ import time
 import pytest
 from wg_failover.client import cache
 from wg_failover.client.cache import cache_path
-from wg_failover.lab import kit as labkit
+from wg_failover.lab import kit
+from wg_failover.lab.procs import poll_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 
@@ -22,7 +23,7 @@ CUT_OFF = "http://198.18.0.254:9"  # on the lab's underlay, but no host: the res
 
 
 def test_fast_path_fails_over_without_responder_and_restart_resumes(netlab, tmp_path):
-    sl = labkit.build(netlab, tmp_path / "lab")
+    sl = kit.build(netlab, tmp_path / "lab")
     state = tmp_path / "state"
     sw = sl.start_switcher(state, CUT_OFF, "--metrics-listen", "127.0.0.1:9587")
     for w in sl.prefs():
@@ -31,7 +32,7 @@ def test_fast_path_fails_over_without_responder_and_restart_resumes(netlab, tmp_
 
     ping = sl.start_ping(0.01)
     try:
-        assert labkit.wait_until(lambda: len(ping.snapshot()) > 20, 10), "no ping replies"
+        assert poll_until(lambda: len(ping.snapshot()) > 20, 10), "no ping replies"
         rx_w2 = sl.worker_rx_from_client("w2")
         killed_at = time.time()
         sl.kill_worker("w1")
@@ -39,7 +40,7 @@ def test_fast_path_fails_over_without_responder_and_restart_resumes(netlab, tmp_
         assert m, sw.text()
         assert m.group(1) == "w2"
         # Traffic to the service flows again, through the backup's peer.
-        assert labkit.wait_until(lambda: len(ping.replies_after(killed_at)) > 20, 10)
+        assert poll_until(lambda: len(ping.replies_after(killed_at)) > 20, 10)
         assert sl.route_holder() == "w2"
         assert sl.worker_rx_from_client("w2") > rx_w2
         peers = sl.client_peers()
@@ -47,7 +48,7 @@ def test_fast_path_fails_over_without_responder_and_restart_resumes(netlab, tmp_
         assert peers["w1"] == ("10.66.0.1/32",)  # w1 stays a peer, with its tunnel /32 only
 
         # The switcher's own metrics (namespace-local port, read from inside the namespace).
-        status, text = labkit.ns_request(sl.client_host, "GET", "http://127.0.0.1:9587/metrics")
+        status, text = kit.ns_request(sl.client_host, "GET", "http://127.0.0.1:9587/metrics")
         assert status == 200
         assert 'wgfo_switcher_active_worker{worker="w2"} 1.0' in text
         assert 'wgfo_switcher_switches_total{kind="failover"} 1.0' in text
@@ -66,7 +67,7 @@ def test_fast_path_fails_over_without_responder_and_restart_resumes(netlab, tmp_
         assert sw2.wait_for(r"resume: routes are on w2; keeping it", 15), sw2.text()
         assert sw2.wait_for(r"probe: w2 is up", 15), sw2.text()
         assert sw2.wait_for(r"probe: w1 is down", 15), sw2.text()
-        assert labkit.wait_until(lambda: len(ping.snapshot()) > n_before + 50, 10)
+        assert poll_until(lambda: len(ping.snapshot()) > n_before + 50, 10)
         text = sw2.text()
         assert "switch " not in text and "reconcile: peer" not in text, text
         assert sl.client_peers() == before
@@ -76,7 +77,7 @@ def test_fast_path_fails_over_without_responder_and_restart_resumes(netlab, tmp_
 
 
 def test_once_reconciles_missing_peers_and_keepalives(netlab, tmp_path):
-    sl = labkit.build(netlab, tmp_path / "lab")
+    sl = kit.build(netlab, tmp_path / "lab")
     assert sl.client_iface is not None
     iface = sl.client_iface.name
     w2, w3 = sl.fleet.worker("w2"), sl.fleet.worker("w3")
@@ -106,7 +107,7 @@ def test_once_reconciles_missing_peers_and_keepalives(netlab, tmp_path):
 
 
 def test_recreated_interface_gets_its_routes_back(netlab, tmp_path):
-    sl = labkit.build(netlab, tmp_path / "lab")
+    sl = kit.build(netlab, tmp_path / "lab")
     sw = sl.start_switcher(tmp_path / "state", CUT_OFF)
     for w in sl.prefs():
         assert sw.wait_for(rf"probe: {w} is up", 15), sw.text()
@@ -118,11 +119,11 @@ def test_recreated_interface_gets_its_routes_back(netlab, tmp_path):
     sl.restart_client_interface()
     assert sl.route_holder() == "w1"
     assert sw.wait_for(r"drift: routes on w1, expected on w2; restoring", 15, offset), sw.text()
-    assert labkit.wait_until(lambda: sl.route_holder() == "w2", 10)
+    assert poll_until(lambda: sl.route_holder() == "w2", 10)
     assert sw.wait_for(r"probe: socket bound to \S+ again", 5, offset), sw.text()
     ping = sl.start_ping(0.05)
     try:
-        assert labkit.wait_until(lambda: len(ping.snapshot()) > 5, 15)
+        assert poll_until(lambda: len(ping.snapshot()) > 5, 15)
     finally:
         ping.stop()
     assert sw.stop() == 0
