@@ -14,11 +14,50 @@ an older follower (and the other way round).
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    TypeAdapter,
+    ValidationError,
+)
 
-WorkerName = Annotated[str, Field(min_length=1, max_length=63)]
+from .fleet import NAME_RE
+
+# Every name on the wire is a fleet name ([a-z0-9-], at most 63): checked before anything stores
+# or logs it, so a name can carry no newline, escape sequence or markup.
+WorkerName = Annotated[str, Field(pattern=NAME_RE.pattern)]
+Name = WorkerName
+# Versions are JSON-safe integers: a store commits far fewer changes than 2**53 in its life, so a
+# larger one is forged or corrupt, and accepting it would outrank every real version after it.
+MAX_VERSION = 2**53 - 1
+Version = Annotated[StrictInt, Field(ge=0, le=MAX_VERSION)]
+# The store's epoch: made when its database is created. A new database (lost, replaced, restored)
+# is a new epoch whose versions start again at 1; followers accept it and say so.
+Epoch = Annotated[str, Field(pattern=r"^[0-9a-f]{8,32}$")]
+MAX_TEXT = 200
+
+
+def is_printable(text: str) -> bool:
+    """No control characters (newlines, escapes) and no lone surrogates (which cannot be
+    encoded as UTF-8, so a stored one would break every later read of it)."""
+    return not any(unicodedata.category(c) in ("Cc", "Cs") for c in text)
+
+
+def _printable(text: str) -> str:
+    if not is_printable(text):
+        raise ValueError("must be printable text (no control characters or lone surrogates)")
+    return text
+
+
+# Free text from a client (reasons): bounded and printable.
+Text = Annotated[str, Field(max_length=MAX_TEXT), AfterValidator(_printable)]
+Millis = Annotated[float, Field(ge=0, le=3_600_000, allow_inf_nan=False)]
 
 
 class _Wire(BaseModel):
@@ -38,15 +77,19 @@ class Assignment(_Wire):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    client: str
+    client: Annotated[str, Field(pattern=f"^$|{NAME_RE.pattern}")]
     worker: WorkerName
-    version: StrictInt = Field(ge=0)
-    backups: tuple[str, ...] = ()
+    version: Version
+    backups: tuple[WorkerName, ...] = Field(default=(), max_length=1000)
     reason: str = ""
     since: str | None = None
+    epoch: Epoch | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        data = self.model_dump(mode="json")
+        if data["epoch"] is None:  # the shape older followers and caches know
+            del data["epoch"]
+        return data
 
 
 def parse_assignment(data: Any, client: str | None = None) -> Assignment:
@@ -59,12 +102,12 @@ def parse_assignment(data: Any, client: str | None = None) -> Assignment:
         raise AssignmentError(f"assignment is for client {who!r}, not {client!r}")
     fields = dict(data)
     fields["client"] = who or client or ""
-    # Lenient about the descriptive fields (an odd reason never costs a failover), strict about
-    # the ones a follower acts on.
-    if not isinstance(fields.get("reason"), str):
-        fields["reason"] = ""
-    if not isinstance(fields.get("since"), str):
-        fields["since"] = None
+    # Lenient about the descriptive fields (an odd reason never costs a failover, it is dropped
+    # rather than logged), strict about the ones a follower acts on.
+    for key, empty in (("reason", ""), ("since", None)):
+        value = fields.get(key)
+        if not isinstance(value, str) or len(value) > MAX_TEXT or not is_printable(value):
+            fields[key] = empty
     if fields.get("backups") is None:
         fields["backups"] = ()
     try:
@@ -80,15 +123,15 @@ def parse_assignment(data: Any, client: str | None = None) -> Assignment:
 
 class ProbeResult(_Wire):
     up: bool
-    rtt_ms: float | None = Field(default=None, ge=0)
-    loss: float | None = Field(default=None, ge=0, le=1)
+    rtt_ms: Millis | None = None
+    loss: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
 
 
 class ProbeEvent(_Wire):
     """The switcher's probe results for every worker it probes."""
 
     type: Literal["probe"] = "probe"
-    workers: dict[str, ProbeResult]
+    workers: dict[WorkerName, ProbeResult] = Field(max_length=1000)
 
 
 class SwitchEvent(_Wire):
@@ -97,15 +140,15 @@ class SwitchEvent(_Wire):
     type: Literal["switch"] = "switch"
     from_worker: WorkerName | None = None
     to_worker: WorkerName
-    reason: str = ""
-    elapsed_ms: float | None = None
+    reason: Text = ""
+    elapsed_ms: Millis | None = None
 
 
 class AppliedEvent(_Wire):
     """The switcher applied an assignment version."""
 
     type: Literal["applied"] = "applied"
-    version: int
+    version: Version
     worker: WorkerName | None = None
 
 
@@ -113,9 +156,9 @@ class RejectedEvent(_Wire):
     """The switcher refused an assignment version (its own probes see that worker dead)."""
 
     type: Literal["rejected"] = "rejected"
-    version: int
+    version: Version
     worker: WorkerName
-    reason: str = ""
+    reason: Text = ""
 
 
 ClientEventModel = Annotated[ProbeEvent | SwitchEvent | AppliedEvent | RejectedEvent,

@@ -237,7 +237,15 @@ def test_routes_on_no_peer_go_to_the_first_answering_worker():
 @pytest.mark.parametrize("data, message", [
     ([], "not a JSON object"),
     ({"version": 1}, "worker: Field required"),
-    ({"worker": "", "version": 1}, "worker: String should have at least 1 character"),
+    ({"worker": "", "version": 1}, "worker: String should match pattern"),
+    # Names are checked before anything logs them: no newlines, no terminal escapes.
+    ({"worker": "w1\nERROR forged line", "version": 1}, "worker: String should match pattern"),
+    ({"worker": "\x1b[31mw1", "version": 1}, "worker: String should match pattern"),
+    ({"worker": "w1", "version": 1, "backups": ["w2\r"]}, "backups.0: String should match"),
+    # A version no store can reach would outrank every real one after it (hardening finding 3).
+    ({"worker": "w1", "version": 10**30}, "version: Input should be less than or equal to"),
+    ({"worker": "w1", "version": 2**53}, "version: Input should be less than or equal to"),
+    ({"worker": "w1", "version": 1, "epoch": "not hex"}, "epoch: String should match pattern"),
     ({"worker": "w1", "version": "1"}, "version: Input should be a valid integer"),
     ({"worker": "w1", "version": True}, "version: Input should be a valid integer"),
     ({"worker": "w1", "version": -1}, "version: Input should be greater than or equal to 0"),
@@ -247,6 +255,12 @@ def test_routes_on_no_peer_go_to_the_first_answering_worker():
 def test_bad_assignments_are_refused(data, message):
     with pytest.raises(AssignmentError, match=message):
         parse_assignment(data, "c1")
+
+
+def test_odd_descriptive_fields_are_dropped_not_logged():
+    a = parse_assignment({"worker": "w1", "version": 2**53 - 1, "reason": "\x1b]0;owned\x07",
+                          "since": "x" * 500, "epoch": "0123abcd"}, "c1")
+    assert (a.version, a.reason, a.since, a.epoch) == (2**53 - 1, "", None, "0123abcd")
 
 
 def test_assignment_json_round_trip():
