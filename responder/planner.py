@@ -69,6 +69,7 @@ class Plan:
 
 
 def loads(assignments: Mapping[str, str | None]) -> dict[str, int]:
+    """Clients per worker, from client -> worker (None: unassigned, not counted)."""
     out: dict[str, int] = {}
     for w in assignments.values():
         if w is not None:
@@ -135,7 +136,7 @@ def plan(
                 # never left without one, and count it.
                 fallback = _fallback(c, workers)
                 if fallback is not None:
-                    _apply(out, assign, load, c.name, cur, fallback, why)
+                    _record_move(out, assign, load, c.name, cur, fallback, why)
             out.unplaceable.append(c.name)
             continue
         if spread:
@@ -150,7 +151,7 @@ def plan(
         else:
             _, best = cands[0]
         incoming[best.name] = incoming.get(best.name, 0) + 1
-        _apply(out, assign, load, c.name, cur, best.name, why)
+        _record_move(out, assign, load, c.name, cur, best.name, why)
 
     _rebalance_capacity(workers, clients, assign, load, out)
     if preempt:
@@ -171,8 +172,8 @@ def _fallback(c: ClientView, workers: Mapping[str, WorkerView]) -> str | None:
     return prefs[0] if prefs else None
 
 
-def _apply(out: Plan, assign: dict[str, str | None], load: dict[str, int], client: str,
-           frm: str | None, to: str, reason: str) -> None:
+def _record_move(out: Plan, assign: dict[str, str | None], load: dict[str, int], client: str,
+                 frm: str | None, to: str, reason: str) -> None:
     if frm is not None:
         load[frm] -= 1
     load[to] = load.get(to, 0) + 1
@@ -204,7 +205,7 @@ def _rebalance_capacity(workers: Mapping[str, WorkerView], clients: Sequence[Cli
         for n in c.prefs:
             if n != cur and n in workers and _usable(c, workers[n]) \
                     and _room(workers[n], load.get(n, 0)) > 0:
-                _apply(out, assign, load, c.name, cur, n, R_CAPACITY)
+                _record_move(out, assign, load, c.name, cur, n, R_CAPACITY)
                 break
 
 
@@ -223,7 +224,7 @@ def _preempt(workers: Mapping[str, WorkerView], clients: Sequence[ClientView],
             if n == cur:
                 break
             if n in workers and _usable(c, workers[n]) and _room(workers[n], load.get(n, 0)) > 0:
-                _apply(out, assign, load, c.name, cur, n, R_PREEMPT)
+                _record_move(out, assign, load, c.name, cur, n, R_PREEMPT)
                 moved += 1
                 break
 
