@@ -20,6 +20,7 @@ from tests.helpers.responder import (  # noqa: F401  (the fixtures register by i
     responder_factory_fixture,
     responder_fixture,
 )
+from tests.helpers.wait import poll_until
 
 
 def get(p: ResponderProc, path: str, who: str | None = None, headers: dict | None = None,
@@ -69,15 +70,6 @@ def events(p: ResponderProc, after: int = 0) -> list[dict]:
     r = get(p, "/v1/events", "admin", params={"after": after, "limit": 10000})
     assert r.status_code == 200, r.text
     return r.json()["events"]
-
-
-def wait_until(fn, timeout: float = 10.0, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(step)
 
 
 # --------------------------------------------------------------------------- basics
@@ -133,7 +125,7 @@ def test_failover_duplicates_and_recovery_without_preempt(responder_factory):
 
     assert p.alert("w1", status="resolved").status_code == 200
     assert workers(p)["w1"]["state"] == "recovering"
-    assert wait_until(lambda: workers(p)["w1"]["state"] == "up")
+    assert poll_until(lambda: workers(p)["w1"]["state"] == "up", 10.0, 0.05)
     # preempt: false, so c1 stays on its backup, but w1 is a backup again.
     a2 = assignment(p, "c1")
     assert a2["worker"] == a["worker"] and "w1" in a2["backups"] and a2["version"] > 2
@@ -146,7 +138,7 @@ def test_recovery_with_preempt_returns_clients(responder_factory):
     p.alert("w1")
     assert assignment(p, "c1")["worker"] != "w1"
     p.alert("w1", status="resolved")
-    assert wait_until(lambda: assignment(p, "c1")["worker"] == "w1")
+    assert poll_until(lambda: assignment(p, "c1")["worker"] == "w1", 10.0, 0.05)
     assert assignment(p, "c4")["worker"] == "w1"
     assert assignment(p, "c1")["reason"] == "preempt"
 
@@ -494,7 +486,7 @@ def test_kill_9_during_deliveries_loses_nothing_acknowledged(responder_factory):
 
     t = threading.Thread(target=send)
     t.start()
-    wait_until(lambda: len(acked) >= 20, timeout=20)
+    poll_until(lambda: len(acked) >= 20, 20, 0.05)
     p.kill()
     stop.set()
     t.join(10)
