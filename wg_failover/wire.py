@@ -25,6 +25,7 @@ from pydantic import (
     StrictInt,
     TypeAdapter,
     ValidationError,
+    field_serializer,
 )
 
 from .fleet import NAME_RE
@@ -217,3 +218,7 @@ class ClientStatus(_Wire):
     probes: ProbeReport | None = None
     events: list[EventRecord] = Field(default_factory=list)
     delivery: dict[str, Any] = Field(default_factory=dict)
+
+    @field_serializer("assignment")
+    def _assignment_json(self, assignment: Assignment) -> dict[str, Any]:
+        return assignment.to_json()  # the shape every other answer and cache has
