@@ -54,10 +54,10 @@ def _server_class():
             # End the SSE streams first: uvicorn would otherwise wait for them (they never end
             # on their own) until its graceful-shutdown timeout. Switchers reconnect elsewhere.
             app = getattr(self.config, "app", None)
-            st = getattr(getattr(app, "state", None), "st", None)
-            if st is not None:
-                st.ready = False
-                await st.hub.stop()
+            state = getattr(getattr(app, "state", None), "responder", None)
+            if state is not None:
+                state.ready = False
+                await state.hub.stop()
             await super().shutdown(sockets)
 
     return Server
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
-    from .store import Store
+    from .store import open_store
 
     fleet = load_fleet(args.fleet)
     listen = args.listen
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     _raise_nofile()
     # Open the store once here so a bad --db is one clear line, not a startup traceback.
     try:
-        Store(args.db).close()
+        open_store(args.db).close()
     except (OSError, sqlite3.Error) as exc:
         raise CliError(f"cannot open --db {args.db}: {exc}") from None
     app = create_app(fleet, args.db)

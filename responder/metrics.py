@@ -1,24 +1,25 @@
-"""The responder's Prometheus metrics (names agreed with the rules and dashboards; see the brief).
+"""The responder's Prometheus metrics. The names are a contract: `prometheus/rules/`,
+`grafana/dashboards/` and the table in docs/responder.md use them.
 
 Counters and histograms are ordinary prometheus_client objects. Everything that describes the
-current state (worker health, assignments, client probes) is produced at scrape time from the
-app's in-memory state by a collector, so a moved client's old series simply disappears.
+current state (worker health, assignments, client probes) is produced at scrape time by a
+collector from a read-only `Snapshot` of the served state, so a moved client's old series simply
+disappears.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .planner import REASONS
+from wg_failover.wire import ProbeResult
 
-if TYPE_CHECKING:
-    from .app import AppState
+from .planner import REASONS, WorkerView, loads
 
 PROBE_MAX_AGE = 30.0
 STATES = ("up", "down", "recovering", "draining")
@@ -26,10 +27,21 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 DELAY_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """What the state collector reads at a scrape; the served state hands out a fresh one."""
+
+    workers: Mapping[str, WorkerView]  # fleet order
+    assignments: Mapping[str, str | None]  # client -> worker, fleet order
+    streams_open: int
+    unplaceable: int
+    probes: Mapping[str, tuple[float, Mapping[str, ProbeResult]]]  # client -> (time, results)
+
+
 class Metrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
+        self.collector_registry = CollectorRegistry()
+        r = self.collector_registry
         self.failovers = Counter("wgfo_failovers_total",
                                  "Times a worker was marked down", ["worker"], registry=r)
         self.moves = Counter("wgfo_client_moves_total",
@@ -77,17 +89,17 @@ class Metrics:
         for kind in ("probe", "switch", "applied", "rejected"):
             self.client_events.labels(type=kind)
 
-    def attach(self, state: AppState) -> None:
-        self.registry.register(_StateCollector(state))
+    def watch(self, snapshot: Callable[[], Snapshot]) -> None:
+        """Produce the state gauges from `snapshot()` at every scrape."""
+        self.collector_registry.register(_StateCollector(snapshot))
 
 
 class _StateCollector(Collector):
-    def __init__(self, state: AppState):
-        self.state = state
+    def __init__(self, snapshot: Callable[[], Snapshot]):
+        self.snapshot = snapshot
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        st = self.state
-        views = st.views()
+        snap = self.snapshot()
         up = GaugeMetricFamily("wgfo_worker_up", "1 when the worker is up (drained or not)",
                                labels=["worker"])
         state = GaugeMetricFamily("wgfo_worker_state", "One-hot worker state",
@@ -96,33 +108,29 @@ class _StateCollector(Collector):
                                      labels=["worker"])
         assigned = GaugeMetricFamily("wgfo_worker_assigned_clients",
                                      "Clients currently assigned to the worker", labels=["worker"])
-        loads: dict[str, int] = {}
-        for a in st.assignments.values():
-            if a.worker is not None:
-                loads[a.worker] = loads.get(a.worker, 0) + 1
-        for name, v in views.items():
+        load = loads(snap.assignments)
+        for name, v in snap.workers.items():
             up.add_metric([name], 1.0 if v.state == "up" else 0.0)
             eff = v.state if v.state != "up" else ("draining" if v.draining else "up")
             for s in STATES:
                 state.add_metric([name, s], 1.0 if s == eff else 0.0)
             draining.add_metric([name], 1.0 if v.draining else 0.0)
-            assigned.add_metric([name], float(loads.get(name, 0)))
+            assigned.add_metric([name], float(load.get(name, 0)))
         yield from (up, state, draining, assigned)
 
         streams = GaugeMetricFamily("wgfo_client_streams_open", "Open SSE assignment streams")
-        streams.add_metric([], float(st.hub.streams_open))
+        streams.add_metric([], float(snap.streams_open))
         yield streams
         unpl = GaugeMetricFamily("wgfo_unplaceable_clients",
                                  "Clients that must move but no healthy worker can take")
-        unpl.add_metric([], float(len(st.unplaceable)))
+        unpl.add_metric([], float(snap.unplaceable))
         yield unpl
 
         ca = GaugeMetricFamily("wgfo_client_assigned", "1 for each client's current worker",
                                labels=["client", "worker"])
-        for c in st.fleet.clients:
-            a = st.assignments.get(c.name)
-            if a is not None and a.worker is not None:
-                ca.add_metric([c.name, a.worker], 1.0)
+        for client, worker in snap.assignments.items():
+            if worker is not None:
+                ca.add_metric([client, worker], 1.0)
         yield ca
 
         now = time.time()
@@ -141,7 +149,7 @@ class _StateCollector(Collector):
                                  labels=["client", "worker"])
         n_up: dict[str, int] = {}
         n_all: dict[str, int] = {}
-        for client, (ts, workers) in sorted(st.probes.items()):
+        for client, (ts, workers) in sorted(snap.probes.items()):
             fresh = now - ts <= PROBE_MAX_AGE
             for w, p in sorted(workers.items()):
                 if fresh:
@@ -151,7 +159,7 @@ class _StateCollector(Collector):
                     rtt.add_metric([client, w], p.rtt_ms / 1000.0)
                 if p.loss is not None:
                     loss.add_metric([client, w], p.loss)
-        for name in views:
+        for name in snap.workers:
             if n_all.get(name):
                 obs_up.add_metric([name], n_up.get(name, 0) / n_all[name])
             obs_n.add_metric([name], float(n_all.get(name, 0)))

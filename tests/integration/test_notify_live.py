@@ -17,7 +17,7 @@ import httpx
 import pytest
 from wg_failover.client.mqtt_source import MqttAssignmentSource
 from wg_failover.lab.gen import Generated
-from wg_failover.responder.notify_webhooks import (
+from wg_failover.responder.notify.webhooks import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
     verify_signature,

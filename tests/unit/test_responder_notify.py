@@ -6,8 +6,8 @@ import asyncio
 from dataclasses import replace
 
 from wg_failover.responder import notify
-from wg_failover.responder.app import AppState
-from wg_failover.responder.store import Store
+from wg_failover.responder.state import ResponderState
+from wg_failover.responder.store import open_store
 
 from tests.helpers.responder import make_fleet
 
@@ -21,8 +21,8 @@ class Recorder:
         self.started_with: list[dict] | None = None
         self.stopped = False
 
-    async def start(self, app_state) -> None:
-        self.started_with = app_state.all_assignments()
+    async def start(self, host) -> None:
+        self.started_with = host.all_assignments()
 
     async def stop(self) -> None:
         self.stopped = True
@@ -44,7 +44,7 @@ def test_registered_notifier_sees_committed_changes(tmp_path):
         gen = make_fleet(2, 3)
 
         async def run() -> None:
-            st = AppState(gen.fleet, Store(tmp_path / "db"))
+            st = ResponderState(gen.fleet, open_store(str(tmp_path / "db")))
             assert isinstance(rec, notify.Notifier)
             await st.start()
             assert rec.started_with == []  # notifiers start before the first plan...
@@ -60,7 +60,7 @@ def test_registered_notifier_sees_committed_changes(tmp_path):
             assert rec.workers[0]["state"] == "down"
             moved = {a["client"]: a for a in rec.assignments}
             assert moved["c1"]["worker"] == "w2" and moved["c1"]["version"] == 2
-            assert st.registry.client_status("c1") == {"sse": {"subscribers": 0},
+            assert st.notifiers.client_status("c1") == {"sse": {"subscribers": 0},
                                                        "recorder": {"seen": 1}}
             await st.stop()
             st.store.close()
@@ -68,4 +68,4 @@ def test_registered_notifier_sees_committed_changes(tmp_path):
 
         asyncio.run(run())
     finally:
-        notify._factories.pop("recorder-test", None)
+        notify.unregister_factory("recorder-test")

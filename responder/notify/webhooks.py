@@ -17,11 +17,12 @@ Delivery rules:
   one the target last accepted: an older version never follows a newer;
 - failures retry with exponential backoff and jitter (0.5 s doubling to 60 s, never giving up on
   the newest state); they show in `wgfo_webhook_notify_failures_total{client}` and in
-  `GET /v1/clients/{name}` under `notify.webhook`;
-- the newest accepted version per (target, client) is kept in the responder's SQLite file
-  (table `notify_webhook`). At start, every client whose current version is newer than what a
-  target accepted is pending again, so deliveries survive a restart (at least once: a crash
-  between the receiver's 2xx and our write sends that version again, same X-WGFO-Delivery).
+  `GET /v1/clients/{name}` under `delivery.webhook`;
+- the newest accepted version per (target, client) is kept in the store's delivery log (with
+  SQLite, table `notify_webhook` in the responder's file). At start, every client whose current
+  version is newer than what a target accepted is pending again, so deliveries survive a
+  restart (at least once: a crash between the receiver's 2xx and our write sends that version
+  again, same X-WGFO-Delivery).
 """
 
 from __future__ import annotations
@@ -32,9 +33,6 @@ import hashlib
 import hmac
 import json
 import logging
-import random
-import sqlite3
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +41,10 @@ from typing import Any
 import httpx
 from prometheus_client import Counter, Gauge
 
-from .notify import register_factory
+from wg_failover.backoff import backoff_delay
+
+from ..store import DeliveryLog, StoreError
+from . import NotifierHost, register_factory
 
 log = logging.getLogger("wg_failover.responder.webhooks")
 
@@ -53,16 +54,6 @@ EVENT_HEADER = "X-WGFO-Event"
 TOLERANCE_SECONDS = 300
 BACKOFF_BASE, BACKOFF_CAP = 0.5, 60.0
 REQUEST_TIMEOUT = 10.0
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS notify_webhook (
-    target TEXT NOT NULL,           -- client:NAME or hook:NAME
-    client TEXT NOT NULL,
-    delivered INTEGER NOT NULL,     -- newest version the target answered 2xx to
-    ts REAL NOT NULL,
-    PRIMARY KEY (target, client)
-);
-"""
 
 
 # --------------------------------------------------------------------------- signatures
@@ -98,12 +89,6 @@ def verify_signature(secret: bytes, header: str | None, body: bytes, *,
         return False
     want = sign(secret, body, ts).rpartition("v1=")[2]
     return any(hmac.compare_digest(want, got) for got in fields.get("v1", []))
-
-
-def backoff_delay(failures: int, rng: random.Random | None = None) -> float:
-    """Seconds to wait after `failures` failures in a row: doubling, capped, equal jitter."""
-    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, failures - 1))
-    return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
 
 
 # --------------------------------------------------------------------------- targets
@@ -155,36 +140,6 @@ class TargetState:
             del self.pending[c]
 
 
-class DeliveryLog:
-    """The `notify_webhook` table, on its own connection to the responder's SQLite file."""
-
-    def __init__(self, path: str):
-        self.lock = threading.Lock()
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA busy_timeout=5000")
-        # No fsync per delivery (WAL + NORMAL survives a killed process; an OS crash may forget
-        # the last few, which are then sent again: receivers de-duplicate by version anyway).
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
-
-    def load(self) -> dict[tuple[str, str], int]:
-        with self.lock:
-            rows = self.db.execute("SELECT target, client, delivered FROM notify_webhook")
-            return {(t, c): v for t, c, v in rows}
-
-    def record(self, target: str, client: str, version: int) -> None:
-        with self.lock:
-            self.db.execute(
-                "INSERT INTO notify_webhook (target, client, delivered, ts) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(target, client) DO UPDATE SET "
-                "delivered=MAX(delivered, excluded.delivered), ts=excluded.ts",
-                (target, client, version, time.time()))
-
-    def close(self) -> None:
-        with self.lock:
-            self.db.close()
-
-
 class WebhookNotifier:
     name = channel = "webhook"
 
@@ -197,7 +152,7 @@ class WebhookNotifier:
                 self.by_client.setdefault(s.target.id[len("client:"):], []).append(s)
         self.timeout = timeout
         self.http: httpx.AsyncClient | None = None
-        self.dlog: DeliveryLog | None = None
+        self.delivery_log: DeliveryLog | None = None
         self.failures: Counter | None = None
         self.delivered_total: Counter | None = None
         self.latency: Any = None
@@ -236,21 +191,21 @@ class WebhookNotifier:
 
     # ----------------------------------------------------------------- start / stop
 
-    async def start(self, app_state: Any) -> None:
-        m = app_state.metrics
+    async def start(self, host: NotifierHost) -> None:
+        m = host.metrics
         self.failures = Counter("wgfo_webhook_notify_failures_total",
                                 "Outbound assignment webhooks that failed (each attempt)",
-                                ["client"], registry=m.registry)
+                                ["client"], registry=m.collector_registry)
         self.delivered_total = Counter("wgfo_webhook_notify_delivered_total",
                                        "Outbound assignment webhooks the target accepted (2xx)",
-                                       registry=m.registry)
+                                       registry=m.collector_registry)
         pending = Gauge("wgfo_webhook_notify_pending",
                         "Assignments waiting to be delivered to a webhook target",
-                        registry=m.registry)
+                        registry=m.collector_registry)
         pending.set_function(lambda: float(sum(len(s.pending) for s in self.targets.values())))
         self.latency = m.notification_latency.labels(channel="webhook")
-        self.dlog = await asyncio.to_thread(DeliveryLog, app_state.store.path)
-        done = await asyncio.to_thread(self.dlog.load)
+        self.delivery_log = await asyncio.to_thread(host.store.open_delivery_log)
+        done = await asyncio.to_thread(self.delivery_log.load)
         for (tid, client), v in done.items():
             s = self.targets.get(tid)
             if s is not None:
@@ -259,7 +214,7 @@ class WebhookNotifier:
                                       headers={"User-Agent": "wg-failover-responder"})
         self.running = True
         # Whatever a target has not accepted yet (new target, or pending at the last stop).
-        for aj in app_state.all_assignments():  # fleet clients only (not removed ones)
+        for aj in host.all_assignments():  # fleet clients only (not removed ones)
             for s in self._targets_of(aj["client"]):
                 if s.offer(aj, None):
                     self._kick(s)
@@ -274,8 +229,8 @@ class WebhookNotifier:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self.http is not None:
             await self.http.aclose()
-        if self.dlog is not None:
-            self.dlog.close()
+        if self.delivery_log is not None:
+            self.delivery_log.close()
 
     # ----------------------------------------------------------------- delivery
 
@@ -301,11 +256,11 @@ class WebhookNotifier:
                     self.delivered_total.inc()
                 if t0 is not None and self.latency is not None:
                     self.latency.observe(max(0.0, time.monotonic() - t0))
-                if self.dlog is not None:
+                if self.delivery_log is not None:
                     try:
-                        await asyncio.to_thread(self.dlog.record, s.target.id, client,
+                        await asyncio.to_thread(self.delivery_log.record, s.target.id, client,
                                                 assignment["version"])
-                    except sqlite3.Error as exc:  # delivered anyway; at worst sent again later
+                    except StoreError as exc:  # delivered anyway; at worst sent again later
                         log.warning("webhooks: cannot record a delivery: %s", exc)
                 continue
             s.failures += 1
@@ -313,7 +268,7 @@ class WebhookNotifier:
             s.last_error = error
             if self.failures is not None:
                 self.failures.labels(client=client).inc()
-            delay = backoff_delay(s.failures)
+            delay = backoff_delay(s.failures, BACKOFF_BASE, BACKOFF_CAP)
             s.next_attempt = time.time() + delay
             log.warning("webhook %s: %s v%d failed (%s); retry %d in %.1f s", s.target.id,
                         client, assignment["version"], error, s.failures, delay)

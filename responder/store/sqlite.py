@@ -1,8 +1,8 @@
-"""Durable state in SQLite (WAL): workers, assignments, active alerts, unusable workers per
-client, an append-only event log and delivery de-duplication keys.
+"""The embedded backend: SQLite in WAL mode, one file.
 
-The app keeps the whole state in memory and serves reads from there; every change is first
-written here in ONE transaction (`commit(tx)`) and only applied to memory after COMMIT returns.
+Tables: workers, assignments, active alerts, unusable workers per client, an append-only event
+log, delivery de-duplication keys, and the outbound webhooks' delivery log. Every change is ONE
+transaction (`commit(tx)`), and the responder applies it to memory only after COMMIT returns.
 With WAL and synchronous=FULL, killing the process at any moment keeps either all of a change or
 none of it, and a webhook is only answered 200 once its change is on disk.
 """
@@ -14,9 +14,10 @@ import json
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .base import AssignmentRow, DeliveryLog, Loaded, StoreError, Tx, WorkerRow
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -56,68 +57,22 @@ CREATE INDEX IF NOT EXISTS events_client ON events (client, id);
 CREATE TABLE IF NOT EXISTS dedup (key TEXT PRIMARY KEY, ts REAL NOT NULL);
 """
 
+DELIVERY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS notify_webhook (
+    target TEXT NOT NULL,           -- client:NAME or hook:NAME
+    client TEXT NOT NULL,
+    delivered INTEGER NOT NULL,     -- newest version the target answered 2xx to
+    ts REAL NOT NULL,
+    PRIMARY KEY (target, client)
+);
+"""
+
 DEDUP_KEEP_SECONDS = 30 * 86400
 
 
-class StoreError(Exception):
-    """The store could not commit; the caller answers 503 so the sender retries."""
+class SQLiteStore:
+    """`Store` on one SQLite file."""
 
-
-@dataclass
-class WorkerRow:
-    name: str
-    state: str
-    since: float
-    drain_admin: bool = False
-
-
-@dataclass
-class AssignmentRow:
-    client: str
-    worker: str | None
-    backups: list[str]
-    version: int
-    reason: str
-    since: float
-
-
-@dataclass
-class Event:
-    kind: str
-    worker: str | None = None
-    client: str | None = None
-    data: dict[str, Any] = field(default_factory=dict)
-    ts: float = field(default_factory=time.time)
-
-
-@dataclass
-class Tx:
-    """Everything one change writes; committed atomically by `Store.commit`."""
-
-    workers: dict[str, WorkerRow] = field(default_factory=dict)
-    assignments: dict[str, AssignmentRow] = field(default_factory=dict)
-    alerts_add: dict[str, tuple[str, str]] = field(default_factory=dict)  # fp -> (worker, action)
-    alerts_del: set[str] = field(default_factory=set)
-    unusable_add: set[tuple[str, str]] = field(default_factory=set)
-    unusable_del: set[tuple[str, str]] = field(default_factory=set)
-    dedup: set[str] = field(default_factory=set)
-    events: list[Event] = field(default_factory=list)
-
-    def empty(self) -> bool:
-        return not (self.workers or self.assignments or self.alerts_add or self.alerts_del
-                    or self.unusable_add or self.unusable_del or self.dedup or self.events)
-
-
-@dataclass
-class Loaded:
-    workers: dict[str, WorkerRow]
-    assignments: dict[str, AssignmentRow]
-    alerts: dict[str, tuple[str, str]]
-    unusable: dict[str, set[str]]
-    last_event_id: int
-
-
-class Store:
     def __init__(self, path: str | Path, busy_timeout_ms: int = 2000):
         self.path = str(path)
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -138,19 +93,20 @@ class Store:
         self.db.close()
 
     def load(self) -> Loaded:
-        q = self.db.execute
+        query = self.db.execute
         workers = {r[0]: WorkerRow(r[0], r[1], r[2], bool(r[3]))
-                   for r in q("SELECT name, state, since, drain_admin FROM workers")}
+                   for r in query("SELECT name, state, since, drain_admin FROM workers")}
         assignments = {
             r[0]: AssignmentRow(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5])
-            for r in q("SELECT client, worker, backups, version, reason, since FROM assignments")
+            for r in query("SELECT client, worker, backups, version, reason, since "
+                           "FROM assignments")
         }
         alerts = {r[0]: (r[1], r[2])
-                  for r in q("SELECT fingerprint, worker, action FROM active_alerts")}
+                  for r in query("SELECT fingerprint, worker, action FROM active_alerts")}
         unusable: dict[str, set[str]] = {}
-        for c, w in q("SELECT client, worker FROM unusable"):
+        for c, w in query("SELECT client, worker FROM unusable"):
             unusable.setdefault(c, set()).add(w)
-        last = q("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
+        last = query("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
         return Loaded(workers, assignments, alerts, unusable, last)
 
     def seen(self, keys: list[str]) -> set[str]:
@@ -173,15 +129,14 @@ class Store:
             return []
         try:
             self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-            return self._commit(tx)
+            return self._write(tx)
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("ROLLBACK")
             raise StoreError(f"cannot commit to {self.path}: {exc}") from exc
 
-    def _commit(self, tx: Tx) -> list[int]:
-        x = self.db.execute
-        x("BEGIN IMMEDIATE")
+    def _write(self, tx: Tx) -> list[int]:
+        self.db.execute("BEGIN IMMEDIATE")
         self.db.executemany(
             "INSERT INTO workers (name, state, since, drain_admin) VALUES (?, ?, ?, ?) "
             "ON CONFLICT(name) DO UPDATE SET state=excluded.state, since=excluded.since, "
@@ -211,11 +166,15 @@ class Store:
                             [(k, now) for k in tx.dedup])
         ids = []
         for e in tx.events:
-            cur = x("INSERT INTO events (ts, kind, worker, client, data) VALUES (?, ?, ?, ?, ?)",
-                    (e.ts, e.kind, e.worker, e.client, json.dumps(e.data, sort_keys=True)))
+            cur = self.db.execute(
+                "INSERT INTO events (ts, kind, worker, client, data) VALUES (?, ?, ?, ?, ?)",
+                (e.ts, e.kind, e.worker, e.client, json.dumps(e.data, sort_keys=True)))
             ids.append(int(cur.lastrowid))
-        x("COMMIT")
+        self.db.execute("COMMIT")
         return ids
+
+    def open_delivery_log(self) -> DeliveryLog:
+        return SQLiteDeliveryLog(self.path)
 
     def prune_dedup(self, now: float | None = None) -> None:
         cutoff = (now or time.time()) - DEDUP_KEEP_SECONDS
@@ -237,3 +196,37 @@ class Store:
             rows.reverse()
         return [{"id": r[0], "ts": r[1], "kind": r[2], "worker": r[3], "client": r[4],
                  "data": json.loads(r[5])} for r in rows]
+
+
+class SQLiteDeliveryLog:
+    """The `notify_webhook` table, on its own connection: deliveries are recorded from the
+    webhook notifier's tasks, never inside the responder's write transaction."""
+
+    def __init__(self, path: str):
+        self.lock = threading.Lock()
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA busy_timeout=5000")
+        # No fsync per delivery (WAL + NORMAL survives a killed process; an OS crash may forget
+        # the last few, which are then sent again: receivers de-duplicate by version anyway).
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(DELIVERY_SCHEMA)
+
+    def load(self) -> dict[tuple[str, str], int]:
+        with self.lock:
+            rows = self.db.execute("SELECT target, client, delivered FROM notify_webhook")
+            return {(t, c): v for t, c, v in rows}
+
+    def record(self, target: str, client: str, version: int) -> None:
+        try:
+            with self.lock:
+                self.db.execute(
+                    "INSERT INTO notify_webhook (target, client, delivered, ts) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT(target, client) DO UPDATE SET "
+                    "delivered=MAX(delivered, excluded.delivered), ts=excluded.ts",
+                    (target, client, version, time.time()))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot record a webhook delivery: {exc}") from exc
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()

@@ -1,10 +1,11 @@
 """MQTT notifier: every assignment and worker change, retained QoS 1, on the fleet's broker.
 
-Topics (DESIGN.md): `{prefix}/clients/{name}/assignment` (the API's assignment JSON, with
-version) and `{prefix}/workers/{name}` (the `GET /v1/workers` entry); `{prefix}/responder` holds
-"online", and the broker sets it to "offline" (our last will) when the responder vanishes.
+Topics (`wg_failover/mqtt.py` names them, docs/notify.md lists them):
+`{prefix}/clients/{name}/assignment` (the API's assignment JSON, with version) and
+`{prefix}/workers/{name}` (the `GET /v1/workers` entry); `{prefix}/responder` holds "online", and
+the broker sets it to "offline" (our last will) when the responder vanishes.
 
-The seam's callbacks run on the event loop inside the app's write lock, so they only record the
+The seam's callbacks run on the event loop inside the state's write lock, so they only record the
 newest payload of a topic in a dict and mark the topic dirty. One publisher thread hands dirty
 topics to paho (whose own network thread does the socket work and reconnects with backoff).
 Because a topic's payload is read at publish time, a backlog holds at most one message per topic
@@ -33,7 +34,7 @@ from prometheus_client import Counter, Gauge
 
 from wg_failover.mqtt import MqttUrl, MqttUrlError, assignment_topic, parse_mqtt_url, worker_topic
 
-from .notify import register_factory
+from . import NotifierHost, register_factory
 
 log = logging.getLogger("wg_failover.responder.mqtt")
 
@@ -46,9 +47,6 @@ RECONNECT_MIN, RECONNECT_MAX = 1, 30  # seconds; paho doubles the delay between 
 
 class MqttConfigError(ValueError):
     """Bad MQTT settings (URL, password file): the notifier does not start."""
-
-
-BrokerUrl = MqttUrl
 
 
 def parse_broker_url(url: str) -> MqttUrl:
@@ -126,25 +124,25 @@ class MqttNotifier:
 
     # ----------------------------------------------------------------- start / stop
 
-    async def start(self, app_state: Any) -> None:
-        m = app_state.metrics
+    async def start(self, host: NotifierHost) -> None:
+        m = host.metrics
         self.latency = m.notification_latency.labels(channel="mqtt")
         self.published = Counter("wgfo_mqtt_published_total",
                                  "MQTT messages the broker acknowledged (PUBACK)",
-                                 registry=m.registry)
+                                 registry=m.collector_registry)
         self.connects = Counter("wgfo_mqtt_connects_total", "Successful MQTT (re)connects",
-                                registry=m.registry)
+                                registry=m.collector_registry)
         up = Gauge("wgfo_mqtt_connected", "1 while connected to the MQTT broker",
-                   registry=m.registry)
+                   registry=m.collector_registry)
         up.set_function(lambda: 1.0 if self.connected else 0.0)
         backlog = Gauge("wgfo_mqtt_backlog", "Topics waiting to be published or acknowledged",
-                        registry=m.registry)
+                        registry=m.collector_registry)
         backlog.set_function(lambda: float(len(self.dirty) + len(self.outstanding)))
         # The current state, so a fresh broker (or one that lost its retained store) has it all.
-        for w in app_state.fleet.workers:
-            if w.name in app_state.workers:
-                self.worker_changed(app_state.worker_json(w.name))
-        for aj in app_state.all_assignments():  # fleet clients only (not removed ones)
+        for w in host.fleet.workers:
+            if w.name in host.workers:
+                self.worker_changed(host.worker_json(w.name))
+        for aj in host.all_assignments():  # fleet clients only (not removed ones)
             self.assignment_changed(aj)
         with self.lock:
             for item in self.state.values():

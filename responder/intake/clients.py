@@ -1,0 +1,112 @@
+"""Client reports (`POST /v1/clients/{name}/events`): probes, fast-path switches, applied and
+rejected assignment versions. The fleet votes with its probes on what is really reachable."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from wg_failover.wire import AppliedEvent, ProbeEvent, ProbeResult, RejectedEvent, SwitchEvent
+
+from .. import planner
+from ..draft import Draft, ProbeRecord
+from ..state import ResponderState
+from ..store import AssignmentRow
+
+ClientReport = ProbeEvent | SwitchEvent | AppliedEvent | RejectedEvent
+
+
+async def take_report(state: ResponderState, name: str, ev: ClientReport) -> None:
+    """Apply one report of fleet client `name`. Raises StoreError when it cannot commit."""
+    # The usual case, a probe report that changes nothing durable: memory only, no lock, no
+    # transaction (10,000 switchers reporting every 5 s send 2,000 a second).
+    if not (isinstance(ev, ProbeEvent) and record_unremarkable_probe(state, name, ev)):
+        # Client reports are frequent and re-sent: no fsync (see Store.commit).
+        await state.change(lambda d: client_report(d, name, ev), durable=False)
+    state.metrics.client_events.labels(type=ev.type).inc()
+
+
+def record_unremarkable_probe(state: ResponderState, name: str, ev: ProbeEvent) -> bool:
+    """Keep a probe report in memory if it changes nothing durable; True when it did.
+
+    False (and nothing kept) when the client's up/down view changed or a worker unusable for it
+    answers again: then the report goes through `change()` like any other."""
+    results = _fleet_results(state.worker_by_name, ev)
+    prev = state.probes.get(name)
+    if prev is None or _up_view(prev.workers) != _up_view(results):
+        return False
+    unusable = state.unusable.get(name)
+    if unusable and any(p.up and w in unusable for w, p in results.items()):
+        return False
+    state.remember_probe(name, ProbeRecord(time.time(), results))
+    return True
+
+
+def client_report(d: Draft, name: str, ev: ClientReport) -> None:
+    if isinstance(ev, ProbeEvent):
+        _probe(d, name, ev)
+    elif isinstance(ev, SwitchEvent):
+        _switch(d, name, ev)
+    elif isinstance(ev, AppliedEvent):
+        a = d.committed.assignments.get(name)
+        if a is not None and a.version == ev.version:
+            d.after.apply_latencies.append(max(0.0, d.now - a.since))
+        d.event("client-applied", worker=ev.worker, client=name, version=ev.version)
+    elif isinstance(ev, RejectedEvent):
+        d.event("client-rejected", worker=ev.worker, client=name, version=ev.version,
+                reason=ev.reason[:500])
+        if d.knows_worker(ev.worker):
+            d.mark_unusable(name, ev.worker, usable=False)
+            a = d.assignment(name)
+            if a is not None and a.worker != ev.worker:
+                # Already elsewhere: still tell the client where it should be.
+                d.assign_reason[name] = "client-rejected"
+
+
+def _fleet_results(workers: Mapping[str, object], ev: ProbeEvent) -> dict[str, ProbeResult]:
+    return {w: p for w, p in ev.workers.items() if w in workers}
+
+
+def _up_view(results: Mapping[str, ProbeResult]) -> dict[str, bool]:
+    return {w: p.up for w, p in results.items()}
+
+
+def _probe(d: Draft, name: str, ev: ProbeEvent) -> None:
+    results = _fleet_results(d.committed.worker_by_name, ev)
+    prev = d.last_probe(name)
+    d.after.probes[name] = ProbeRecord(d.now, results)
+    up = sorted(w for w, p in results.items() if p.up)
+    down = sorted(w for w, p in results.items() if not p.up)
+    if prev is None or _up_view(prev.workers) != _up_view(results):
+        d.event("client-probe", client=name, up=up, down=down)
+    for w in up:
+        if w in d.unusable(name):
+            d.mark_unusable(name, w, usable=True)
+
+
+def _switch(d: Draft, name: str, ev: SwitchEvent) -> None:
+    """The client moved itself: the move stands when its new worker is one of its own, healthy
+    and has room; otherwise it gets a new version saying where to be."""
+    d.after.switches.append(name)
+    d.event("client-switch", worker=ev.to_worker, client=name, from_worker=ev.from_worker,
+            to_worker=ev.to_worker, reason=ev.reason[:500], elapsed_ms=ev.elapsed_ms)
+    if d.knows_worker(ev.from_worker) and ev.from_worker != ev.to_worker:
+        d.mark_unusable(name, ev.from_worker, usable=False)
+    if not d.knows_worker(ev.to_worker):
+        d.assign_reason[name] = "switch-refused"
+        return
+    d.mark_unusable(name, ev.to_worker, usable=True)
+    cv = d.client_view(name)
+    a = d.assignment(name)
+    cur = a.worker if a else None
+    views = d.views()
+    if not planner.accept_switch(cv, ev.to_worker, cur, views, d.current_workers()):
+        d.assign_reason[name] = "switch-refused"
+        return
+    if cur != ev.to_worker:
+        version = (a.version if a else 0) + 1
+        d.tx.assignments[name] = AssignmentRow(
+            name, ev.to_worker, planner.backups(cv, ev.to_worker, views), version,
+            planner.R_SWITCH, d.now)
+        d.event("move", worker=ev.to_worker, client=name, from_worker=cur,
+                to_worker=ev.to_worker, version=version, reason=planner.R_SWITCH)

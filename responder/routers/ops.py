@@ -1,0 +1,57 @@
+"""Operations: `/healthz`, `/readyz`, `/metrics`, `GET /v1/targets` (Prometheus http_sd) and
+`GET /v1/events` (the event log, admin token)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from wg_failover.wire import EventRecord, EventsPage
+
+from ..deps import State, require_admin
+from ..models import Health, Readiness, TargetGroup
+from ..views import event_json
+
+router = APIRouter(tags=["ops"])
+
+
+@router.get("/healthz")
+async def healthz() -> Health:
+    return Health(ok=True)
+
+
+@router.get("/readyz", responses={503: {"model": Readiness, "description": "not ready"}})
+async def readyz(request: Request, response: Response) -> Readiness:
+    """200 once the state is loaded and planned."""
+    state = getattr(request.app.state, "responder", None)
+    ready = state is not None and state.ready
+    response.status_code = 200 if ready else 503
+    return Readiness(ready=ready)
+
+
+@router.get("/metrics")
+async def metrics(state: State) -> Response:
+    return Response(generate_latest(state.metrics.collector_registry),
+                    media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/targets")
+async def targets(state: State) -> list[TargetGroup]:
+    out = []
+    for w in state.fleet.workers:
+        labels = {"worker": w.name}
+        if w.region:
+            labels["region"] = w.region
+        out.append(TargetGroup(targets=[w.exporter], labels=labels))
+    return out
+
+
+@router.get("/v1/events", dependencies=[Depends(require_admin)])
+async def events(state: State, after: Annotated[int, Query(ge=0)] = 0,
+                 limit: Annotated[int, Query(ge=1, le=10000)] = 1000) -> EventsPage:
+    rows = await asyncio.to_thread(state.store.events, after, limit)
+    page = [EventRecord.model_validate(event_json(e)) for e in rows]
+    return EventsPage(events=page, last_id=page[-1].id if page else after)
