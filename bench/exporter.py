@@ -25,7 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from wg_failover import netns, wg  # noqa: E402
+from wg_failover.lab import netns  # noqa: E402
+
+from wg_failover import wg  # noqa: E402
 
 # Runs inside the namespace: times the bare dump and the scrapes with the same clock.
 TIMER = r"""
@@ -132,6 +134,7 @@ def main() -> int:
     print(f"  scrape /metrics (gzip)   : p50 {g50 * ms:7.1f} ms   p95 {g95 * ms:7.1f} ms   "
           f"{res['bytes_gzip'] / 1e6:.2f} MB")
     print(f"  ratio scrape/dump (p50)  : {s50 / dump50:.2f}x text, {g50 / dump50:.2f}x gzip")
+    print(f"  ratio gzip/text (p50)    : {g50 / s50:.2f}x")
     print(f"  exporter RSS             : {rss:.1f} MB now, {hwm:.1f} MB peak")
     for label, p50 in (("text", s50), ("gzip", g50)):
         ok = p50 < 3 * dump50 and p50 < 0.250 and hwm < 80
