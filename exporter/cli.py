@@ -14,7 +14,7 @@ from wg_failover.fleet import DEFAULT_FLEET_PATH, FLEET_ENV, load_fleet
 
 from .collector import FleetSource, WireGuardCollector
 from .limits import MAX_CONNECTIONS, REQUEST_TIMEOUT
-from .metrics import ACTIVE_WINDOW_SECONDS, help_table
+from .metrics import ACTIVE_WINDOW_SECONDS, COMPAT, compat_metrics, help_table
 
 log = logging.getLogger("wg-failover.exporter")
 
@@ -34,6 +34,11 @@ Needs CAP_NET_ADMIN for wg (or root); see deploy/wg-failover-exporter.service.
 
 metrics (peers with a handshake in the last {ACTIVE_WINDOW_SECONDS} s count as active):
 {help_table()}
+
+with --compat mindflavor, also (MindFlavor/prometheus_wireguard_exporter's names, so dashboards
+and alert rules written for it work unchanged; friendly_name is the peer's name from the fleet
+file; --compat-remote adds remote_ip and remote_port, empty for a peer without an endpoint):
+{help_table(compat_metrics("mindflavor"))}
 """
 
 
@@ -55,6 +60,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--peer-metrics", choices=["on", "off"], default="on",
                    help="off: leave out the per-peer wireguard_peer_* series, keep the counts "
                    "(for workers with very many peers; default on)")
+    p.add_argument("--compat", choices=sorted(COMPAT), metavar="{" + ",".join(sorted(COMPAT)) + "}",
+                   help="also serve another exporter's peer metrics under its names and labels "
+                   "(mindflavor: the Rust prometheus_wireguard_exporter), for its dashboards and "
+                   "alert rules; ours stay (default: off)")
+    p.add_argument("--compat-remote", action="store_true",
+                   help="with --compat mindflavor: add the peer endpoint's remote_ip and "
+                   "remote_port labels (its -r switch)")
     p.add_argument("--web-config", metavar="FILE",
                    help="TLS and basic auth, in the exporter-toolkit web-config format "
                    "(subset: see docs/exporter.md)")
@@ -101,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("--request-timeout must be positive")
     if args.max_connections < 1:
         raise CliError("--max-connections must be at least 1")
+    if args.compat_remote and args.compat != "mindflavor":
+        raise CliError("--compat-remote needs --compat mindflavor")
     fleet = _fleet_source(args)
     if args.worker:
         if fleet is None:
@@ -122,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
     collector = WireGuardCollector(
         args.interface, fleet=fleet, worker=args.worker,
         peer_metrics=args.peer_metrics == "on", wg_timeout=args.wg_timeout,
+        compat=args.compat, compat_remote=args.compat_remote,
     )
     try:
         httpd = server.serve(server.make_app(collector, auth), host, port, tls,

@@ -2,11 +2,17 @@
 
 The collector, `--help`, and docs/exporter.md all follow this list (a test checks the docs table
 against it), so a metric cannot be added in one place and forgotten in another.
+
+`COMPAT` holds families served only on request (`--compat NAME`): other exporters' names, so
+dashboards and alert rules written for those exporters work unchanged. They are kept apart so
+the default page, and the default docs table, stay exactly as they are.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -65,11 +71,40 @@ _DEFS = [
 METRICS: dict[str, MetricDef] = {m.name: m for m in _DEFS}
 PEER_METRICS = {n for n in METRICS if n.startswith("wireguard_peer_")}
 
+# --- --compat mindflavor: MindFlavor/prometheus_wireguard_exporter's names and labels -----------
+# The community's most used WireGuard dashboards and the awesome-prometheus-alerts WireGuard rules
+# are written for these. Its counters carry every label (allowed IPs, name, endpoint), which is
+# why they are not our default: a roaming endpoint starts new counter series.
+MINDFLAVOR_LABELS = ("interface", "public_key", "allowed_ips", "friendly_name")
+# Its `-r` switch; empty (so, to Prometheus, absent) for a peer without an endpoint.
+MINDFLAVOR_REMOTE_LABELS = ("remote_ip", "remote_port")
+_MINDFLAVOR = [
+    MetricDef("wireguard_sent_bytes_total", "counter", MINDFLAVOR_LABELS,
+              "Bytes sent to the peer (--compat mindflavor)."),
+    MetricDef("wireguard_received_bytes_total", "counter", MINDFLAVOR_LABELS,
+              "Bytes received from the peer (--compat mindflavor)."),
+    MetricDef("wireguard_latest_handshake_seconds", "gauge", MINDFLAVOR_LABELS,
+              "Unix time of the peer's latest handshake, a timestamp despite the name; 0 = never "
+              "(--compat mindflavor)."),
+]
+COMPAT: dict[str, dict[str, MetricDef]] = {"mindflavor": {m.name: m for m in _MINDFLAVOR}}
 
-def help_table() -> str:
-    """The catalogue as plain text for `--help`."""
+
+def compat_metrics(mode: str | None, remote: bool = False) -> list[MetricDef]:
+    """The extra families of a `--compat` mode (none for None), with the endpoint labels when
+    `remote` (`--compat-remote`)."""
+    if mode is None:
+        return []
+    defs = list(COMPAT[mode].values())
+    if remote:
+        defs = [dataclasses.replace(m, labels=m.labels + MINDFLAVOR_REMOTE_LABELS) for m in defs]
+    return defs
+
+
+def help_table(defs: Iterable[MetricDef] = _DEFS) -> str:
+    """The catalogue (or `defs`) as plain text for `--help`."""
     lines = []
-    for m in _DEFS:
+    for m in defs:
         labels = "{" + ",".join(m.labels) + "}" if m.labels else ""
         lines.append(f"  {m.name}{labels} ({m.type})")
         lines.append(textwrap.fill(m.help, 96, initial_indent=" " * 6,
