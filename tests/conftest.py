@@ -1,33 +1,30 @@
-"""Shared fixtures: fleets, and network-namespace labs on real wireguard-go."""
+"""Shared fixtures: fleets, network-namespace labs on real wireguard-go, the real responder."""
 
 from __future__ import annotations
 
 import itertools
 import os
-from pathlib import Path
 
 import pytest
 from hypothesis import settings
 from wg_failover.lab import netns
 from wg_failover.lab.gen import generate_fleet
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers.tools import require_netns
+
+# The responder fixtures (`responder`, `responder_factory`) for every test, registered once here
+# instead of imported (with a `noqa`) into each module that uses them.
+pytest_plugins = ["tests.helpers.responder"]
+
+# Kept importable from here for the tests that import it from tests.conftest.
+__all__ = ["require_netns"]
+
 _counter = itertools.count()
 
 # CI runs the property tests on a fixed seed so a red build can be replayed; locally they explore.
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
-
-
-def require_netns() -> None:
-    """Skip where a lab cannot run; in CI, where it must run, fail instead of skipping."""
-    problems = netns.preflight()
-    if problems:
-        msg = "network-namespace lab unavailable: " + "; ".join(problems)
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
 
 
 @pytest.fixture

@@ -24,14 +24,12 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from wg_failover.lab.procs import stop_process
 
+from .wait import free_port, wait_started
+
+__all__ = ["MOSQUITTO", "MOSQUITTO_PASSWD", "Mosquitto", "Subscriber", "free_port"]
+
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Mosquitto:
@@ -89,15 +87,8 @@ class Mosquitto:
             self.proc = popen(argv, stdout=log, stderr=subprocess.STDOUT)
         finally:
             log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited: {self.log_path.read_text()}")
-            if self._listening():
-                return
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("mosquitto did not listen in time")
+        wait_started(self.proc, self._listening, timeout, "mosquitto",
+                     lambda: self.log_path.read_text(errors="replace"))
 
     def _listening(self) -> bool:
         if self.netns_host is None:

@@ -1,8 +1,8 @@
 """Run the real responder (`wg-failover responder`, uvicorn) as a subprocess, for any test.
 
     from tests.helpers.responder import ResponderProc, make_fleet
-    # the fixtures `responder` and `responder_factory`, registered by importing them:
-    from tests.helpers.responder import responder_factory_fixture, responder_fixture  # noqa: F401
+    # the fixtures `responder` and `responder_factory` are registered for every test by
+    # tests/conftest.py: take them as arguments, no import needed
 
     ResponderProc.start(workdir, gen=None, *, workers=3, clients=4, capacity=None,
                         hold_down_seconds=60, preempt=False, db=None,
@@ -33,8 +33,9 @@
 
 Fixtures: `responder` (a started ResponderProc with the defaults, stopped afterwards) and
 `responder_factory` (call it like ResponderProc.start without the workdir; all are stopped at the
-end of the test). Import either `responder_fixture, responder_factory_fixture` (no ruff F811 at
-the use sites) or the plain names `responder, responder_factory` (then `# noqa: F811` on uses).
+end of the test). tests/conftest.py registers this module as a plugin, so every test has them;
+the names `responder_fixture, responder_factory_fixture` (and the first published `responder,
+responder_factory`) stay importable for tests written when they had to be imported.
 """
 
 from __future__ import annotations
@@ -44,10 +45,7 @@ import ipaddress
 import os
 import secrets
 import signal
-import socket
 import subprocess
-import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -59,8 +57,13 @@ from wg_failover.lab.procs import stop_process
 
 from wg_failover.fleet import Client, Fleet, ResponderSettings, Worker, dump_fleet
 
+from .tools import WG_FAILOVER
+from .wait import free_port, wait_started
+
+__all__ = ["WG_FAILOVER", "ResponderProc", "alert_payload", "free_port", "make_fleet",
+           "responder", "responder_factory", "responder_factory_fixture", "responder_fixture"]
+
 ROOT = Path(__file__).resolve().parents[2]
-WG_FAILOVER = str(Path(sys.executable).with_name("wg-failover"))
 
 
 def _key() -> str:
@@ -99,12 +102,6 @@ def make_fleet(
                            admin_token_sha256=sha256_hex(tokens["admin"]),
                            hold_down_seconds=hold_down_seconds, preempt=preempt)
     return Generated(Fleet(workers=ws, clients=cs, responder=rs), {}, tokens)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ResponderProc:
@@ -168,18 +165,13 @@ class ResponderProc:
             )
         finally:
             log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"responder exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"responder not ready within {timeout} s:\n{self.log()}")
+        wait_started(self.proc, self._ready, timeout, "responder", self.log)
+
+    def _ready(self) -> bool:
+        try:
+            return httpx.get(self.url + "/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def headers(self, who: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[who]}"}

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
+from wg_failover.exporter.collector import build_families, fleet_names, render_text
+
+from tests.helpers.exporter import FRA, reading
+from tests.helpers.fleets import VALID
+from tests.helpers.tools import require_tool, run_tool
+from wg_failover.fleet import parse_fleet
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "prometheus" / "rules" / "awesome-wireguard.yml"
@@ -16,19 +19,8 @@ K_OLD, K_NEVER, K_FRESH = "a" * 43 + "=", "b" * 43 + "=", "c" * 43 + "="
 K_BUSY = "d" * 43 + "="
 
 
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool not installed")
-        pytest.skip("promtool not installed")
-    return path
-
-
 def test_promtool_check_rules():
-    proc = subprocess.run([promtool(), "check", "rules", str(RULES)], capture_output=True,
-                          text=True, timeout=60)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_tool("promtool", "check", "rules", str(RULES))
 
 
 def test_promtool_rule_tests(tmp_path):
@@ -132,22 +124,14 @@ def test_promtool_rule_tests(tmp_path):
     }
     test_file = tmp_path / "awesome-wireguard_test.yml"
     test_file.write_text(yaml.safe_dump(tests, sort_keys=False))
-    proc = subprocess.run([promtool(), "test", "rules", str(test_file)], capture_output=True,
-                          text=True, timeout=60)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_tool("promtool", "test", "rules", str(test_file))
 
 
 def test_promtool_lints_our_page_clean():
     """`promtool check metrics` (naming, units, HELP/TYPE) finds nothing to complain about."""
-    from wg_failover.exporter.collector import build_families, fleet_names, render_text
-
-    from tests.helpers.fleets import VALID
-    from tests.unit.test_exporter_unit import FRA, reading
-    from wg_failover.fleet import parse_fleet
-
     fams = build_families(reading(), fleet_names(parse_fleet(VALID), [FRA]), duration=0.01)
     page = render_text(fams)
     assert b"wireguard_peer_info{" in page and b"wgfo_worker_capacity{" in page
-    proc = subprocess.run([promtool(), "check", "metrics"], input=page, capture_output=True,
-                          timeout=60)
+    proc = subprocess.run([require_tool("promtool", "prometheus", strict=True), "check",
+                           "metrics"], input=page, capture_output=True, timeout=60)
     assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr

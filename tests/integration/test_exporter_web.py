@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import ssl
 import subprocess
 import time
@@ -15,14 +13,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-EXPORTER = [str(ROOT / ".venv" / "bin" / "wg-failover"), "exporter"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers.exporter import EXPORTER
+from tests.helpers.tools import require_tool
+from tests.helpers.wait import free_port
 
 
 def start(args: list[str], **env) -> subprocess.Popen:
@@ -47,10 +40,9 @@ def get(url: str, ctx: ssl.SSLContext | None = None, auth: str | None = None,
 
 @pytest.fixture
 def cert(tmp_path):
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed")
+    openssl = require_tool("openssl")
     key, crt = tmp_path / "key.pem", tmp_path / "crt.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
                     "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out",
                     str(crt), "-days", "1", "-subj", "/CN=localhost", "-addext",
                     "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=30)

@@ -4,33 +4,17 @@ every query against a real Prometheus that scraped a real exporter and responder
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.helpers.grafana import DASHBOARDS, GRAFANA, rp
+from tests.helpers.tools import run_tool
+
 ROOT = Path(__file__).resolve().parents[2]
-GRAFANA = ROOT / "grafana"
-DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
-
-
-def load_render_module():
-    """grafana/render_png.py holds the query helpers; grafana/ is not a package."""
-    spec = importlib.util.spec_from_file_location("wgfo_render_png", GRAFANA / "render_png.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-rp = load_render_module()
 
 # The agreed metric names (brief / DESIGN.md contract). Dashboards may use these, Prometheus's
 # own `up` and `scrape_duration_seconds`, and the recording rules in prometheus/rules/.
@@ -177,7 +161,6 @@ def test_substitute_fills_grafana_variables():
     assert rp.parse_label_values("label_values(client)") == (None, "client")
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 def test_every_query_parses_with_promtool(tmp_path: Path):
     """Every panel and annotation query, variables filled in, parses as PromQL (promtool parses
     rule expressions with Prometheus's own parser)."""
@@ -191,9 +174,7 @@ def test_every_query_parses_with_promtool(tmp_path: Path):
                           "expr": rp.substitute(q.expr, SAMPLE_VALUES)})
     f = tmp_path / "queries.yml"
     f.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
-    proc = subprocess.run(["promtool", "check", "rules", str(f)], capture_output=True,
-                          text=True, timeout=60)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_tool("promtool", "check", "rules", str(f))
 
 
 def test_datasource_provisioning():

@@ -16,9 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
-from wg_failover.lab import procs
 
-from wg_failover import promconfig
+from tests.helpers.prom import start_alertmanager
+from tests.helpers.wait import wait_until
 
 TOKEN = "s3cret-alert-token"
 
@@ -69,17 +69,13 @@ class Hook:
 @pytest.fixture
 def am(tmp_path):
     hook = Hook()
-    token = tmp_path / "alert-token"
-    token.write_text(TOKEN + "\n")
-    cfg = tmp_path / "alertmanager.yml"
-    cfg.write_text(promconfig.render_alertmanager_config(responder_url=hook.url,
-                                                         token_file=token))
-    port = procs.find_free_port()
-    proc = procs.start_alertmanager(cfg, tmp_path / "am", port)
+    server = None
     try:
-        yield f"http://127.0.0.1:{port}", hook
+        server = start_alertmanager(tmp_path, hook.url, TOKEN)
+        yield server.url, hook
     finally:
-        procs.stop_process(proc)
+        if server is not None:
+            server.stop()
         hook.close()
 
 
@@ -139,14 +135,16 @@ def test_all_workers_down_inhibits_per_worker_alerts(am):
     all_down = {"labels": {"alertname": "WgAllWorkersDown", "action": "notify",
                            "severity": "critical"}}
     post_alerts(am_url, all_down, failover("w1"), failover("w2"))
-    deadline = time.monotonic() + 20
-    while True:
+
+    def inhibited() -> list[dict[str, Any]]:
         alerts = httpx.get(f"{am_url}/api/v2/alerts", timeout=5).json()
         per_worker = [a for a in alerts if a["labels"].get("worker")]
-        if len(per_worker) == 2 and all(a["status"]["inhibitedBy"] for a in per_worker):
-            break
-        assert time.monotonic() < deadline, f"not inhibited: {alerts}"
-        time.sleep(0.2)
+        assert len(per_worker) == 2 and all(a["status"]["inhibitedBy"] for a in per_worker), \
+            f"not inhibited: {alerts}"
+        return alerts
+
+    alerts = wait_until("both per-worker alerts inhibited", inhibited, 20)
+    per_worker = [a for a in alerts if a["labels"].get("worker")]
     source = next(a for a in alerts if a["labels"]["alertname"] == "WgAllWorkersDown")
     assert source["status"]["state"] == "active"
     assert all(a["status"]["state"] == "suppressed" for a in per_worker)

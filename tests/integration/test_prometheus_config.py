@@ -2,34 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from pathlib import Path
-
 import pytest
 import yaml
 from wg_failover.lab import procs
 
+from tests.helpers.tools import run_tool
 from wg_failover import promconfig
 
 SHIPPED = promconfig.SHIPPED_DIR
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"`{name}` is not installed "
-                    "(apt-get install prometheus prometheus-alertmanager)")
-    return path
-
-
-def run_tool(*argv: str, cwd: Path | None = None) -> str:
-    proc = subprocess.run([_tool(argv[0]), *argv[1:]], capture_output=True, text=True,
-                          timeout=120, cwd=cwd)
-    out = proc.stdout + proc.stderr
-    if proc.returncode != 0:
-        pytest.fail(f"`{' '.join(argv)}` failed ({proc.returncode}):\n{out}")
-    return out
 
 
 def test_promtool_check_shipped_config():

@@ -7,15 +7,15 @@ its targets (/api/v1/targets), not scrape results.
 
 from __future__ import annotations
 
-import time
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from wg_failover.lab import procs
 from wg_failover.lab.gen import Generated
 
+from tests.helpers.prom import start_prometheus
 from tests.helpers.responder import ResponderProc, make_fleet
+from tests.helpers.wait import free_port, wait_until
 from wg_failover import promconfig
 
 
@@ -27,24 +27,21 @@ def test_targets_from_http_sd_with_labels_and_blackbox_relabelling(tmp_path):
     responder = ResponderProc.start(tmp_path / "responder", gen)
     prom = None
     try:
-        bb_port, prom_port = procs.find_free_port(), procs.find_free_port()
-        cfg = tmp_path / "prometheus.yml"
-        cfg.write_text(promconfig.render_prometheus_config(
-            responder_url=responder.url, alertmanager_url="http://127.0.0.1:1",
-            scrape_interval="1s", sd_refresh_interval="1s",
-            blackbox_address=f"127.0.0.1:{bb_port}"))
-        prom = procs.start_prometheus(cfg, tmp_path / "prom", prom_port)
-        deadline = time.monotonic() + 30
-        while True:
-            active = httpx.get(f"http://127.0.0.1:{prom_port}/api/v1/targets",
+        bb_port = free_port()  # nothing listens there: only the probe URLs are checked
+        prom = start_prometheus(tmp_path / "prom", responder.url, "http://127.0.0.1:1",
+                                scrape_interval="1s", sd_refresh_interval="1s",
+                                blackbox_address=f"127.0.0.1:{bb_port}")
+
+        def all_targets() -> list[dict]:
+            active = httpx.get(f"{prom.url}/api/v1/targets",
                                timeout=5).json()["data"]["activeTargets"]
-            if len(active) == 5:  # 2 exporters, 2 probes, the responder
-                break
-            assert time.monotonic() < deadline, active
-            time.sleep(0.2)
+            assert len(active) == 5, active  # 2 exporters, 2 probes, the responder
+            return active
+
+        active = wait_until("5 targets discovered", all_targets, 30, logs=[prom.log])
     finally:
         if prom is not None:
-            procs.stop_process(prom)
+            prom.stop()
         responder.stop()
 
     by_job: dict[str, list[dict]] = {}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.test_prometheus_config import run_tool
+from tests.helpers.tools import run_tool
 from wg_failover import promconfig
 
 SHIPPED = promconfig.SHIPPED_DIR

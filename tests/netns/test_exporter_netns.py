@@ -10,20 +10,20 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from wg_failover.lab.gen import generate_fleet
 
+from tests.helpers.exporter import EXPORTER
+from tests.helpers.tools import require_tool
+from tests.helpers.wait import wait_until
 from wg_failover import wg
 from wg_failover.fleet import dump_fleet
 from wg_failover.wgquick import render_client, render_worker, strip
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
-EXPORTER = [str(ROOT / ".venv" / "bin" / "wg-failover"), "exporter"]
 WORKER_ADDR = "198.18.0.10"
 PING_COUNT, PING_SIZE = 20, 1000
 
@@ -216,13 +216,9 @@ def test_real_prometheus_scrapes_the_exporter(lab, tmp_path):
     """The real consumer: Prometheus (gzip, its own parser) scrapes the exporter in the worker's
     namespace, with the http_sd-style target labels; the series arrive as the rules expect."""
     import json
-    import shutil
     import urllib.parse
 
-    if shutil.which("prometheus") is None:
-        if os.environ.get("CI"):
-            pytest.fail("prometheus not installed")
-        pytest.skip("prometheus not installed")
+    prometheus = require_tool("prometheus")
     gen, fleet_file, worker, wif, client = lab
     fleet = gen.fleet
     worker.popen([*EXPORTER, "--listen", "127.0.0.1:9586", "-i", wif.name,
@@ -238,7 +234,7 @@ def test_real_prometheus_scrapes_the_exporter(lab, tmp_path):
     )
     data = tmp_path / "tsdb"
     data.mkdir()
-    worker.popen(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={data}",
+    worker.popen([prometheus, f"--config.file={config}", f"--storage.tsdb.path={data}",
                   "--web.listen-address=127.0.0.1:9090"],
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client.ping(fleet.workers[0].tunnel_address, count=3, timeout=2)
@@ -249,13 +245,9 @@ def test_real_prometheus_scrapes_the_exporter(lab, tmp_path):
         assert code == 200, body
         return json.loads(body)["data"]["result"]
 
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if query('up{job="wg-failover-exporter"} == 1') and query("wgfo_scrape_success == 1"):
-            break
-        time.sleep(0.5)
-    else:
-        raise AssertionError("Prometheus never scraped the exporter successfully")
+    wait_until("Prometheus scraping the exporter successfully",
+               lambda: query('up{job="wg-failover-exporter"} == 1')
+               and query("wgfo_scrape_success == 1"), 30, every=0.5)
     assert query('scrape_samples_scraped{job="wg-failover-exporter"} > 10')
     names = {r["metric"]["name"] for r in query("wireguard_peer_info")}
     assert names == {c.name for c in fleet.clients}

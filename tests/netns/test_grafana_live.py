@@ -17,10 +17,8 @@ data. With WGFO_GRAFANA_PNG=path the test also draws the overview there (grafana
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -33,16 +31,19 @@ import pytest
 from wg_failover.lab import netns
 from wg_failover.lab.gen import generate_fleet
 
-from tests.conftest import require_netns
+from tests.helpers.exporter import start_worker
+from tests.helpers.grafana import DASHBOARDS, rp
+from tests.helpers.netlab import add_root_link, del_link, free_subnet
+from tests.helpers.prom import start_prometheus
 from tests.helpers.responder import ResponderProc, alert_payload
-from tests.integration.test_grafana import DASHBOARDS, rp
+from tests.helpers.tools import require_netns, require_tool
+from tests.helpers.wait import wait_until
 from wg_failover import promconfig
-from wg_failover.wgquick import render_client, render_worker, strip
+from wg_failover.wgquick import render_client, strip
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-WG_FAILOVER = str(Path(sys.executable).with_name("wg-failover"))
 EXPORTER_PORT = 9586
 
 # (dashboard uid, panel title or annotation name, refId or "") -> why it may be empty before the
@@ -73,29 +74,6 @@ MAY_STAY_EMPTY_FOR_OTHER_VALUES = {
 }
 
 
-def _root_overlaps(net: ipaddress.IPv4Network) -> bool:
-    out = subprocess.run(["ip", "-4", "-o", "route", "show", "table", "all"],
-                         capture_output=True, text=True, timeout=10).stdout
-    for line in out.splitlines():
-        dest = line.split()[0]
-        if dest in ("default", "broadcast", "local", "unreachable"):
-            dest = line.split()[1] if dest != "default" else "0.0.0.0/0"
-        with contextlib.suppress(ValueError):
-            d = ipaddress.ip_network(dest, strict=False)
-            if d.prefixlen and d.overlaps(net):
-                return True
-    return False
-
-
-def pick_subnet() -> ipaddress.IPv4Network:
-    """A /24 in 198.19.0.0/16 (benchmarking range) that nothing in the root namespace uses."""
-    for k in range(200):
-        net = ipaddress.ip_network(f"198.19.{(os.getpid() + k) % 200 + 40}.0/24")
-        if not _root_overlaps(net):
-            return net
-    pytest.fail("no free /24 in 198.19.0.0/16 for the lab")
-
-
 def key_of(q: rp.Query) -> tuple[str, str, str]:
     if q.kind == "annotation":
         return (q.dashboard, q.where.split(" ", 1)[1].strip("'\""), "")
@@ -106,40 +84,30 @@ def key_of(q: rp.Query) -> tuple[str, str, str]:
 @pytest.fixture
 def stack(tmp_path):
     require_netns()
-    if not shutil.which("prometheus"):
-        msg = "prometheus not installed (apt-get install prometheus)"
-        pytest.fail(msg) if os.environ.get("CI") else pytest.skip(msg)
+    require_tool("prometheus")
     prefix = f"gf{os.getpid() % 10000:04d}"
-    subnet = pick_subnet()
+    # 198.19.0.0/16 (benchmarking range): clear of the other labs' 198.18.
+    subnet = free_subnet("198.19", range(40, 240), os.getpid())
     hosts = list(subnet.hosts())
     lab = netns.NetLab(prefix, subnet=str(subnet))
     lab.up()
-    procs: list = []
-    root_if = f"{prefix}-root"
+    stops: list = []
+    root_if = None
     try:
         # The root namespace joins the lab's bridge, so Prometheus here scrapes the exporters.
-        for argv in (["link", "add", root_if, "type", "veth", "peer", "name", "vroot",
-                      "netns", lab.hub],
-                     ["-n", lab.hub, "link", "set", "vroot", "master", "br0", "up"],
-                     ["addr", "add", f"{hosts[-1]}/{subnet.prefixlen}", "dev", root_if],
-                     ["link", "set", root_if, "up"]):
-            subprocess.run(["ip", *argv], check=True, capture_output=True, timeout=10)
+        root_if = add_root_link(lab, str(hosts[-1]), subnet.prefixlen)
 
         gen = generate_fleet(2, 2, worker_host=lambda i: str(hosts[9 + i]),
                              exporter_port=EXPORTER_PORT, capacity=5)
         responder = ResponderProc.start(tmp_path / "responder", gen)
-        procs.append(responder)
+        stops.append(responder.stop)
         fleet = responder.fleet
         ifaces = {}
         for i, w in enumerate(fleet.workers):
             host = lab.add_host(w.name, address=str(hosts[9 + i]))
-            iface = host.wireguard(w.name, strip(render_worker(fleet, w, gen.private_keys[w.name])),
-                                   [w.tunnel_host_cidr])
-            ifaces[w.name] = iface
-            host.popen([WG_FAILOVER, "exporter", "--listen", f"{host.address}:{EXPORTER_PORT}",
-                        "--interface", iface.name, "--fleet", str(responder.fleet_path),
-                        "--worker", w.name, "--log-level", "warning"],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            ifaces[w.name], _ = start_worker(host, responder.gen, w, w.name,
+                                             listen=f"{host.address}:{EXPORTER_PORT}",
+                                             fleet_path=responder.fleet_path)
         # c1 runs (handshakes with both workers); c2 stays configured but never connects.
         c1 = fleet.clients[0]
         client = lab.add_host("c1", address=str(hosts[19]))
@@ -148,34 +116,18 @@ def stack(tmp_path):
         for w in fleet.workers:
             assert client.ping(w.tunnel_address, count=5, timeout=2), f"no tunnel to {w.name}"
 
-        pdir = tmp_path / "prometheus"
-        pdir.mkdir()
-        cfg = pdir / "prometheus.yml"
-        cfg.write_text(promconfig.render_prometheus_config(
-            responder_url=responder.url, alertmanager_url="http://127.0.0.1:9",
-            scrape_interval="1s", sd_refresh_interval="1s"))
-        port = procs.find_free_port()
-        prom = procs.start_prometheus(cfg, pdir / "data", port)
-        procs.append(prom)
-        yield {"prom": f"http://127.0.0.1:{port}", "responder": responder, "lab": lab,
-               "client": client, "fleet": fleet, "tmp": tmp_path}
+        prom = start_prometheus(tmp_path / "prometheus", responder.url, "http://127.0.0.1:9",
+                                scrape_interval="1s", sd_refresh_interval="1s")
+        stops.append(prom.stop)
+        yield {"prom": prom.url, "responder": responder, "lab": lab, "client": client,
+               "fleet": fleet, "tmp": tmp_path, "logs": [prom.log, responder.log_path]}
     finally:
-        for p in reversed(procs):
+        for stop in reversed(stops):
             with contextlib.suppress(Exception):
-                p.stop() if isinstance(p, ResponderProc) else procs.stop_process(p)
+                stop()
         lab.close()
-        subprocess.run(["ip", "link", "del", root_if], capture_output=True, timeout=10)
-
-
-def wait_for(what: str, check, timeout: float = 30, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
+        if root_if:
+            del_link(root_if)
 
 
 def targets_up(prom: str, workers: list[str]) -> bool:
@@ -243,13 +195,15 @@ def exempt(key: tuple, values: tuple, before_failover: bool) -> bool:
 def test_every_dashboard_query_on_real_prometheus(stack):
     prom, responder, fleet = stack["prom"], stack["responder"], stack["fleet"]
     workers = [w.name for w in fleet.workers]
-    wait_for("every exporter and the responder scraped", lambda: targets_up(prom, workers))
+    logs = stack["logs"]
+    wait_until("every exporter and the responder scraped", lambda: targets_up(prom, workers),
+               30, every=0.5, logs=logs)
     for c in ("c1", "c2"):
         post_probes(responder, c, {w: {"up": True, "rtt_ms": 2.0 + i, "loss": 0.0}
                                    for i, w in enumerate(workers)})
     # Rates and the recording rules need a few samples.
-    wait_for("recording rules", lambda: rp.run_instant(prom, "wgfo:worker_receive_bytes:rate1m")
-             and rp.run_instant(prom, "wgfo_client_observed_up"))
+    wait_until("recording rules", lambda: rp.run_instant(prom, "wgfo:worker_receive_bytes:rate1m")
+               and rp.run_instant(prom, "wgfo_client_observed_up"), 30, every=0.5, logs=logs)
     time.sleep(3)
     history = float(os.environ.get("WGFO_GRAFANA_HISTORY", "0"))
     if history:  # drawing the PNG: some history before the failover makes a readable picture
@@ -303,10 +257,11 @@ def test_every_dashboard_query_on_real_prometheus(stack):
     poller.join(25)
     assert polled.get("r", {}).get("worker") == "w2", polled
 
-    wait_for("the failover in Prometheus", lambda: rp.has_finite_value(rp.run_instant(
+    wait_until("the failover in Prometheus", lambda: rp.has_finite_value(rp.run_instant(
         prom, "histogram_quantile(0.95, sum by (le, channel) "
               "(rate(wgfo_notification_latency_seconds_bucket[1m])))"))
-        and rp.run_instant(prom, f'wgfo_failovers_total{{worker="{FAILED_WORKER}"}}'), timeout=40)
+        and rp.run_instant(prom, f'wgfo_failovers_total{{worker="{FAILED_WORKER}"}}'), 40,
+        every=0.5, logs=logs)
     time.sleep(2)  # a couple more samples of the new state for the range queries
     if history:
         time.sleep(history / 2)

@@ -23,121 +23,77 @@ deployment gets.
 
 from __future__ import annotations
 
-import ipaddress
-import os
 import random
-import shutil
 import subprocess
-import sys
 import time
 from datetime import datetime
-from pathlib import Path
 
 import httpx
 import pytest
+from wg_failover.lab import procs
 from wg_failover.lab.gen import generate_fleet
-from wg_failover.lab.netns import NetLab
 
-from tests.helpers.prom import prom_query, sample, wait_until, worker_states
+from tests.helpers.exporter import start_worker
+from tests.helpers.netlab import add_root_link, del_link, free_subnet
+from tests.helpers.prom import (
+    alerts,
+    prom_query,
+    sample,
+    scrape_interval_from_env,
+    start_alertmanager,
+    start_prometheus,
+    worker_states,
+)
 from tests.helpers.responder import ResponderProc
+from tests.helpers.tools import require_tool
+from tests.helpers.wait import free_port, wait_until
 from wg_failover import promconfig
 from wg_failover.fleet import dump_fleet
-from wg_failover.wgquick import render_worker, strip
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
-WG_FAILOVER = str(Path(sys.executable).with_name("wg-failover"))
 EXPORTER_PORT = 9586
 
 
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=20)
-
-
-def _free_subnet(seed: int) -> ipaddress.IPv4Network:
-    """A 198.18.X.0/24 no root-namespace address is in (X in 20..99: a user's lab takes .0 by
-    default, the lab e2e test 100..249)."""
-    out = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True,
-                         timeout=20).stdout
-    used = [ipaddress.ip_interface(p[3]).network for p in (line.split() for line in
-                                                            out.splitlines()) if len(p) > 3]
-    for k in range(80):
-        net = ipaddress.ip_network(f"198.18.{20 + (seed + k) % 80}.0/24")
-        if not any(net.overlaps(u) for u in used):
-            return net
-    pytest.skip("no free 198.18.X.0/24 for the root namespace's link")
-
-
-def _root_link(lab: NetLab, address: str, prefixlen: int) -> str:
-    """A veth from the root namespace into the lab's bridge; it dies with the hub namespace."""
-    name = f"{lab.prefix}-root"
-    _ip("link", "add", name, "type", "veth", "peer", "name", "vroot", "netns", lab.hub)
-    _ip("-n", lab.hub, "link", "set", "vroot", "master", "br0", "up")
-    _ip("addr", "add", f"{address}/{prefixlen}", "dev", name)
-    _ip("link", "set", name, "up")
-    return name
-
-
-def _alerts(prom_url: str, name: str) -> list[dict]:
-    alerts = httpx.get(f"{prom_url}/api/v1/alerts", timeout=5).json()["data"]["alerts"]
-    return [a for a in alerts if a["labels"]["alertname"] == name]
-
-
 def test_cut_host_fails_over_blind_exporter_only_notifies(netlab, tmp_path):
-    if shutil.which(promconfig.BLACKBOX_BIN) is None:
-        pytest.skip(f"{promconfig.BLACKBOX_BIN} not installed (scripts/bootstrap installs it)")
-    interval = os.environ.get("WGFO_PROM_INTERVAL", "1s")
-    scrape_interval = None if interval == "shipped" else interval
-    net = _free_subnet(int(netlab.prefix[1:]))
+    require_tool(promconfig.BLACKBOX_BIN)
+    scrape_interval = scrape_interval_from_env()
+    # Not 198.18.0 (a user's lab) nor 100..249 (the lab e2e test).
+    net = free_subnet("198.18", range(20, 100), int(netlab.prefix[1:]))
     base = net.network_address
     addrs = [str(base + 10 + i) for i in range(3)]
     gen = generate_fleet(3, 1, worker_host=lambda i: addrs[i], exporter_port=EXPORTER_PORT)
     fleet_path = tmp_path / "fleet.yaml"
     fleet_path.write_text(dump_fleet(gen.fleet))
 
-    procs: list[subprocess.Popen] = []
+    running: list[subprocess.Popen] = []
     cleanups: list = []
     root_link = None
     try:
         hosts = {w.name: netlab.add_host(w.name, address=addrs[i])
                  for i, w in enumerate(gen.fleet.workers)}
-        root_link = _root_link(netlab, str(base + 254), net.prefixlen)
+        root_link = add_root_link(netlab, str(base + 254), net.prefixlen)
 
         exporters: dict[str, subprocess.Popen] = {}
         for i, w in enumerate(gen.fleet.workers):
-            host = hosts[w.name]
-            iface = host.wireguard(f"w{i}", strip(render_worker(gen.fleet, w,
-                                                                gen.private_keys[w.name])),
-                                   [w.tunnel_host_cidr])
-            with (tmp_path / f"exporter-{w.name}.log").open("wb") as log:
-                exporters[w.name] = host.popen(
-                    [WG_FAILOVER, "exporter", "--listen", f"{host.address}:{EXPORTER_PORT}",
-                     "--interface", iface.name, "--fleet", str(fleet_path), "--worker", w.name],
-                    stdout=log, stderr=subprocess.STDOUT)
-            procs.append(exporters[w.name])
+            _, exporters[w.name] = start_worker(
+                hosts[w.name], gen, w, f"w{i}", fleet_path=fleet_path,
+                listen=f"{hosts[w.name].address}:{EXPORTER_PORT}",
+                log=tmp_path / f"exporter-{w.name}.log")
+            running.append(exporters[w.name])
 
         responder = ResponderProc.start(tmp_path / "responder", gen, hold_down_seconds=60)
         cleanups.append(responder.stop)
-        token = tmp_path / "alert-token"
-        token.write_text(gen.tokens["alert"] + "\n")
-        token.chmod(0o600)
-
-        bb_port = procs.find_free_port()
-        procs.append(procs.start_blackbox_exporter(bb_port, tmp_path / "blackbox"))
-        am_port, prom_port = procs.find_free_port(), procs.find_free_port()
-        am_cfg = tmp_path / "alertmanager.yml"
-        am_cfg.write_text(promconfig.render_alertmanager_config(
-            responder_url=responder.url, token_file=token))
-        prom_cfg = tmp_path / "prometheus.yml"
-        prom_cfg.write_text(promconfig.render_prometheus_config(
-            responder_url=responder.url, alertmanager_url=f"http://127.0.0.1:{am_port}",
-            scrape_interval=scrape_interval, sd_refresh_interval="1s",
-            blackbox_address=f"127.0.0.1:{bb_port}"))
-        procs.append(procs.start_alertmanager(am_cfg, tmp_path / "am", am_port))
-        procs.append(procs.start_prometheus(prom_cfg, tmp_path / "prom", prom_port))
-        prom_url = f"http://127.0.0.1:{prom_port}"
-        logs = [tmp_path / "prom" / "prometheus.log", tmp_path / "am" / "alertmanager.log",
-                tmp_path / "blackbox" / "blackbox.log", responder.log_path,
+        bb_port = free_port()
+        running.append(procs.start_blackbox_exporter(bb_port, tmp_path / "blackbox"))
+        am = start_alertmanager(tmp_path / "am", responder.url, gen.tokens["alert"])
+        running.append(am.proc)
+        prom = start_prometheus(tmp_path / "prom", responder.url, am.url,
+                                scrape_interval=scrape_interval, sd_refresh_interval="1s",
+                                blackbox_address=f"127.0.0.1:{bb_port}")
+        running.append(prom.proc)
+        prom_url = prom.url
+        logs = [prom.log, am.log, tmp_path / "blackbox" / "blackbox.log", responder.log_path,
                 *(tmp_path / f"exporter-{n}.log" for n in hosts)]
 
         # Healthy first: every exporter scraped on its underlay address, every host answering
@@ -166,7 +122,7 @@ def test_cut_host_fails_over_blind_exporter_only_notifies(netlab, tmp_path):
         wait_until("w1 marked down by the responder",
                    lambda: worker_states(responder)["w1"] == "down", 60, every=0.05, logs=logs)
         detected = time.monotonic() - t0
-        down = _alerts(prom_url, "WgWorkerDown")
+        down = alerts(prom_url, "WgWorkerDown")
         assert [a["labels"]["worker"] for a in down] == ["w1"]
         pending = datetime.fromisoformat(down[0]["activeAt"].replace("Z", "+00:00")).timestamp()
         label = "shipped 5 s" if scrape_interval is None else scrape_interval
@@ -199,13 +155,12 @@ def test_cut_host_fails_over_blind_exporter_only_notifies(netlab, tmp_path):
         # The host answered every probe meanwhile.
         assert [s["value"][1] for s in prom_query(
             prom_url, f'min_over_time(probe_success{{worker="w2"}}[{window}])')] == ["1"]
-        assert _alerts(prom_url, "WgExporterDown")[0]["labels"]["action"] == "notify"
+        assert alerts(prom_url, "WgExporterDown")[0]["labels"]["action"] == "notify"
         assert worker_states(responder) == {"w1": "down", "w2": "up", "w3": "up"}
     finally:
-        for p in procs:
+        for p in running:
             procs.stop_process(p)
         for cleanup in cleanups:
             cleanup()
         if root_link:
-            # Normally gone with the hub namespace already (deleting one veth end deletes both).
-            subprocess.run(["ip", "link", "del", root_link], capture_output=True, timeout=10)
+            del_link(root_link)

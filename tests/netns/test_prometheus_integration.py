@@ -27,26 +27,34 @@ import random
 import selectors
 import socket
 import subprocess
-import sys
 import threading
 import time
 from datetime import datetime
-from pathlib import Path
 
 import httpx
 import pytest
 from wg_failover.lab.gen import Generated, generate_fleet
 from wg_failover.lab.netns import WG_RUN_DIR
+from wg_failover.lab.procs import stop_process
 
-from tests.helpers.prom import prom_query, sample, wait_until, worker_states
+from tests.helpers.exporter import start_worker
+from tests.helpers.prom import (
+    alerts,
+    prom_query,
+    sample,
+    scrape_interval_from_env,
+    start_alertmanager,
+    start_prometheus,
+    worker_states,
+)
 from tests.helpers.responder import ResponderProc
+from tests.helpers.wait import wait_until
 from wg_failover import promconfig
 from wg_failover.fleet import dump_fleet
 from wg_failover.wgquick import render_worker, strip
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
-WG_FAILOVER = str(Path(sys.executable).with_name("wg-failover"))
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -112,13 +120,12 @@ class NetnsRelay:
 
 
 def test_worker_death_reaches_responder(netlab, tmp_path):
-    interval = os.environ.get("WGFO_PROM_INTERVAL", "1s")
-    scrape_interval = None if interval == "shipped" else interval
+    scrape_interval = scrape_interval_from_env()
 
     # Two workers with real keys; one client so each worker has a peer configured.
     gen0 = generate_fleet(2, 1, worker_host=lambda i: f"198.18.0.{i + 10}")
     relays: list[NetnsRelay] = []
-    procs: list[subprocess.Popen] = []
+    running: list[subprocess.Popen] = []
     cleanups: list = []
     try:
         hosts = {w.name: netlab.add_host(w.name, address=f"198.18.0.{i + 10}")
@@ -135,39 +142,21 @@ def test_worker_death_reaches_responder(netlab, tmp_path):
         ifaces = {}
         exporters: dict[str, subprocess.Popen] = {}
         for i, w in enumerate(gen.fleet.workers):
-            conf = strip(render_worker(gen.fleet, w, gen.private_keys[w.name]))
-            host = hosts[w.name]
-            ifaces[w.name] = host.wireguard(f"w{i}", conf, [w.tunnel_host_cidr])
-            log = (tmp_path / f"exporter-{w.name}.log").open("wb")
-            exporters[w.name] = host.popen(
-                [WG_FAILOVER, "exporter", "--listen", "127.0.0.1:9586", "--interface",
-                 ifaces[w.name].name, "--fleet", str(fleet_path), "--worker", w.name],
-                stdout=log, stderr=subprocess.STDOUT)
-            procs.append(exporters[w.name])
-            log.close()
+            ifaces[w.name], exporters[w.name] = start_worker(
+                hosts[w.name], gen, w, f"w{i}", listen="127.0.0.1:9586", fleet_path=fleet_path,
+                log=tmp_path / f"exporter-{w.name}.log")
+            running.append(exporters[w.name])
 
         responder = ResponderProc.start(tmp_path / "responder", gen, hold_down_seconds=60)
         cleanups.append(responder.stop)
-        token = tmp_path / "alert-token"
-        token.write_text(gen.tokens["alert"] + "\n")
-        token.chmod(0o600)
-
-        am_port, prom_port = procs.find_free_port(), procs.find_free_port()
-        am_cfg = tmp_path / "alertmanager.yml"
-        am_cfg.write_text(promconfig.render_alertmanager_config(
-            responder_url=responder.url, token_file=token))
-        prom_cfg = tmp_path / "prometheus.yml"
-        prom_cfg.write_text(promconfig.render_prometheus_config(
-            responder_url=responder.url, alertmanager_url=f"http://127.0.0.1:{am_port}",
-            rules_dir=promconfig.RULES_DIR, scrape_interval=scrape_interval,
-            sd_refresh_interval="1s"))
-        am = procs.start_alertmanager(am_cfg, tmp_path / "am", am_port)
-        procs.append(am)
-        prom = procs.start_prometheus(prom_cfg, tmp_path / "prom", prom_port)
-        procs.append(prom)
-        prom_url = f"http://127.0.0.1:{prom_port}"
-        logs = [tmp_path / "prom" / "prometheus.log", tmp_path / "am" / "alertmanager.log",
-                responder.log_path, *(tmp_path / f"exporter-{n}.log" for n in hosts)]
+        am = start_alertmanager(tmp_path / "am", responder.url, gen.tokens["alert"])
+        running.append(am.proc)
+        prom = start_prometheus(tmp_path / "prom", responder.url, am.url,
+                                scrape_interval=scrape_interval, sd_refresh_interval="1s")
+        running.append(prom.proc)
+        prom_url = prom.url
+        logs = [prom.log, am.log, responder.log_path,
+                *(tmp_path / f"exporter-{n}.log" for n in hosts)]
 
         # Healthy first: both exporters scraped through http_sd with their labels, the
         # interfaces up, the rules quiet, the responder's workers up.
@@ -191,8 +180,7 @@ def test_worker_death_reaches_responder(netlab, tmp_path):
         wait_until("w1 marked down by the responder",
                    lambda: worker_states(responder)["w1"] == "down", 90, every=0.05, logs=logs)
         detected = time.monotonic() - t0
-        alerts = httpx.get(f"{prom_url}/api/v1/alerts", timeout=5).json()["data"]["alerts"]
-        down = [a for a in alerts if a["labels"]["alertname"] == "WgWorkerDown"]
+        down = alerts(prom_url, "WgWorkerDown")
         assert [a["labels"]["worker"] for a in down] == ["w1"]
         pending = datetime.fromisoformat(down[0]["activeAt"].replace("Z", "+00:00")).timestamp()
         label = "shipped 5 s" if scrape_interval is None else f"{scrape_interval}"
@@ -237,8 +225,8 @@ def test_worker_death_reaches_responder(netlab, tmp_path):
         assert prom_query(prom_url, 'ALERTS{alertname="WgWorkerDown",worker="w2"}') == []
         assert worker_states(responder)["w2"] == "up"
     finally:
-        for p in procs:
-            procs.stop_process(p)
+        for p in running:
+            stop_process(p)
         for cleanup in cleanups:
             cleanup()
         for relay in relays:

@@ -18,7 +18,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from wg_failover.exporter import server, system
 from wg_failover.exporter.collector import (
     Names,
-    Reading,
     WireGuardCollector,
     build_families,
     fleet_names,
@@ -28,32 +27,16 @@ from wg_failover.exporter.collector import (
 from wg_failover.exporter.dump import parse_rows
 from wg_failover.exporter.metrics import METRICS
 
+from tests.helpers.exporter import ALICE, DUMP, FRA, NOW, PRIV, STRANGER, reading
 from tests.helpers.fleets import VALID
 from wg_failover import wg
 from wg_failover.fleet import parse_fleet
 
 ROOT = Path(__file__).resolve().parents[2]
-FRA = "DLc1tACgDb/MvA/rVSiiYn85E3jLXHBZ8X1e3wyKyS8="
-ALICE = "9DyEKmVoQ1sUfgoBXzhONr0RB6MkVAfGUj9Ajr8WgVM="
-STRANGER = base64.b64encode(bytes(range(32))).decode()
-PRIV = base64.b64encode(b"\x07" * 32).decode()
-NOW = 1_800_000_000
-
-DUMP = (
-    f"wg0\t{PRIV}\t{FRA}\t51820\toff\n"
-    f"wg0\t{ALICE}\t(none)\t198.51.100.7:40000\t10.66.1.2/32\t{NOW - 30}\t1000\t2000\t25\n"
-    f"wg0\t{STRANGER}\t(none)\t(none)\t10.66.1.9/32,fd00::9/128\t0\t0\t0\toff\n"
-)
 
 
 def samples(families, name):
     return {lv: v for f in families if f.name == name for lv, v in f.samples}
-
-
-def reading(dump=DUMP, failed=(), up=True):
-    d = parse_rows(dump)
-    ifaces = {dev: system.IfaceStats(up, 111, 222) for dev in set(d.devices) | set(failed)}
-    return Reading(d, list(failed), ifaces, 0.25, (0.5, 0.25, 0.125), NOW)
 
 
 def test_peer_and_worker_metrics_from_a_dump():
