@@ -6,12 +6,13 @@
 
     ResponderProc.start(workdir, gen=None, *, workers=3, clients=4, capacity=None,
                         hold_down_seconds=60, preempt=False, db=None,
-                        timeout=30, env=None) -> ResponderProc
+                        timeout=30, env=None, args=()) -> ResponderProc
         Writes a fleet (`gen`, a wg_failover.lab.gen.Generated, else make_fleet(...)) to
         workdir/fleet.yaml, picks a free port on 127.0.0.1, starts the responder with the db at
         `db` (default workdir/responder.db) and waits for /readyz (raises RuntimeError with the
         log when it does not come up). The fleet's responder.url is set to the real URL.
-        `env`: extra environment variables for the process.
+        `env`: extra environment variables for the process. `args`: extra command-line
+        arguments after the ones the helper passes (kept for restart()).
 
     proc.url                    "http://127.0.0.1:PORT"
     proc.gen / .fleet / .tokens  the Generated fleet; tokens["alert"], ["admin"], [client name]
@@ -46,6 +47,7 @@ import os
 import secrets
 import signal
 import subprocess
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -132,7 +134,7 @@ class ResponderProc:
               workers: int = 3, clients: int = 4, capacity: int | None = None,
               hold_down_seconds: float = 60, preempt: bool = False,
               db: str | os.PathLike[str] | None = None, timeout: float = 30,
-              env: dict[str, str] | None = None) -> ResponderProc:
+              env: dict[str, str] | None = None, args: Sequence[str] = ()) -> ResponderProc:
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         port = free_port()
@@ -147,11 +149,13 @@ class ResponderProc:
                             gen.tokens)
         p = cls(workdir, gen, port, Path(db) if db else workdir / "responder.db")
         p.env = env
+        p.args = tuple(args)
         p.fleet_path.write_text(dump_fleet(gen.fleet))
         p._launch(timeout)
         return p
 
     env: dict[str, str] | None = None  # extra environment for the process
+    args: tuple[str, ...] = ()  # extra CLI arguments, appended so they can override the defaults
 
     def _launch(self, timeout: float = 30) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
@@ -159,7 +163,8 @@ class ResponderProc:
             self.proc = subprocess.Popen(
                 [WG_FAILOVER, "responder", "--fleet", str(self.fleet_path),
                  "--db", str(self.db_path), "--listen", f"127.0.0.1:{self.port}",
-                 "--log-level", os.environ.get("WGFO_TEST_RESPONDER_LOG_LEVEL", "warning")],
+                 "--log-level", os.environ.get("WGFO_TEST_RESPONDER_LOG_LEVEL", "warning"),
+                 *self.args],
                 stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                 env={**os.environ, **(self.env or {})},
             )
