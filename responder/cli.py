@@ -10,6 +10,7 @@ import sqlite3
 
 from wg_failover.cli import CliError, fleet_argument
 from wg_failover.fleet import load_fleet, parse_host_port
+from wg_failover.tls import TlsError, check_listen, is_loopback, server_tls
 
 DEFAULT_DB = "/var/lib/wg-failover/responder.db"
 DEFAULT_LISTEN = "0.0.0.0:8080"
@@ -34,6 +35,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help=f"address to serve on (default {DEFAULT_LISTEN})")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"], help="default info")
+    tls = p.add_argument_group(
+        "TLS", "bearer tokens must not cross a network in clear text: serve HTTPS, or listen on "
+        "loopback only (behind a TLS proxy), or say --insecure-http (docs/deploy.md)")
+    tls.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM, "
+                     "the chain after the leaf)")
+    tls.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    tls.add_argument("--tls-client-ca", metavar="FILE",
+                     help="mutual TLS: every client must present a certificate from this CA")
+    tls.add_argument("--insecure-http", action="store_true",
+                     help="serve plain HTTP on a non-loopback address anyway")
     p.set_defaults(func=run)
 
 
@@ -76,11 +87,20 @@ def run(args: argparse.Namespace) -> int:
         hp = parse_host_port(("0.0.0.0" + listen) if listen.startswith(":") else listen)
     except ValueError as exc:
         raise CliError(f"--listen: {exc}") from None
+    try:
+        tls = server_tls(args.tls_cert, args.tls_key, args.tls_client_ca)
+        check_listen(hp.host, tls=tls is not None, insecure_http=args.insecure_http)
+    except TlsError as exc:
+        raise CliError(str(exc)) from None
     # `_created` series double the output and no rule or dashboard reads them.
     prometheus_client.disable_created_metrics()
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _raise_nofile()
+    if tls is None and args.insecure_http and not is_loopback(hp.host):
+        logging.getLogger("wg_failover.responder").warning(
+            "--insecure-http: serving plain HTTP on %s; bearer tokens cross the network in "
+            "clear text", listen)
     # Open the store once here so a bad --db is one clear line, not a startup traceback.
     try:
         open_store(args.db).close()
@@ -90,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     config = uvicorn.Config(
         app, host=hp.host, port=hp.port, log_level=args.log_level, access_log=False,
         lifespan="on", backlog=4096, timeout_graceful_shutdown=2,
-        timeout_keep_alive=75,
+        timeout_keep_alive=75, **(tls.uvicorn_kwargs() if tls is not None else {}),
     )
     server = _server_class()(config)
     server.run()
