@@ -257,6 +257,9 @@ class ResponderSettings(_Strict):
     url: Url = "http://127.0.0.1:8080"
     alert_token_sha256: Hex64 | None = None
     admin_token_sha256: Hex64 | None = None
+    # Reads the fleet's inventory (GET /v1/workers, GET /v1/targets): Prometheus's http_sd and
+    # dashboards get this instead of the admin token, which can also drain workers.
+    read_token_sha256: Hex64 | None = None
     # Finite and at most a day: `.inf` would parse as a float and silently disable recovery.
     hold_down_seconds: float = Field(default=60, ge=0, le=86400, allow_inf_nan=False)
     preempt: bool = False

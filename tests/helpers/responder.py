@@ -6,17 +6,31 @@
 
     ResponderProc.start(workdir, gen=None, *, workers=3, clients=4, capacity=None,
                         hold_down_seconds=60, preempt=False, db=None,
-                        timeout=30, env=None, args=()) -> ResponderProc
+                        timeout=30, env=None, args=(), tls=False, mutual_tls=False
+                        ) -> ResponderProc
         Writes a fleet (`gen`, a wg_failover.lab.gen.Generated, else make_fleet(...)) to
         workdir/fleet.yaml, picks a free port on 127.0.0.1, starts the responder with the db at
         `db` (default workdir/responder.db) and waits for /readyz (raises RuntimeError with the
         log when it does not come up). The fleet's responder.url is set to the real URL.
         `env`: extra environment variables for the process. `args`: extra command-line
         arguments after the ones the helper passes (kept for restart()).
+        `tls`: serve HTTPS with a certificate for 127.0.0.1 from a throwaway CA
+        (wg_failover.lab.tlsca, in workdir/tls); `mutual_tls` (implies tls): the responder also
+        demands a client certificate from that CA, and the helper presents one.
 
-    proc.url                    "http://127.0.0.1:PORT"
-    proc.gen / .fleet / .tokens  the Generated fleet; tokens["alert"], ["admin"], [client name]
-    proc.headers(who)           {"Authorization": "Bearer ..."}; who = "alert"|"admin"|client
+    proc.url                    "http://127.0.0.1:PORT" ("https://..." with tls)
+    proc.ca_file                the CA's certificate (tls), else None
+    proc.client_cert            (cert, key) the helper presents (mutual_tls), else None
+    proc.verify                 what httpx's `verify=` takes for this responder: an SSLContext
+                                that trusts only the CA (and presents the client certificate)
+                                with tls, else True: httpx.get(p.url + path, verify=p.verify)
+    proc.http(who=None, **kw)   an httpx.Client on proc.url with `verify` and, for `who`, its
+                                bearer token
+
+    proc.gen / .fleet / .tokens  the Generated fleet; tokens["alert"], ["admin"], ["read"],
+                                [client name]
+    proc.headers(who)           {"Authorization": "Bearer ..."}; who = "alert"|"admin"|"read"|
+                                a client
     proc.fleet_path, proc.db_path, proc.port, proc.pid
     proc.stop()                 SIGTERM, then SIGKILL after 5 s (idempotent)
     proc.kill()                 SIGKILL (kill -9), waits for the exit
@@ -28,7 +42,8 @@
     make_fleet(workers=3, clients=4, *, capacity=None, hold_down_seconds=60, preempt=False,
                prefs=None, responder_url="http://127.0.0.1:8080") -> Generated
         Fast fleet for the responder (random keys: valid base64 of 32 bytes, not wg keypairs;
-        use wg_failover.lab.gen.generate_fleet when a test needs real keys). Worker i is w{i+1} with
+        use wg_failover.lab.gen.generate_fleet when a test needs real keys); tokens "alert",
+        "admin", "read" and one per client. Worker i is w{i+1} with
         exporter 127.0.0.1:{9600+i}; client j is c{j+1} on 10.68.x.y/32 (any count up to
         60,000) and prefers all workers rotated by j (prefs="same": all in file order).
 
@@ -46,6 +61,7 @@ import ipaddress
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -54,10 +70,12 @@ from typing import Any
 
 import httpx
 import pytest
+from wg_failover.lab import tlsca
 from wg_failover.lab.gen import Generated, sha256_hex
 from wg_failover.lab.procs import stop_process
 
 from wg_failover.fleet import Client, Fleet, ResponderSettings, Worker, dump_fleet
+from wg_failover.tls import client_context
 
 from .tools import WG_FAILOVER
 from .wait import free_port, wait_started
@@ -100,8 +118,10 @@ def make_fleet(
                          token_sha256=sha256_hex(tokens[name])))
     tokens["alert"] = secrets.token_urlsafe(18)
     tokens["admin"] = secrets.token_urlsafe(18)
+    tokens["read"] = secrets.token_urlsafe(18)
     rs = ResponderSettings(url=responder_url, alert_token_sha256=sha256_hex(tokens["alert"]),
                            admin_token_sha256=sha256_hex(tokens["admin"]),
+                           read_token_sha256=sha256_hex(tokens["read"]),
                            hold_down_seconds=hold_down_seconds, preempt=preempt)
     return Generated(Fleet(workers=ws, clients=cs, responder=rs), {}, tokens)
 
@@ -112,6 +132,9 @@ class ResponderProc:
         self.gen = gen
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        self.ca_file: Path | None = None
+        self.client_cert: tuple[Path, Path] | None = None
+        self.verify: ssl.SSLContext | bool = True
         self.db_path = Path(db)
         self.fleet_path = self.workdir / "fleet.yaml"
         self.log_path = self.workdir / f"responder-{port}.log"
@@ -134,11 +157,13 @@ class ResponderProc:
               workers: int = 3, clients: int = 4, capacity: int | None = None,
               hold_down_seconds: float = 60, preempt: bool = False,
               db: str | os.PathLike[str] | None = None, timeout: float = 30,
-              env: dict[str, str] | None = None, args: Sequence[str] = ()) -> ResponderProc:
+              env: dict[str, str] | None = None, args: Sequence[str] = (), tls: bool = False,
+              mutual_tls: bool = False) -> ResponderProc:
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         port = free_port()
-        url = f"http://127.0.0.1:{port}"
+        tls = tls or mutual_tls
+        url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
         if gen is None:
             gen = make_fleet(workers, clients, capacity=capacity,
                              hold_down_seconds=hold_down_seconds, preempt=preempt,
@@ -150,12 +175,34 @@ class ResponderProc:
         p = cls(workdir, gen, port, Path(db) if db else workdir / "responder.db")
         p.env = env
         p.args = tuple(args)
+        if tls:
+            p._make_tls(mutual_tls)
         p.fleet_path.write_text(dump_fleet(gen.fleet))
         p._launch(timeout)
         return p
 
     env: dict[str, str] | None = None  # extra environment for the process
     args: tuple[str, ...] = ()  # extra CLI arguments, appended so they can override the defaults
+
+    def _make_tls(self, mutual: bool) -> None:
+        pki = self.workdir / "tls"
+        ca = tlsca.make_ca(pki)
+        crt, key = tlsca.issue(ca, pki, "responder", ips=["127.0.0.1"], dns=["localhost"])
+        tls_args = ["--tls-cert", str(crt), "--tls-key", str(key)]
+        if mutual:
+            self.client_cert = tlsca.issue(ca, pki, "test-client", client=True)
+            tls_args += ["--tls-client-ca", str(ca.cert)]
+        self.args = (*tls_args, *self.args)
+        self.url = self.url.replace("http://", "https://", 1)
+        self.ca_file = ca.cert
+        pair = [str(f) for f in self.client_cert] if self.client_cert else [None, None]
+        self.verify = client_context(str(ca.cert), *pair)
+
+    def http(self, who: str | None = None, **kw: Any) -> httpx.Client:
+        """An httpx.Client for this responder (TLS set up), with `who`'s token if given."""
+        headers = {**(self.headers(who) if who else {}), **kw.pop("headers", {})}
+        return httpx.Client(base_url=self.url, verify=self.verify, headers=headers,
+                            timeout=kw.pop("timeout", 10), **kw)
 
     def _launch(self, timeout: float = 30) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
@@ -174,7 +221,8 @@ class ResponderProc:
 
     def _ready(self) -> bool:
         try:
-            return httpx.get(self.url + "/readyz", timeout=1).status_code == 200
+            return httpx.get(self.url + "/readyz", timeout=1,
+                             verify=self.verify).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -205,6 +253,7 @@ class ResponderProc:
               starts_at: str | None = None, fingerprint: str | None = None,
               alertname: str = "WorkerDown") -> httpx.Response:
         return httpx.post(self.url + "/v1/alerts", headers=self.headers("alert"), timeout=10,
+                          verify=self.verify,
                           json=alert_payload(worker, action, status, starts_at=starts_at,
                                              fingerprint=fingerprint, alertname=alertname))
 
