@@ -51,7 +51,7 @@ def _source_copy(dest: Path) -> Path:
 def wheel(tmp_path_factory) -> zipfile.ZipFile:
     tmp = tmp_path_factory.mktemp("wheel")
     src = _source_copy(tmp / "src")
-    argv = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "-q",
+    argv = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
             "-w", str(tmp / "out"), str(src)]
     if _venv_backend_is_enough():
         argv.insert(4, "--no-build-isolation")
