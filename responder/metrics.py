@@ -52,6 +52,10 @@ class Metrics:
         self.duplicate_alerts = Counter("wgfo_webhook_duplicate_alerts_total",
                                         "Alerts in deliveries that were already applied",
                                         registry=r)
+        # Alerts recorded but acted on by nobody: a rule without the labels, or naming a worker
+        # the fleet does not have (a typo, a stale rule) or no worker name at all.
+        self.ignored_alerts = Counter("wgfo_alerts_ignored_total",
+                                      "Alerts that changed nothing, by why", ["why"], registry=r)
         self.alert_delay = Histogram("wgfo_alert_delivery_delay_seconds",
                                      "Webhook received minus the alert's startsAt (firing alerts)",
                                      buckets=DELAY_BUCKETS, registry=r)
@@ -70,6 +74,8 @@ class Metrics:
                                      "Client event reports by type", ["type"], registry=r)
         for outcome in ("applied", "duplicate", "unauthorized", "invalid", "error"):
             self.deliveries.labels(outcome=outcome)
+        for why in ("missing-labels", "malformed-worker", "unknown-worker"):
+            self.ignored_alerts.labels(why=why)
         for ch in ("sse", "longpoll"):
             self.notification_latency.labels(channel=ch)
 
