@@ -134,6 +134,12 @@ class SQLiteStore:
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("ROLLBACK")
             raise StoreError(f"cannot commit to {self.path}: {exc}") from exc
+        except BaseException:
+            # Anything else mid-transaction (text UTF-8 cannot encode, a bug) must not leave
+            # the transaction open: every later commit would fail with 503.
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
+            raise
 
     def _write(self, tx: Tx) -> list[int]:
         self.db.execute("BEGIN IMMEDIATE")
@@ -168,7 +174,10 @@ class SQLiteStore:
         for e in tx.events:
             cur = self.db.execute(
                 "INSERT INTO events (ts, kind, worker, client, data) VALUES (?, ?, ?, ?, ?)",
-                (e.ts, e.kind, e.worker, e.client, json.dumps(e.data, sort_keys=True)))
+                # Not ensure_ascii: text with a lone surrogate then fails here (UTF-8 cannot
+                # encode it) instead of being stored as an escape that breaks every read.
+                (e.ts, e.kind, e.worker, e.client,
+                 json.dumps(e.data, sort_keys=True, ensure_ascii=False)))
             ids.append(int(cur.lastrowid))
         self.db.execute("COMMIT")
         return ids
