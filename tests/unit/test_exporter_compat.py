@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import random
 import re
 import subprocess
 from pathlib import Path
@@ -254,6 +255,43 @@ def test_gzip_page_decompresses_to_the_text_page(tmp_path, compat):
         (tmp_path / "page.gz").write_bytes(body)
         assert subprocess.run(["gzip", "-t", str(tmp_path / "page.gz")]).returncode == 0
         assert len(body) < len(text) / 2
+
+
+def shuffled(dump: str, seed: int) -> str:
+    header, *peers = dump.splitlines()
+    return "\n".join([header, *random.Random(seed).sample(peers, len(peers))]) + "\n"
+
+
+def test_info_families_are_reused_when_wireguard_go_lists_peers_in_another_order():
+    """wireguard-go lists its peers in a new order at every `wg show` (a Go map): the cached
+    info families must still be re-used, and the page must still hold exactly this scrape's
+    series."""
+    renderer = PageRenderer()
+    dump = big_dump(1500, 5)
+    first = build_families(reading(dump), names())
+    renderer.gzip(first)
+    cached = {n: renderer._cache[n] for n in ("wireguard_peer_info",
+                                              "wireguard_peer_allowed_ips_info")}
+    for seed in (1, 2):
+        fams = build_families(reading(shuffled(big_dump(1500, 5 + seed), seed)), names())
+        assert samples(fams, "wireguard_peer_info") == samples(first, "wireguard_peer_info")
+        assert fams[1].samples != first[1].samples  # really another order
+        text = b"".join(renderer.text(fams))
+        body = gzip.decompress(b"".join(renderer.gzip(fams)))
+        for page in (text, body):
+            assert parsed(page.decode()) == parsed(render_text(fams).decode())
+            assert page.count(b"\n") == render_text(fams).count(b"\n")  # nothing twice
+        for name, entry in cached.items():
+            assert renderer._cache[name] is entry, name  # re-used, text and deflated
+    # A roamed endpoint is a change: that family is written afresh, the other one kept.
+    roamed = shuffled(big_dump(1500, 9).replace("198.51.100.7:1007", "203.0.113.9:4242"), 3)
+    fams = build_families(reading(roamed), names())
+    page = gzip.decompress(b"".join(renderer.gzip(fams)))
+    assert renderer._cache["wireguard_peer_info"] is not cached["wireguard_peer_info"]
+    assert renderer._cache["wireguard_peer_allowed_ips_info"] is cached[
+        "wireguard_peer_allowed_ips_info"]
+    assert b'endpoint="203.0.113.9:4242"' in page and b"198.51.100.7:1007" not in page
+    assert parsed(page.decode()) == parsed(render_text(fams).decode())
 
 
 # ------------------------------------------------------------------------------ docs, --help
