@@ -220,10 +220,14 @@ def _lines(name: str, labels: tuple[str, ...], samples: list, fmt_values: bool) 
     if len(labels) == 3:
         p, k1, k2 = f'{name}{{{labels[0]}="', f'",{labels[1]}="', f'",{labels[2]}="'
         return [f'{p}{a}{k1}{b}{k2}{c}"}} {v}\n' for (a, b, c), v in samples]
-    if len(labels) == 4:  # the --compat mindflavor families
+    if len(labels) in (4, 6):  # the --compat mindflavor families, with --compat-remote: 6
         p, k1, k2, k3 = (f'{name}{{{labels[0]}="', f'",{labels[1]}="', f'",{labels[2]}="',
                          f'",{labels[3]}="')
-        return [f'{p}{a}{k1}{b}{k2}{c}{k3}{d}"}} {v}\n' for (a, b, c, d), v in samples]
+        if len(labels) == 4:
+            return [f'{p}{a}{k1}{b}{k2}{c}{k3}{d}"}} {v}\n' for (a, b, c, d), v in samples]
+        k4, k5 = f'",{labels[4]}="', f'",{labels[5]}="'
+        return [f'{p}{a}{k1}{b}{k2}{c}{k3}{d}{k4}{e}{k5}{g}"}} {v}\n'
+                for (a, b, c, d, e, g), v in samples]
     # %-formatting: about 40 % faster than str.format at this size (label and metric names hold
     # no `%`; the values are arguments).
     template = name + "{" + ",".join(f'{k}="%s"' for k in labels) + "} %s\n"

@@ -26,6 +26,7 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 from wg_failover.exporter import cli, server, system
 from wg_failover.exporter.collector import (
+    Family,
     FleetSource,
     Names,
     Reading,
@@ -42,6 +43,7 @@ from wg_failover.exporter.metrics import (
     METRICS,
     MINDFLAVOR_LABELS,
     MINDFLAVOR_REMOTE_LABELS,
+    MetricDef,
     compat_metrics,
 )
 from wg_failover.exporter.render import PageRenderer
@@ -174,6 +176,27 @@ def test_fast_text_equals_prometheus_client_output_with_compat(remote):
         ours = render_text(fams).decode()
         assert parsed(ours) == parsed(generate_latest(registry).decode())
         assert {n for n, _, _ in parsed(ours)} >= set(COMPAT_NAMES)
+
+
+@pytest.mark.parametrize("count", range(1, 8))
+@pytest.mark.parametrize("values", [(3, 4), (0.5, 1e21)])
+def test_every_label_count_writes_what_prometheus_client_writes(count, values):
+    """The direct writer has a path per label count (the compat families have 4 and 6)."""
+    defn = MetricDef(f"test_family_{count}", "gauge", tuple(f"l{i}" for i in range(count)), "h")
+    fam = Family(defn.name, defn=defn, clean=True)
+    for n, v in enumerate(values):
+        fam.add(tuple(f"v{n}-{i}" for i in range(count)), v)
+
+    class Fixed:
+        def collect(self):
+            return to_metrics([fam])
+
+    registry = CollectorRegistry()
+    registry.register(Fixed())
+    ours = render_text([fam]).decode()
+    # Parsed: prometheus_client writes the int 3 as 3.0.
+    assert parsed(ours) == parsed(generate_latest(registry).decode())
+    assert len(parsed(ours)) == len(values)
 
 
 class FakeWg(WireGuardCollector):
