@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wg_failover.wire import Assignment, AssignmentError, parse_assignment
+from pydantic import TypeAdapter, ValidationError
+
+from wg_failover.wire import MAX_VERSION, Assignment, AssignmentError, Epoch, parse_assignment
 
 DEFAULT_STATE_DIR = "/var/lib/wg-failover"
 
@@ -25,10 +27,29 @@ class CachedState:
     active: str | None = None  # the worker that held the routes when last written
     version: int = 0  # the last responder version seen (applied or rejected)
     pending: Assignment | None = None  # a responder assignment not applied yet
+    epoch: str | None = None  # the responder store's epoch `version` belongs to
 
     def to_json(self) -> dict[str, Any]:
         return {"client": self.client, "active": self.active, "version": self.version,
+                "epoch": self.epoch,
                 "pending": self.pending.to_json() if self.pending else None}
+
+
+_EPOCH = TypeAdapter(Epoch)
+
+
+def _epoch(value: Any) -> str | None:
+    try:
+        return _EPOCH.validate_python(value) if value is not None else None
+    except ValidationError:
+        return None
+
+
+def _version(value: Any) -> int:
+    # A version past what any store reaches was forged (an older switcher cached whatever the
+    # wire said): resuming after it would ignore the responder for good, so start afresh.
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_VERSION
+    return value if ok else 0
 
 
 def cache_path(state_dir: str | os.PathLike[str], client: str) -> Path:
@@ -60,14 +81,16 @@ def save(path: Path, state: CachedState) -> None:
 
 
 def load(path: Path, client: str) -> CachedState | None:
-    """The cached state, or None when there is none or it is unusable (then we start afresh)."""
+    """The cached state, or None when there is none or it is unusable (then we start afresh).
+    A cache written before epochs existed loads with `epoch` None."""
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(data, dict) or data.get("client") != client:
         return None
-    version = data.get("version")
+    version = _version(data.get("version"))
+    epoch = _epoch(data.get("epoch"))
     active = data.get("active")
     pending = None
     if data.get("pending") is not None:
@@ -78,6 +101,7 @@ def load(path: Path, client: str) -> CachedState | None:
     return CachedState(
         client=client,
         active=active if isinstance(active, str) else None,
-        version=version if isinstance(version, int) and not isinstance(version, bool) else 0,
+        version=version,
         pending=pending,
+        epoch=epoch,
     )

@@ -9,6 +9,7 @@ validates against.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -137,9 +138,42 @@ class Note:
     """A decision that changes nothing on the interface, worth one log line."""
 
     message: str
+    level: int = logging.INFO
 
 
 Action = Switch | Report | Note
+
+
+# --------------------------------------------------------------------------- versions
+
+
+@dataclass(frozen=True)
+class VersionCheck:
+    """Whether an assignment is news, and the warning to log when taking it means the responder's
+    store is not the one the last version came from."""
+
+    accept: bool
+    warning: str | None = None
+
+
+def check_version(known_epoch: str | None, known_version: int, a: Assignment) -> VersionCheck:
+    """Versions only grow within one store epoch. A different epoch is a new store (lost,
+    replaced, restored): its versions started again, so its assignment is taken whatever its
+    version, or the switcher would ignore the responder until the new store passed the old one's
+    count. An assignment without an epoch (an older responder) belongs to the known epoch."""
+    if a.epoch is None or a.epoch == known_epoch:
+        return VersionCheck(a.version > known_version)
+    if known_epoch is None:
+        if a.version > known_version or known_version == 0:
+            return VersionCheck(True)  # the first epoch heard (a fresh start, an older cache)
+        return VersionCheck(True, (
+            f"responder's store now has an epoch ({a.epoch}) and its v{a.version} is not after "
+            f"v{known_version}, the last version seen: following it (its store was replaced, "
+            "or restored from before)"))
+    return VersionCheck(True, (
+        f"responder's store changed (epoch {known_epoch} -> {a.epoch}): its versions started "
+        f"again; following its v{a.version} (the last version of the old store was "
+        f"v{known_version})"))
 
 
 # --------------------------------------------------------------------------- the decider
@@ -161,6 +195,7 @@ class Decider:
         active: str | None = None,
         version: int = 0,
         pending: Assignment | None = None,
+        epoch: str | None = None,
     ) -> None:
         if not workers:
             raise ValueError("a client needs at least one worker")
@@ -169,6 +204,7 @@ class Decider:
         self.health = {w: WorkerHealth(w) for w in workers}
         self.active = active
         self.version = version  # the last responder version seen (applied or rejected)
+        self.epoch = epoch  # the responder store's epoch that version belongs to (None: unknown)
         self.pending = pending  # a responder assignment not applied yet (target dead/unknown)
         self.pending_rejected = pending is not None  # a cached pending one was reported already
         self.assignment: Assignment | None = pending  # the last one the responder sent
@@ -274,22 +310,30 @@ class Decider:
 
     # ------------------------------------------------------------------ responder input
     def on_assignment(self, a: Assignment, now: float) -> list[Action]:
-        """A responder assignment: each version once, in order; never onto a dead worker."""
-        if a.version <= self.version:
+        """A responder assignment: each version once, in order (within one store epoch); never
+        onto a dead worker."""
+        check = check_version(self.epoch, self.version, a)
+        if not check.accept:
             return []
+        out: list[Action] = []
+        if check.warning:
+            out.append(Note(check.warning, logging.WARNING))
         self.version = a.version
+        if a.epoch is not None:
+            self.epoch = a.epoch
         self.assignment = a
         self.pending = None
         self.pending_rejected = False
         if a.worker not in self.health:
-            return [Report.of(RejectedEvent(
+            return [*out,
+                    Report.of(RejectedEvent(
                         version=a.version, worker=a.worker,
                         reason=f"{a.worker} is not one of this client's workers")),
                     Note(f"assignment v{a.version}: rejected, {a.worker} is not one of this "
                          "client's workers")]
         self._set_order(a)
         self.pending = a
-        return self._try_pending(now, first=True) + self.evaluate(now)
+        return out + self._try_pending(now, first=True) + self.evaluate(now)
 
     def _try_pending(self, now: float, first: bool = False) -> list[Action]:
         a = self.pending
