@@ -8,12 +8,16 @@ switcher drops versions it already has, so a republished (duplicate) message is 
 
 With a broker ACL of `pattern read {prefix}/clients/%u/assignment` and the client's fleet name as
 its MQTT username, a client reads only its own assignment (docs/notify.md).
+
+Payloads are bounded like the HTTP source's bodies (`client.bounds`): the switcher connects with
+MQTT 5 and a Maximum Packet Size, so the broker drops a larger message instead of sending it
+(MQTT 3.1.1 has no way to say so, and paho reads a whole packet, up to 256 MB, before anyone can
+look at it); a payload over the bound that arrives anyway is refused before it is parsed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import ssl
 from collections.abc import Callable
@@ -21,13 +25,19 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from wg_failover.mqtt import MqttUrlError, assignment_topic, parse_mqtt_url
 from wg_failover.wire import Assignment, AssignmentError, parse_assignment
 
-from .sources import Deliver
+from .bounds import MAX_BODY, LogLimiter, WireInputError, loads_json, shown
+from .sources import Deliver, EpochOf
 
 log = logging.getLogger("wg_failover.switcher")
+
+# The largest packet the broker may send us: one payload at the bound, plus the topic and headers.
+MAX_PACKET = MAX_BODY + 1024
 
 
 class MqttAssignmentSource:
@@ -45,17 +55,22 @@ class MqttAssignmentSource:
         self.topic = assignment_topic(topic_prefix, client)
         self.on_connected = on_connected or (lambda _up: None)
         self.connected = False
+        self.limiter = LogLimiter(log)
 
     def parse(self, payload: bytes) -> Assignment | None:
         try:
-            return parse_assignment(json.loads(payload), self.client)
-        except (ValueError, UnicodeDecodeError, AssignmentError) as exc:
-            log.warning("mqtt: ignoring an unusable assignment on %s: %s", self.topic, exc)
+            if len(payload) > MAX_BODY:
+                raise WireInputError(f"a payload of {len(payload)} bytes (at most {MAX_BODY})")
+            return parse_assignment(loads_json(payload, "assignment"), self.client)
+        except (WireInputError, AssignmentError) as exc:
+            self.limiter.warning("unusable", "mqtt: ignoring an unusable assignment on %s: %s",
+                                 self.topic, shown(exc, 200))
             return None
 
-    async def run(self, deliver: Deliver, after: Callable[[], int]) -> None:
-        # `after` is not needed: the retained message is always the newest assignment, and the
-        # switcher ignores versions it already has.
+    async def run(self, deliver: Deliver, after: Callable[[], int],
+                  epoch: EpochOf | None = None) -> None:
+        # `after` and `epoch` are not needed: the retained message is always the newest
+        # assignment (with its store's epoch), and the switcher ignores versions it already has.
         loop = asyncio.get_running_loop()
 
         def status(up: bool) -> None:
@@ -64,7 +79,8 @@ class MqttAssignmentSource:
 
         def on_connect(c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
             if reason.is_failure:
-                log.warning("mqtt: broker refused the connection: %s", reason)
+                self.limiter.warning("refused", "mqtt: broker refused the connection: %s",
+                                     shown(reason, 80))
                 return
             c.subscribe(self.topic, qos=1)
             log.info("mqtt: connected to %s:%d, following %s", self.url.host, self.url.port,
@@ -72,7 +88,8 @@ class MqttAssignmentSource:
             loop.call_soon_threadsafe(status, True)
 
         def on_disconnect(_c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-            log.info("mqtt: disconnected (%s); reconnecting", reason)
+            self.limiter.log(logging.INFO, "disconnected", "mqtt: disconnected (%s); reconnecting",
+                             shown(reason, 80))
             loop.call_soon_threadsafe(status, False)
 
         def on_message(_c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
@@ -80,14 +97,16 @@ class MqttAssignmentSource:
             if a is not None:
                 loop.call_soon_threadsafe(deliver, a)
 
-        c = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
+        c = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
         if self.username:
             c.username_pw_set(self.username, self.password)
         if self.url.tls:
             c.tls_set(ca_certs=self.ca_file, cert_reqs=ssl.CERT_REQUIRED)
         c.reconnect_delay_set(1, 30)
         c.on_connect, c.on_disconnect, c.on_message = on_connect, on_disconnect, on_message
-        c.connect_async(self.url.host, self.url.port, keepalive=30)
+        props = Properties(PacketTypes.CONNECT)
+        props.MaximumPacketSize = MAX_PACKET
+        c.connect_async(self.url.host, self.url.port, keepalive=30, properties=props)
         c.loop_start()
         try:
             await asyncio.Event().wait()  # until cancelled

@@ -2,16 +2,19 @@
 
 `HttpAssignmentSource` follows the responder: SSE (`/assignment/stream`, resumed with
 `Last-Event-ID`), falling back to long-poll (`/assignment?after=V&wait=S`) when the responder or a
-proxy on the way does not do SSE; reconnects with bounded exponential backoff and jitter.
+proxy on the way does not do SSE; reconnects with bounded exponential backoff and jitter. Both
+also send `epoch=E`, the responder store's epoch the switcher last saw, so a responder whose store
+was replaced (versions restarted at 1) answers its current assignment at once instead of waiting
+for a version past the old store's. Everything read is bounded (`client.bounds`).
 `client.mqtt_source.MqttAssignmentSource` (`--mqtt`) plugs in beside it with the same
-`run(deliver, after)` method.
+`run(deliver, after, epoch)` method.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -21,19 +24,41 @@ import httpx
 from wg_failover.backoff import Backoff
 from wg_failover.wire import Assignment, AssignmentError, parse_assignment
 
+from .bounds import (
+    MAX_BODY,
+    MAX_EVENT,
+    MAX_LINE,
+    BodyTooLarge,
+    EventTooLarge,
+    LineSplitter,
+    LogLimiter,
+    WireInputError,
+    loads_json,
+    shown,
+)
+
 log = logging.getLogger("wg_failover.switcher")
 
 Deliver = Callable[[Assignment], None]
+EpochOf = Callable[[], str | None]
+
+# A connection that lasted this long was healthy, even if it brought nothing new: the next
+# reconnect starts from the shortest backoff again. A shorter one that brought nothing counts as
+# a failure, so a responder (or anything posing as one) that answers and hangs up at once, or
+# sends garbage, is retried less and less often instead of in a tight loop.
+STABLE_SECONDS = 10.0
 
 
 class AssignmentSource(Protocol):
     """Anything that yields the client's assignments: the responder over HTTP, or MQTT.
 
     `run` delivers every assignment it sees (the switcher drops old versions itself), resumes
-    after the version `after()` returns, and keeps going (reconnecting) until cancelled.
+    after the version `after()` returns in the store epoch `epoch()` returns (None: not known
+    yet), and keeps going (reconnecting) until cancelled.
     """
 
-    async def run(self, deliver: Deliver, after: Callable[[], int]) -> None: ...
+    async def run(self, deliver: Deliver, after: Callable[[], int],
+                  epoch: EpochOf | None = None) -> None: ...
 
 
 @dataclass
@@ -45,10 +70,13 @@ class SseEvent:
 
 @dataclass
 class SseParser:
-    """The text/event-stream format (WHATWG HTML, "server-sent events"), one line at a time."""
+    """The text/event-stream format (WHATWG HTML, "server-sent events"), one line at a time.
+    An event whose data passes `max_event` characters raises EventTooLarge (and is dropped)."""
 
+    max_event: int = MAX_EVENT
     _event: str = ""
     _data: list[str] = field(default_factory=list)
+    _size: int = 0
     _id: str | None = None
     last_id: str | None = None
 
@@ -60,7 +88,7 @@ class SseParser:
             ev = SseEvent(self._event or "message", "\n".join(self._data), self._id)
             if self._id is not None:
                 self.last_id = self._id
-            self._event, self._data, self._id = "", [], None
+            self._reset()
             return ev
         if line.startswith(":"):
             return None  # a comment: keep-alive
@@ -69,10 +97,17 @@ class SseParser:
         if name == "event":
             self._event = value
         elif name == "data":
+            self._size += len(value) + 1
+            if self._size > self.max_event:
+                self._reset()
+                raise EventTooLarge(f"an SSE event larger than {self.max_event} bytes")
             self._data.append(value)
         elif name == "id" and "\0" not in value:
             self._id = value
         return None
+
+    def _reset(self) -> None:
+        self._event, self._data, self._size, self._id = "", [], 0, None
 
 
 class AuthError(Exception):
@@ -83,19 +118,69 @@ class NoSse(Exception):
     """The server answered, but not with an event stream: use long-poll."""
 
 
+def describe(exc: BaseException, ca_file: str | None = None) -> str:
+    """One line for a failed request: what went wrong, TLS verification spelled out (it is the
+    error an operator must act on: the wrong --ca-file, or not the responder at all)."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # the cause chain is short; bounded all the same
+        if seen is None:
+            break
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            against = f"--ca-file {ca_file}" if ca_file else "the system CAs"
+            why = seen.verify_message or seen.reason or "certificate verify failed"
+            return (f"TLS: the responder's certificate does not verify against {against} "
+                    f"({shown(why, 100)})")
+        if isinstance(seen, ssl.SSLError):
+            return f"TLS: {shown(seen.reason or seen, 100)}"
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc)
+    return f"{type(exc).__name__}: {shown(text)}" if text else type(exc).__name__
+
+
+async def read_body(r: httpx.Response, limit: int = MAX_BODY) -> bytes:
+    """A response body, at most `limit` bytes (BodyTooLarge past that, without reading on)."""
+    _check_encoding(r)
+    length = r.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise BodyTooLarge(f"a response body of {length} bytes (at most {limit})")
+    buf = bytearray()
+    async for chunk in r.aiter_raw():
+        buf += chunk
+        if len(buf) > limit:
+            raise BodyTooLarge(f"a response body larger than {limit} bytes")
+    return bytes(buf)
+
+
+def _check_encoding(r: httpx.Response) -> None:
+    # Requests say `Accept-Encoding: identity` and bodies are read raw: a compressed body would
+    # be a way around every size bound (a few kilobytes of gzip unpack to gigabytes).
+    enc = r.headers.get("content-encoding", "identity").strip().lower()
+    if enc not in ("", "identity"):
+        raise WireInputError(f"a compressed body (Content-Encoding {shown(enc, 40)}) although "
+                             "identity was asked for")
+
+
 class HttpAssignmentSource:
     def __init__(self, base_url: str, client: str, token: str | None, *,
                  longpoll_wait: float = 25.0, read_timeout: float = 45.0,
                  backoff: Backoff | None = None,
-                 on_connected: Callable[[bool], None] | None = None) -> None:
+                 on_connected: Callable[[bool], None] | None = None,
+                 verify: ssl.SSLContext | bool = True, ca_file: str | None = None,
+                 limiter: LogLimiter | None = None) -> None:
         self.base = base_url.rstrip("/")
         self.client = client
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.headers = {"Accept-Encoding": "identity"}
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"
         self.longpoll_wait = longpoll_wait
         self.read_timeout = read_timeout
         self.backoff = backoff or Backoff()
         self.on_connected = on_connected or (lambda _up: None)
+        self.verify = verify
+        self.ca_file = ca_file  # only to name it when the responder's certificate fails
+        self.limiter = limiter or LogLimiter(log)
         self.mode = "sse"
+        self.connections = 0  # requests made (streams opened, polls sent): a figure for tests
 
     @property
     def stream_url(self) -> str:
@@ -105,31 +190,43 @@ class HttpAssignmentSource:
     def poll_url(self) -> str:
         return f"{self.base}/v1/clients/{self.client}/assignment"
 
-    def _parse(self, text: str) -> Assignment | None:
+    def http_client(self, timeout: float = 10.0) -> httpx.AsyncClient:
+        """An HTTP client that verifies the responder as configured (--ca-file, --tls-cert)."""
+        return httpx.AsyncClient(timeout=httpx.Timeout(timeout), verify=self.verify)
+
+    def _parse(self, data: bytes | str) -> Assignment | None:
         try:
-            return parse_assignment(json.loads(text), self.client)
-        except (ValueError, AssignmentError) as exc:
-            log.warning("responder: ignoring an unusable assignment: %s", exc)
+            return parse_assignment(loads_json(data, "assignment"), self.client)
+        except (WireInputError, AssignmentError) as exc:
+            self.limiter.warning("unusable", "responder: ignoring an unusable assignment: %s",
+                                 shown(exc, 200))
             return None
 
     async def fetch_current(self, http: httpx.AsyncClient) -> Assignment | None:
         """The current assignment, without waiting (for `--once`)."""
-        r = await http.get(self.poll_url, headers=self.headers, timeout=5.0)
-        if r.status_code in (401, 403):
-            raise AuthError(f"responder refused the token ({r.status_code})")
-        if r.status_code != 200:
-            return None
-        return self._parse(r.text)
+        async with http.stream("GET", self.poll_url, headers=self.headers, timeout=5.0) as r:
+            if r.status_code in (401, 403):
+                raise AuthError(f"responder refused the token ({r.status_code})")
+            if r.status_code != 200:
+                return None
+            return self._parse(await read_body(r))
 
-    async def run(self, deliver: Deliver, after: Callable[[], int]) -> None:
-        async with httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as http:
+    async def run(self, deliver: Deliver, after: Callable[[], int],
+                  epoch: EpochOf | None = None) -> None:
+        epoch_of: EpochOf = epoch or (lambda: None)
+        loop = asyncio.get_running_loop()
+        async with self.http_client() as http:
             while True:
+                started = loop.time()
+                position = (after(), epoch_of())
+                level = logging.INFO
+                kind = "ended"
                 try:
                     if self.mode == "sse":
-                        await self._sse(http, deliver, after)
+                        await self._sse(http, deliver, after, epoch_of)
                         reason = "stream ended"
                     else:
-                        await self._longpoll(http, deliver, after)
+                        await self._longpoll(http, deliver, after, epoch_of)
                         continue
                 except asyncio.CancelledError:
                     raise
@@ -138,64 +235,100 @@ class HttpAssignmentSource:
                     self.mode = "longpoll"
                     continue
                 except AuthError as exc:
-                    reason = str(exc)
+                    reason, kind, level = str(exc), "auth", logging.WARNING
                     self.backoff.attempt = max(self.backoff.attempt, 6)  # no point hurrying
+                except WireInputError as exc:
+                    reason, level = f"{exc}: dropped the connection", logging.WARNING
+                    kind = f"input:{type(exc).__name__}"
                 except (httpx.HTTPError, OSError) as exc:
-                    reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                    reason, kind = describe(exc, self.ca_file), "http"
+                    if reason.startswith("TLS"):
+                        kind, level = "tls", logging.WARNING
                 except Exception as exc:  # noqa: BLE001 - the fast path must outlive any surprise
-                    log.exception("responder: unexpected error")
-                    reason = f"unexpected {type(exc).__name__}"
+                    # A bug, not bad input (that is refused above): one line, the traceback only
+                    # for whoever asks for it, so a peer that found the bug cannot flood the log.
+                    log.debug("responder: unexpected error", exc_info=True)
+                    reason, kind, level = (f"unexpected {type(exc).__name__}: {shown(exc)} "
+                                           "(--log-level debug shows where)", "bug",
+                                           logging.ERROR)
                 self.on_connected(False)
+                if (after(), epoch_of()) != position or loop.time() - started >= STABLE_SECONDS:
+                    self.backoff.reset()
                 delay = self.backoff.next()
-                log.info("responder: %s; reconnecting in %.1f s (%s)", reason, delay, self.mode)
+                self.limiter.log(level, kind, "responder: %s; reconnecting in %.1f s (%s)",
+                                 reason, delay, self.mode)
                 await asyncio.sleep(delay)
 
     async def _sse(self, http: httpx.AsyncClient, deliver: Deliver,
-                   after: Callable[[], int]) -> None:
+                   after: Callable[[], int], epoch_of: EpochOf) -> None:
         headers = dict(self.headers, Accept="text/event-stream")
         version = after()
         if version > 0:
             headers["Last-Event-ID"] = str(version)
+        epoch = epoch_of()
+        params = {"epoch": epoch} if epoch else None
         timeout = httpx.Timeout(10.0, read=self.read_timeout)
-        async with http.stream("GET", self.stream_url, headers=headers, timeout=timeout) as r:
+        self.connections += 1
+        async with http.stream("GET", self.stream_url, params=params, headers=headers,
+                               timeout=timeout) as r:
             if r.status_code in (401, 403):
                 raise AuthError(f"responder refused the token ({r.status_code})")
             ctype = r.headers.get("content-type", "")
             if r.status_code in (404, 405, 406, 501) or (
                     r.status_code == 200 and not ctype.startswith("text/event-stream")):
-                raise NoSse(f"HTTP {r.status_code} {ctype}".strip())
+                raise NoSse(shown(f"HTTP {r.status_code} {ctype}".strip(), 80))
             if r.status_code != 200:
                 raise httpx.HTTPStatusError(f"HTTP {r.status_code}", request=r.request,
                                             response=r)
+            _check_encoding(r)
             self.on_connected(True)
-            self.backoff.reset()
             parser = SseParser()
-            async for line in r.aiter_lines():
-                ev = parser.feed(line)
-                if ev is None or ev.event != "assignment":
-                    continue
-                a = self._parse(ev.data)
-                if a is not None:
-                    deliver(a)
+            lines = LineSplitter(MAX_LINE)
+            first = True
+            async for chunk in r.aiter_raw():
+                for raw in lines.feed(chunk):
+                    text = raw.decode("utf-8", "replace")
+                    if first:
+                        text, first = text.removeprefix("\ufeff"), False
+                    ev = parser.feed(text)
+                    if ev is None or ev.event != "assignment":
+                        continue
+                    a = self._parse(ev.data)
+                    if a is not None:
+                        deliver(a)
 
     async def _longpoll(self, http: httpx.AsyncClient, deliver: Deliver,
-                        after: Callable[[], int]) -> None:
-        before = after()
-        params = {"after": str(before), "wait": f"{self.longpoll_wait:g}"}
+                        after: Callable[[], int], epoch_of: EpochOf) -> None:
+        loop = asyncio.get_running_loop()
+        before = (after(), epoch_of())
+        params = {"after": str(before[0]), "wait": f"{self.longpoll_wait:g}"}
+        if before[1]:
+            params["epoch"] = before[1]
         timeout = httpx.Timeout(10.0, read=self.longpoll_wait + 15)
-        r = await http.get(self.poll_url, params=params, headers=self.headers, timeout=timeout)
-        if r.status_code in (401, 403):
-            raise AuthError(f"responder refused the token ({r.status_code})")
-        if r.status_code in (204, 304):
-            self.on_connected(True)
-            return
-        if r.status_code != 200:
-            raise httpx.HTTPStatusError(f"HTTP {r.status_code}", request=r.request, response=r)
-        self.on_connected(True)
-        self.backoff.reset()
-        a = self._parse(r.text)
-        if a is not None:
-            deliver(a)
-            if a.version <= before:
-                # An answer that is not newer came back at once: do not spin on it.
-                await asyncio.sleep(min(1.0, self.longpoll_wait))
+        started = loop.time()
+        self.connections += 1
+        async with http.stream("GET", self.poll_url, params=params, headers=self.headers,
+                               timeout=timeout) as r:
+            if r.status_code in (401, 403):
+                raise AuthError(f"responder refused the token ({r.status_code})")
+            if r.status_code in (204, 304):
+                self.on_connected(True)
+                body = None
+            elif r.status_code != 200:
+                raise httpx.HTTPStatusError(f"HTTP {r.status_code}", request=r.request,
+                                            response=r)
+            else:
+                self.on_connected(True)
+                body = await read_body(r)
+        if body is not None:
+            a = self._parse(body)
+            if a is not None:
+                deliver(a)
+        if (after(), epoch_of()) != before:
+            self.backoff.reset()
+        elif loop.time() - started < min(self.longpoll_wait / 2, 5.0):
+            # Nothing new, and at once rather than after waiting: do not spin on it; a peer that
+            # keeps doing it is asked less and less often.
+            await asyncio.sleep(self.backoff.next())
+        else:
+            self.backoff.reset()  # an honest wait that ran out: ask again at once

@@ -17,11 +17,12 @@ from wg_failover.fleet import Client, Fleet
 from wg_failover.wire import Assignment, RejectedEvent
 
 from . import cache, wgctl
+from .bounds import WireInputError
 from .decisions import DOWN, Action, Decider, Note, Report, Settings, Switch
 from .metrics import SwitcherMetrics
 from .probe import IcmpProber
 from .reporter import Reporter
-from .sources import AssignmentSource, AuthError, HttpAssignmentSource
+from .sources import AssignmentSource, AuthError, HttpAssignmentSource, describe
 
 log = logging.getLogger("wg_failover.switcher")
 
@@ -61,6 +62,7 @@ class Switcher:
         cached = cache.load(self.cache_file, self.client.name)
         active = wg.find_active(self.fleet, self.client, dump.peers)
         version = cached.version if cached else 0
+        epoch = cached.epoch if cached else None
         if active is not None:
             note = ""
             if cached and cached.active and cached.active != active:
@@ -86,17 +88,18 @@ class Switcher:
         self.decider = Decider(
             self.prefs, Settings(k=self.opts.k, hold_down=self.opts.hold_down), active=active,
             version=version, pending=cached.pending if cached and version else None,
+            epoch=epoch,
         )
         if cached:
-            log.info("resume: last responder version %d from %s", cached.version,
-                     self.cache_file)
+            log.info("resume: last responder version %d%s from %s", cached.version,
+                     f" (store epoch {epoch})" if epoch else "", self.cache_file)
         self.save()
         return self.decider
 
     def save(self) -> None:
         assert self.decider is not None
         state = cache.CachedState(self.client.name, self.decider.active, self.decider.version,
-                                  self.decider.pending)
+                                  self.decider.pending, self.decider.epoch)
         try:
             cache.save(self.cache_file, state)
         except OSError as exc:
@@ -117,7 +120,7 @@ class Switcher:
                 if act.event["type"] == "rejected" and self.metrics:
                     self.metrics.rejected.inc()
             elif isinstance(act, Note):
-                log.info("%s", act.message)
+                log.log(act.level, "%s", act.message)
         if changed:
             self.save()
         if self.metrics:
@@ -148,10 +151,10 @@ class Switcher:
 
     def deliver(self, a: Assignment) -> None:
         assert self.decider is not None
-        before = self.decider.version
+        before = (self.decider.version, self.decider.epoch)
         actions = self.decider.on_assignment(a, asyncio.get_running_loop().time())
         self.handle(actions)
-        if self.decider.version != before:
+        if (self.decider.version, self.decider.epoch) != before:
             self.save()
 
     def _on_reply(self, worker: str, rtt: float, now: float) -> None:
@@ -253,8 +256,9 @@ class Switcher:
                  asyncio.create_task(self._report_probes(), name="probe-reports"),
                  asyncio.create_task(self._watch_interface(), name="interface-watch")]
         if self.source is not None:
-            tasks.append(asyncio.create_task(self.source.run(self.deliver, lambda: decider.version),
-                                             name="assignments"))
+            tasks.append(asyncio.create_task(
+                self.source.run(self.deliver, lambda: decider.version, lambda: decider.epoch),
+                name="assignments"))
         log.info("switcher %s on %s: probing %s every %g ms, K=%d, hold-down %g s",
                  self.client.name, self.opts.interface, ", ".join(self.prefs),
                  self.opts.interval * 1000, self.opts.k, self.opts.hold_down)
@@ -288,11 +292,15 @@ class Switcher:
             import httpx
 
             try:
-                async with httpx.AsyncClient() as http:
+                async with self.source.http_client() as http:
                     assignment = await self.source.fetch_current(http)
-            except (httpx.HTTPError, OSError, AuthError) as exc:
+            except AuthError as exc:
+                log.warning("once: %s; using the cache", exc)
+            except WireInputError as exc:
+                log.warning("once: responder answered %s; using the cache", exc)
+            except (httpx.HTTPError, OSError) as exc:
                 log.warning("once: responder unreachable (%s); using the cache",
-                            type(exc).__name__ if not str(exc) else exc)
+                            describe(exc, self.source.ca_file))
         reporter_task = asyncio.create_task(self.reporter.run())
         prober = self.make_prober()
         # Probe first, so the assignment is judged on what the tunnels say.
