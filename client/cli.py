@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import ssl
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from wg_failover import wg
 from wg_failover.cli import CliError, fleet_argument
 from wg_failover.fleet import load_fleet, parse_host_port
+from wg_failover.tls import TlsError, client_context, is_loopback
 
+from .bounds import MAX_BODY, MAX_EVENT, MAX_LINE
 from .cache import DEFAULT_STATE_DIR, cache_path
 from .metrics import SwitcherMetrics
 from .probe import ProbeError
@@ -19,7 +23,9 @@ from .reporter import Reporter
 from .sources import HttpAssignmentSource
 from .switcher import Options, Switcher
 
-DESCRIPTION = """\
+_KIB = {"line": MAX_LINE // 1024, "event": MAX_EVENT // 1024, "body": MAX_BODY // 1024}
+
+DESCRIPTION = f"""\
 Run beside a client's WireGuard interface (brought up from `wg-failover config client`). Every
 worker is a warm peer with its own tunnel /32; the routes sit on the active worker's peer only.
 
@@ -30,6 +36,19 @@ restart, no new handshake), then tells the responder. It also follows the respon
 (SSE, long-poll fallback) and applies each new version, unless its probes see that worker dead.
 The last state is cached in --state-dir, so a restart resumes without the responder and without
 touching a healthy active peer. Needs root or CAP_NET_ADMIN (wg) and CAP_NET_RAW (ICMP).
+
+Versions only grow within one responder store; the store's epoch (sent with every assignment and
+cached) tells a replaced store (its versions start again at 1) from an old message: the switcher
+follows the new store and logs a WARNING saying so.
+
+The responder is reached over HTTPS (pin its CA with --ca-file; --tls-cert/--tls-key for mutual
+TLS). A plain http:// responder is refused unless it is on this machine (loopback) or
+--insecure-http is given: the token would cross the network in clear text.
+
+What the responder sends is read with bounds: an SSE line {_KIB['line']} KiB (a longer one
+drops the connection), an SSE event {_KIB['event']} KiB, a response body or an MQTT payload
+{_KIB['body']} KiB; JSON nested too deep for the parser is refused like any malformed message.
+Refused input is logged in one line (at most one per 10 s for each kind), never with a traceback.
 """
 
 
@@ -50,7 +69,7 @@ def _ms(text: str) -> float:
     return _positive(float)(text) / 1000.0
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "switcher", help="on a client: probe the tunnels, follow the assignment, switch peers",
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,6 +81,17 @@ def register(subparsers) -> None:
                    help="responder base URL (default: responder.url from the fleet file)")
     p.add_argument("--token-file", metavar="FILE",
                    help="file holding this client's API token (sent as a bearer token)")
+    p.add_argument("--ca-file", metavar="FILE",
+                   help="CA certificate(s) the https:// responder's certificate must chain to "
+                   "(pins the responder's CA; default: the system's CAs)")
+    p.add_argument("--tls-cert", metavar="FILE",
+                   help="client certificate to present to the responder (mutual TLS; with "
+                   "--tls-key)")
+    p.add_argument("--tls-key", metavar="FILE", help="the key of --tls-cert")
+    p.add_argument("--insecure-http", action="store_true",
+                   help="allow a plain http:// responder that is not on this machine (the token "
+                   "and assignments then cross the network in clear text: a lab, or a network "
+                   "that protects them otherwise)")
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
                    help=f"where the last applied state is cached (default {DEFAULT_STATE_DIR})")
     p.add_argument("--interval", type=_ms, default=0.1, metavar="MS",
@@ -109,6 +139,43 @@ def read_token(path: str | None) -> str | None:
     return token
 
 
+def check_responder_url(url: str, *, insecure_http: bool, tls_files: bool) -> None:
+    """Refuse a responder URL the switcher must not talk to: not http(s), no host, or plain HTTP
+    across a network (the bearer token would travel in clear text) unless --insecure-http."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        raise CliError(f"--responder {url!r}: not a URL") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise CliError(f"--responder {url!r}: expected an http:// or https:// URL")
+    if parts.scheme == "https":
+        return
+    shown = f"http://{parts.netloc.rpartition('@')[2]}"  # never echo a password in the URL
+    if tls_files:
+        raise CliError(f"--responder {shown}: --ca-file, --tls-cert and --tls-key are for an "
+                       "https:// responder; this one is plain http://")
+    if not insecure_http and not is_loopback(host):
+        raise CliError(
+            f"--responder {shown}: refusing plain HTTP to {host}, which is not this machine: the "
+            "client's token would cross the network in clear text (and its assignments could be "
+            "forged on the way); use https:// (--ca-file pins the responder's CA), or say "
+            "--insecure-http")
+
+
+def tls_context(args: argparse.Namespace) -> ssl.SSLContext:
+    """The context every request to the responder verifies with; CliError naming the file."""
+    try:
+        return client_context(args.ca_file, args.tls_cert, args.tls_key)
+    except TlsError as exc:
+        files = [f"{flag} {path}" for flag, path in (("--ca-file", args.ca_file),
+                 ("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)) if path]
+        text = str(exc)
+        if files and not any(f.split(" ", 1)[1] in text for f in files):
+            text += f" ({', '.join(files)})"  # the core's message did not say which file
+        raise CliError(text) from None
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
@@ -123,8 +190,9 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"client {client.name} has no workers")
     token = read_token(args.token_file)
     url = args.responder or fleet.responder.url
-    if not url.startswith(("http://", "https://")):
-        raise CliError(f"--responder {url!r}: expected an http:// or https:// URL")
+    check_responder_url(url, insecure_http=args.insecure_http,
+                        tls_files=bool(args.ca_file or args.tls_cert or args.tls_key))
+    verify = tls_context(args)
     if args.metrics_listen:
         try:
             parse_host_port(args.metrics_listen)
@@ -157,9 +225,10 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise CliError(str(exc)) from None
     else:
-        source = HttpAssignmentSource(url, client.name, token, on_connected=on_connected)
+        source = HttpAssignmentSource(url, client.name, token, on_connected=on_connected,
+                                      verify=verify, ca_file=args.ca_file)
     switcher = Switcher(fleet, client, opts, cache_path(args.state_dir, client.name),
-                        source=source, reporter=Reporter(url, client.name, token),
+                        source=source, reporter=Reporter(url, client.name, token, verify=verify),
                         metrics=metrics)
     try:
         if args.once:

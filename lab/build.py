@@ -206,9 +206,11 @@ def _build(state: LabState, addrs, n_workers: int, n_clients: int, say: Say) -> 
         state.processes.append(_proc_of(iface.process.pid, "wireguard", c.name))
         sdir = state.dir / "switcher" / c.name
         sdir.mkdir(parents=True, mode=0o700)
+        # --insecure-http: the lab's responder serves plain HTTP on a namespace address until it
+        # serves TLS; then the lab moves to https:// and --ca-file, and this flag goes.
         state.processes.append(spawn(host.netns, wgfo_argv(
             "switcher", "--fleet", str(state.fleet_path), "--client", c.name,
-            "--interface", iface.name, "--responder", state.responder_url,
+            "--interface", iface.name, "--responder", state.responder_url, "--insecure-http",
             "--token-file", str(state.secret_path(f"{c.name}.token")), "--state-dir", str(sdir)),
             logs / f"switcher-{c.name}.log", "switcher", c.name))
         state.save()

@@ -108,10 +108,13 @@ class SwitcherLab:
     # ------------------------------------------------------------------ processes
     def switcher_argv(self, state_dir: Path, responder: str, *extra: str) -> list[str]:
         assert self.client_iface is not None and self.fleet_file and self.token_file
+        # The lab's responder serves plain HTTP on a namespace address until it serves TLS; then
+        # the lab moves to https:// and --ca-file, and this flag goes.
+        insecure = ["--insecure-http"] if responder.startswith("http://") else []
         return [wg_failover_bin(), "switcher", "--fleet", str(self.fleet_file),
                 "--client", self.client.name, "--interface", self.client_iface.name,
                 "--responder", responder, "--token-file", str(self.token_file),
-                "--state-dir", str(state_dir), *extra]
+                "--state-dir", str(state_dir), *insecure, *extra]
 
     def start_switcher(self, state_dir: Path, responder: str, *extra: str,
                        log: Path | None = None) -> SwitcherProc:
