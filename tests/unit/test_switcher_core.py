@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 
 import pytest
 from wg_failover.client import cache
+from wg_failover.client.bounds import (
+    EventTooLarge,
+    LineSplitter,
+    LineTooLong,
+    LogLimiter,
+    WireInputError,
+    loads_json,
+    shown,
+)
 from wg_failover.client.decisions import (
     DOWN,
     UP,
@@ -16,6 +26,7 @@ from wg_failover.client.decisions import (
     Settings,
     Switch,
     WorkerHealth,
+    check_version,
 )
 from wg_failover.client.probe import checksum, echo_request, parse_echo_reply
 from wg_failover.client.sources import SseParser
@@ -165,9 +176,10 @@ def test_health_rtt_loss_and_timeout():
 # --------------------------------------------------------------------------- assignments
 
 
-def a(version: int, worker: str, backups=("w2", "w3"), reason="planned") -> Assignment:
+def a(version: int, worker: str, backups=("w2", "w3"), reason="planned",
+      epoch: str | None = None) -> Assignment:
     return Assignment(client="c1", worker=worker, version=version, backups=tuple(backups),
-                      reason=reason)
+                      reason=reason, epoch=epoch)
 
 
 def test_assignment_applied_once_and_in_order():
@@ -269,6 +281,73 @@ def test_assignment_json_round_trip():
     assert parse_assignment(src, "c1").to_json() == src
 
 
+# --------------------------------------------------------------------------- store epochs
+
+OLD, NEW = "0123abcd", "feedbeef99"
+
+
+def test_within_one_epoch_only_a_higher_version_is_news():
+    assert check_version(OLD, 50, a(51, "w1", epoch=OLD)).accept
+    assert not check_version(OLD, 50, a(50, "w1", epoch=OLD)).accept
+    assert not check_version(OLD, 50, a(1, "w1", epoch=OLD)).accept
+    assert check_version(OLD, 50, a(51, "w1", epoch=OLD)).warning is None
+
+
+def test_an_assignment_without_an_epoch_counts_as_the_known_one():
+    # An older responder sends no epoch: versions compare as they always did.
+    assert not check_version(OLD, 50, a(1, "w1")).accept
+    assert check_version(OLD, 50, a(51, "w1")) == check_version(None, 50, a(51, "w1"))
+    assert check_version(None, 50, a(51, "w1")).accept
+    assert not check_version(None, 50, a(50, "w1")).accept
+
+
+def test_another_epoch_is_a_new_store_taken_whatever_its_version_with_a_warning():
+    check = check_version(OLD, 50, a(1, "w1", epoch=NEW))
+    assert check.accept
+    assert check.warning is not None
+    assert f"epoch {OLD} -> {NEW}" in check.warning and "v1" in check.warning
+    assert "v50" in check.warning
+    # A higher version in another epoch is a new store too, and said so.
+    assert check_version(OLD, 50, a(70, "w1", epoch=NEW)).warning is not None
+
+
+def test_the_first_epoch_heard_is_adopted_and_warned_about_only_when_versions_went_back():
+    assert check_version(None, 0, a(1, "w1", epoch=NEW)) == check_version(None, 0, a(1, "w1"))
+    assert check_version(None, 7, a(8, "w1", epoch=NEW)).warning is None
+    # A cache from before epochs says v7; the responder's store, now with an epoch, is at v3:
+    # its store was replaced, and following it beats ignoring the responder until v8.
+    back = check_version(None, 7, a(3, "w1", epoch=NEW))
+    assert back.accept and back.warning is not None and NEW in back.warning
+
+
+def test_decider_follows_a_replaced_store_and_warns_once():
+    decider = Decider(W, active="w1")
+    up_all(decider, 0.0)
+    decider.on_assignment(a(50, "w1", epoch=OLD), 1.0)
+    assert (decider.version, decider.epoch) == (50, OLD)
+    assert decider.on_assignment(a(49, "w2", epoch=OLD), 1.1) == []
+    acts = decider.on_assignment(a(1, "w2", epoch=NEW), 1.2)
+    warnings = [n for n in acts if isinstance(n, Note) and n.level == logging.WARNING]
+    assert len(warnings) == 1 and f"{OLD} -> {NEW}" in warnings[0].message
+    [sw] = switches(acts)
+    assert sw.to == "w2" and sw.version == 1
+    assert reports(acts, "applied") == [{"type": "applied", "version": 1, "worker": "w2"}]
+    assert (decider.version, decider.epoch) == (1, NEW)
+    # The new store's versions now count; an epoch-less message belongs to it.
+    acts = decider.on_assignment(a(2, "w3", epoch=NEW), 1.3)
+    assert switches(acts)[0].to == "w3"
+    assert not any(isinstance(n, Note) and n.level == logging.WARNING for n in acts)
+    assert decider.on_assignment(a(2, "w1"), 1.4) == []
+    assert decider.epoch == NEW
+
+
+def test_an_assignment_without_an_epoch_keeps_the_known_epoch():
+    decider = Decider(W, active="w1", version=5, epoch=OLD)
+    up_all(decider, 0.0)
+    decider.on_assignment(a(6, "w2"), 1.0)
+    assert (decider.version, decider.epoch) == (6, OLD)
+
+
 # --------------------------------------------------------------------------- wire formats
 
 
@@ -280,6 +359,89 @@ def test_sse_parser():
     assert [(e.event, e.id, e.data) for e in events] == [
         ("assignment", "7", '{"worker":\n"w2"}'), ("message", None, "plain")]
     assert p.last_id == "7"
+
+
+def test_sse_event_size_is_bounded():
+    p = SseParser(max_event=100)
+    for _ in range(9):
+        p.feed("data: " + "x" * 10)
+    with pytest.raises(EventTooLarge):
+        p.feed("data: " + "x" * 10)
+    # The parser starts afresh after a refused event.
+    assert p.feed("data: ok") is None and p.feed("").data == "ok"
+
+
+def test_line_splitter_takes_lf_cr_and_crlf_even_across_chunks():
+    s = LineSplitter(max_line=16)
+    assert s.feed(b"a\nb\r\nc\rd") == [b"a", b"b", b"c"]
+    assert s.feed(b"e\r") == [b"de"]
+    assert s.feed(b"\nf\n\n") == [b"f", b""]  # the LF finishing a CRLF is no empty line
+
+
+def test_line_splitter_refuses_a_long_line_without_holding_it():
+    s = LineSplitter(max_line=16)
+    assert s.feed(b"x" * 16) == []
+    with pytest.raises(LineTooLong):
+        s.feed(b"y")
+    with pytest.raises(LineTooLong):
+        LineSplitter(max_line=16).feed(b"z" * 17 + b"\n")
+    s = LineSplitter(max_line=16)
+    for _ in range(1000):  # short lines, as many as come, are fine
+        assert s.feed(b"0123456789\n") == [b"0123456789"]
+
+
+def test_json_too_deep_or_not_json_is_refused_in_one_short_line():
+    with pytest.raises(WireInputError, match="nested too deep"):
+        loads_json("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(WireInputError, match="nested too deep"):
+        loads_json('{"a":' * 100_000 + "1" + "}" * 100_000)
+    with pytest.raises(WireInputError, match="not UTF-8"):
+        loads_json(b"\xff\xfe{")
+    with pytest.raises(WireInputError, match="not JSON") as err:
+        loads_json("\x1b[31m" + "y" * 10_000)
+    assert len(str(err.value)) < 200 and "\x1b" not in str(err.value)
+    assert loads_json(b'{"worker": "w1"}') == {"worker": "w1"}
+
+
+def test_mqtt_payloads_are_bounded_like_http_bodies(caplog):
+    from wg_failover.client.bounds import MAX_BODY
+    from wg_failover.client.mqtt_source import MqttAssignmentSource
+
+    caplog.set_level(logging.INFO, logger="wg_failover.switcher")
+    src = MqttAssignmentSource("mqtt://127.0.0.1:1", "c1")
+    assert src.parse(b"[" * 100_000) is None
+    big = b'{"worker": "w1", "version": 1, "pad": "' + b"x" * MAX_BODY + b'"}'
+    assert src.parse(big) is None
+    assert src.parse(b"\x1b[31m\n") is None
+    ok = src.parse(json.dumps({"worker": "w1", "version": 1, "epoch": OLD}).encode())
+    assert ok is not None and ok.epoch == OLD
+    # Three refused payloads, one log line (rate-limited), no traceback.
+    assert [r.getMessage()[:40] for r in caplog.records] == [
+        "mqtt: ignoring an unusable assignment on"]
+    assert "nested too deep" in caplog.records[0].getMessage()
+    assert caplog.records[0].exc_info is None
+
+
+def test_wire_text_is_shown_escaped_and_cut():
+    assert shown("plain text") == "plain text"
+    assert shown("w1\nERROR forged") == repr("w1\nERROR forged")
+    assert "\x1b" not in shown("\x1b[31mred") and "\n" not in shown("a\nb")
+    assert len(shown("x" * 100_000, 50)) < 60
+
+
+def test_log_limiter_lets_one_line_per_kind_through_and_counts_the_rest(caplog):
+    now = [0.0]
+    limiter = LogLimiter(logging.getLogger("test.limiter"), every=10, clock=lambda: now[0])
+    caplog.set_level(logging.INFO, logger="test.limiter")
+    assert limiter.warning("bad", "bad input %d", 1)
+    for i in range(50):
+        now[0] += 0.1
+        assert not limiter.warning("bad", "bad input %d", i)
+    assert limiter.warning("other", "another kind")  # kinds are limited separately
+    now[0] = 10.5
+    assert limiter.warning("bad", "bad input %d", 99)
+    assert [r.getMessage() for r in caplog.records] == [
+        "bad input 1", "another kind", "bad input 99 (50 more like it in the last 10 s)"]
 
 
 def test_echo_request_round_trip():
@@ -316,6 +478,36 @@ def test_cache_round_trip_and_atomic_write(tmp_path):
     assert cache.load(path, "c1") is None
     path.write_text(json.dumps({"client": "c1", "active": 3, "version": "x"}))
     assert cache.load(path, "c1") == cache.CachedState("c1", None, 0, None)
+
+
+def test_cache_keeps_the_store_epoch(tmp_path):
+    path = cache.cache_path(tmp_path, "c1")
+    st = cache.CachedState("c1", "w2", 50, a(51, "w3", epoch=OLD), epoch=OLD)
+    cache.save(path, st)
+    assert json.loads(path.read_text())["epoch"] == OLD
+    assert cache.load(path, "c1") == st
+
+
+def test_cache_written_before_epochs_still_loads(tmp_path):
+    path = cache.cache_path(tmp_path, "c1")
+    path.write_text(json.dumps({"client": "c1", "active": "w2", "version": 7, "pending": {
+        "client": "c1", "worker": "w3", "backups": [], "version": 8, "reason": "drain",
+        "since": None}}))
+    st = cache.load(path, "c1")
+    assert st is not None
+    assert (st.active, st.version, st.epoch) == ("w2", 7, None)
+    assert st.pending is not None and (st.pending.version, st.pending.epoch) == (8, None)
+
+
+def test_cache_with_a_forged_version_or_epoch_starts_afresh(tmp_path):
+    # An older switcher cached whatever version the wire said (finding 3: 10**30); resuming
+    # after it would ignore the responder for good.
+    path = cache.cache_path(tmp_path, "c1")
+    path.write_text(json.dumps({"client": "c1", "active": "w1", "version": 10**30,
+                                "epoch": "\x1b[31m"}))
+    assert cache.load(path, "c1") == cache.CachedState("c1", "w1", 0, None, None)
+    path.write_text("[" * 100_000)
+    assert cache.load(path, "c1") is None
 
 
 # --------------------------------------------------------------------------- reconcile
@@ -363,7 +555,8 @@ def test_bad_arguments_are_clean_errors(tmp_path, capsys):
 
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text(VALID)
-    base = ["switcher", "--fleet", str(fleet), "--interface", "wgfo-none0"]
+    base = ["switcher", "--fleet", str(fleet), "--interface", "wgfo-none0",
+            "--responder", "http://127.0.0.1:9"]
     assert main([*base, "--client", "nobody"]) == 2
     assert "no client named 'nobody'" in capsys.readouterr().err
     assert main([*base, "--client", "bob-phone", "--token-file", str(tmp_path / "nope")]) == 2
@@ -373,6 +566,41 @@ def test_bad_arguments_are_clean_errors(tmp_path, capsys):
     assert main([*base, "--client", "bob-phone", "--token-file", str(token)]) == 2
     err = capsys.readouterr().err
     assert "interface wgfo-none0" in err and "s3cret" not in err
+
+
+@pytest.mark.parametrize("url, ok", [
+    ("http://127.0.0.1:8080", True),
+    ("http://[::1]:8080", True),
+    ("https://198.18.0.1:8443", True),
+    ("http://198.18.0.1:8080", False),
+    ("http://10.0.0.1", False),
+    ("http://0.0.0.0:8080", False),
+])
+def test_plain_http_only_to_this_machine(url, ok):
+    from wg_failover.client.cli import check_responder_url
+
+    from wg_failover.cli import CliError
+
+    if ok:
+        check_responder_url(url, insecure_http=False, tls_files=False)
+    else:
+        with pytest.raises(CliError, match="clear text.*--insecure-http"):
+            check_responder_url(url, insecure_http=False, tls_files=False)
+        check_responder_url(url, insecure_http=True, tls_files=False)
+
+
+def test_responder_url_checks():
+    from wg_failover.client.cli import check_responder_url
+
+    from wg_failover.cli import CliError
+
+    with pytest.raises(CliError, match="are for an https:// responder"):
+        check_responder_url("http://127.0.0.1:8080", insecure_http=False, tls_files=True)
+    with pytest.raises(CliError, match="http:// or https://"):
+        check_responder_url("ftp://127.0.0.1", insecure_http=True, tls_files=False)
+    with pytest.raises(CliError) as err:
+        check_responder_url("http://user:pw@198.18.0.1", insecure_http=False, tls_files=False)
+    assert "pw" not in str(err.value)
 
 
 # --------------------------------------------------------------------------- reporter queue
