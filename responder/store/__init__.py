@@ -2,13 +2,38 @@
 
 from __future__ import annotations
 
-from .base import AssignmentRow, DeliveryLog, Event, Loaded, Store, StoreError, Tx, WorkerRow
+from .base import (
+    PERSISTENT,
+    AssignmentRow,
+    DeliveryLog,
+    Event,
+    Loaded,
+    Store,
+    StoreCorrupt,
+    StoreError,
+    Tx,
+    WorkerRow,
+)
 from .sqlite import SQLiteStore
 
-__all__ = ["AssignmentRow", "DeliveryLog", "Event", "Loaded", "SQLiteStore", "Store",
-           "StoreError", "Tx", "WorkerRow", "open_store"]
+__all__ = ["PERSISTENT", "AssignmentRow", "DeliveryLog", "Event", "Loaded", "SQLiteStore",
+           "Store", "StoreCorrupt", "StoreError", "Tx", "WorkerRow", "check_store",
+           "open_store"]
 
 
 def open_store(location: str) -> Store:
-    """The backend for `--db`: a file path is SQLite (created if missing)."""
+    """The backend for `--db`: a file path is SQLite (created if missing). Raises StoreError
+    (StoreCorrupt for a damaged database)."""
     return SQLiteStore(location)
+
+
+def check_store(location: str) -> None:
+    """Open the store as the responder will, check its structure and read every row, then close
+    it: at start, so that a damaged database is one clear error (StoreCorrupt) before the server
+    starts, and a new database is created (and announced) here."""
+    store = open_store(location)
+    try:
+        store.verify()
+        store.load()
+    finally:
+        store.close()

@@ -1,8 +1,16 @@
 """What the responder keeps durably, and the interface a storage backend implements.
 
 The responder holds the whole state in memory and serves reads from there; a backend only has to
-load it at start, commit each change (`Tx`) atomically, answer de-duplication lookups and page
-through the event log. `responder/store/sqlite.py` is the embedded backend.
+load it at start, commit each change (`Tx`) atomically, answer de-duplication lookups, page
+through the event log and prune it. `responder/store/sqlite.py` is the embedded backend.
+
+Every store has an epoch, made with its database and kept in it: assignment versions only grow
+within one epoch, so a follower that sends the epoch it knows learns when the database it followed
+is gone (lost, replaced, restored from an old backup) and takes the current assignment at once.
+
+A backend says why it failed in words an operator and a follower can use: `StoreError.reason`
+("disk full", "database locked", ...) goes into the 503 answer and /readyz; `StoreCorrupt` is a
+damaged database, which no retry mends.
 """
 
 from __future__ import annotations
@@ -11,9 +19,33 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+# Why a store cannot answer, as StoreError.reason (short, fixed texts: answers and logs use them).
+UNAVAILABLE = "unavailable"
+DISK_FULL = "disk full"
+LOCKED = "database locked"
+DAMAGED = "database damaged"
+READ_ONLY = "read-only"
+IO_ERROR = "I/O error"
+# Reasons that last until an operator acts (free space, restore a backup): /readyz reports them.
+# A locked database is contention that passes by itself, not a readiness problem.
+PERSISTENT = frozenset({DISK_FULL, DAMAGED, READ_ONLY, IO_ERROR})
+
 
 class StoreError(Exception):
-    """The store could not commit; the caller answers 503 so the sender retries."""
+    """The store could not answer or commit; the caller answers 503 so the sender retries.
+    `reason` says why in a few words (one of the constants above)."""
+
+    def __init__(self, message: str, reason: str = UNAVAILABLE):
+        super().__init__(message)
+        self.reason = reason
+
+
+class StoreCorrupt(StoreError):
+    """The database is damaged (not a database, a bad page, a row no commit could have
+    written). The message names the file and what to do; retrying does not help."""
+
+    def __init__(self, message: str):
+        super().__init__(message, DAMAGED)
 
 
 @dataclass
@@ -83,9 +115,25 @@ class DeliveryLog(Protocol):
 
 class Store(Protocol):
     """A storage backend. Called from worker threads, one writer at a time (the responder's
-    write lock), so an implementation may block."""
+    write lock), so an implementation may block. Every method raises StoreError (never the
+    driver's own exceptions) when it cannot answer."""
 
-    def load(self) -> Loaded: ...
+    # The database's epoch: 16 lowercase hex digits, made with the database and kept in it.
+    epoch: str
+    # This open made a new database (so a new epoch): the backend has logged a warning.
+    created: bool
+    # Why the store serves reads only (e.g. it opened on a full disk), None when it can write.
+    degraded: str | None
+
+    def load(self) -> Loaded:
+        """The whole state. Raises StoreCorrupt for rows no commit could have written."""
+
+    def verify(self) -> None:
+        """Check the database's structure (at start); raises StoreCorrupt when it is damaged."""
+
+    def writable(self) -> None:
+        """Make sure a commit can go through now (a tiny write; leave read-only mode when the
+        cause is gone). Raises StoreError with the reason when not."""
 
     def seen(self, keys: list[str]) -> set[str]:
         """The de-duplication keys among `keys` that an earlier commit stored."""
@@ -97,6 +145,11 @@ class Store(Protocol):
         it must still be atomic and survive the process being killed."""
 
     def prune_dedup(self, now: float | None = None) -> None: ...
+
+    def prune_events(self, before: float, keep_rows: int, limit: int) -> int:
+        """Delete at most `limit` of the oldest events that are older than `before` (unix time)
+        or not among the newest `keep_rows`, in one short transaction; the number deleted.
+        Only the event log is pruned: assignments are state, and followers resume from them."""
 
     def events(self, after: int = 0, limit: int = 100, client: str | None = None,
                newest: bool = False) -> list[dict[str, Any]]:
