@@ -9,7 +9,6 @@ once the commit succeeded, so a failed commit (503) leaves memory and metrics as
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol
@@ -53,6 +52,8 @@ class Committed(Protocol):
     def probes(self) -> Mapping[str, ProbeRecord]: ...
     @property
     def unplaceable(self) -> Sequence[str]: ...
+    @property
+    def clock(self) -> Callable[[], float]: ...  # unix time
 
 
 @dataclass
@@ -89,7 +90,7 @@ class Draft:
         self.tx = Tx()
         self.after = AfterCommit()
         self.worker_changed: set[str] = set()
-        self.now = time.time()
+        self.now = committed.clock()
         self.assign_reason: dict[str, str] = {}  # client -> reason for a forced new version
 
     # ----------------------------------------------------------------- reads

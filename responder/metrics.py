@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from wg_failover.wire import ProbeResult
@@ -72,6 +72,19 @@ class Metrics:
                                 registry=r)
         self.client_events = Counter("wgfo_client_events_total",
                                      "Client event reports by type", ["type"], registry=r)
+        # The limits and the store's health (hardening findings 5 and 6).
+        self.streams_replaced = Counter(
+            "wgfo_client_streams_replaced_total",
+            "Streams and long-polls closed because the same client opened a newer one past "
+            "--max-streams-per-client", registry=r)
+        self.reports_limited = Counter(
+            "wgfo_client_reports_limited_total",
+            "Client reports answered 429 (the client's report rate limit)", registry=r)
+        self.events_pruned = Counter("wgfo_events_pruned_total",
+                                     "Event log rows removed by retention", registry=r)
+        self.store_writable = Gauge("wgfo_store_writable",
+                                    "1 when the state store takes commits, 0 while it cannot "
+                                    "(disk full, damaged, read-only)", registry=r)
         for outcome in ("applied", "duplicate", "unauthorized", "invalid", "error"):
             self.deliveries.labels(outcome=outcome)
         for why in ("missing-labels", "malformed-worker", "unknown-worker"):
@@ -98,6 +111,38 @@ class Metrics:
     def watch(self, snapshot: Callable[[], Snapshot]) -> None:
         """Produce the state gauges from `snapshot()` at every scrape."""
         self.collector_registry.register(_StateCollector(snapshot))
+
+    def watch_connections(self, stats: Callable[[], ConnectionStats]) -> None:
+        """The HTTP server's connection figures (server.py), read at every scrape."""
+        self.collector_registry.register(_ConnectionCollector(stats))
+
+
+@dataclass(frozen=True)
+class ConnectionStats:
+    open: int  # HTTP connections open now
+    limit: int  # --max-connections
+    closed: Mapping[str, int]  # connections we closed, by why: cap, idle, timeout, write-stall
+
+
+class _ConnectionCollector(Collector):
+    def __init__(self, stats: Callable[[], ConnectionStats]):
+        self.stats = stats
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        s = self.stats()
+        open_ = GaugeMetricFamily("wgfo_http_connections_open", "HTTP connections open")
+        open_.add_metric([], float(s.open))
+        limit = GaugeMetricFamily("wgfo_http_connections_limit",
+                                  "Most HTTP connections held at once (--max-connections)")
+        limit.add_metric([], float(s.limit))
+        closed = CounterMetricFamily(
+            "wgfo_http_connections_closed",
+            "HTTP connections the responder closed: cap (503, all busy), idle (an idle one made "
+            "room at the cap), timeout (a request not complete in time), write-stall",
+            labels=["why"])
+        for why, n in sorted(s.closed.items()):
+            closed.add_metric([why], float(n))
+        yield from (open_, limit, closed)
 
 
 class _StateCollector(Collector):

@@ -5,6 +5,11 @@ served state), re-plan when a planner input changed, commit the draft to the sto
 transaction, and only then apply it to memory and metrics, start or cancel timers and tell the
 notifiers. If the commit fails (StoreError), memory and metrics are untouched and the caller
 answers 503. Reads are served from memory.
+
+Every assignment the responder sends carries the store's epoch (`assignment_json`). When the store
+cannot write (a full disk, a damaged page), the state keeps serving what it holds: `readiness()`
+says why it is not ready, `upkeep.py` checks every few seconds whether it can write again, and
+a start-up change that could not be committed is done before the next change.
 """
 
 from __future__ import annotations
@@ -20,13 +25,16 @@ from wg_failover.fleet import Fleet
 
 from . import planner
 from .draft import Draft, ProbeRecord, replan, worker_views
+from .limits import LogLimiter, store_errors
 from .metrics import Metrics, Snapshot
 from .notify import Notifiers, build_notifiers, load_plugins
-from .store import AssignmentRow, Store, StoreError, WorkerRow
+from .store import PERSISTENT, AssignmentRow, Store, StoreError, WorkerRow
 from .stream.hub import Hub
+from .upkeep import Upkeep
 from .views import assignment_json, worker_json
 
 log = logging.getLogger("wg_failover.responder")
+limited = LogLimiter(log)
 
 PREEMPT_INTERVAL = 1.0  # seconds between preempt batches
 SLOW_CHANGE = 0.2  # seconds; a change slower than this is logged with its phases
@@ -35,10 +43,12 @@ T = TypeVar("T")
 
 
 class ResponderState:
-    def __init__(self, fleet: Fleet, store: Store):
+    def __init__(self, fleet: Fleet, store: Store, clock: Callable[[], float] = time.time):
         self.fleet = fleet
         self.settings = fleet.responder
         self.store = store
+        self.epoch = store.epoch
+        self.clock = clock  # unix time for drafts and pruning (bench/retention.py fakes it)
         self.client_by_name = {c.name: c for c in fleet.clients}
         self.worker_by_name = {w.name: w for w in fleet.workers}
         self.prefs = {c.name: tuple(c.workers) if c.workers is not None
@@ -46,7 +56,8 @@ class ResponderState:
         self.metrics = Metrics()
         self.metrics.known_labels(list(self.worker_by_name), list(self.client_by_name))
         self.metrics.watch(self.metrics_snapshot)
-        self.hub = Hub(self.metrics.notification_latency)
+        self.metrics.store_writable.set_function(lambda: 0.0 if self.store_problem else 1.0)
+        self.hub = Hub(self.metrics.notification_latency, self.metrics.streams_replaced)
         load_plugins()
         self.notifiers = Notifiers([self.hub, *build_notifiers(fleet, self.settings)])
         self.lock = asyncio.Lock()
@@ -59,24 +70,55 @@ class ResponderState:
         self.probes: dict[str, ProbeRecord] = {}
         self.unplaceable: list[str] = []
         self.ready = False
+        # Why the store cannot write now (a PERSISTENT reason), None when it can.
+        self.store_problem: str | None = store.degraded
+        self.start_pending = False  # the start-up change still waits for its commit
+        self.started_at = clock()
+        self.upkeep = Upkeep(self)
         self._holddown_timers: dict[str, asyncio.TimerHandle] = {}
         self._preempt_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # ----------------------------------------------------------------- reads
 
+    def worker_row(self, name: str) -> WorkerRow:
+        # A fleet worker has a row once the start-up change is committed; until then (a store
+        # that cannot write at start) it reads as up since the start.
+        row = self.workers.get(name)
+        return row if row is not None else WorkerRow(name, planner.UP, self.started_at)
+
     def views(self) -> dict[str, planner.WorkerView]:
-        return worker_views(self.fleet, self.workers.__getitem__, self.alerts)
+        return worker_views(self.fleet, self.worker_row, self.alerts)
+
+    def readiness(self) -> tuple[bool, str | None]:
+        """Ready, or why not: still starting, or the store cannot write (and why)."""
+        if not self.ready:
+            return False, "starting"
+        if self.store_problem is not None:
+            return False, f"state store: {self.store_problem}"
+        return True, None
 
     def loads(self) -> dict[str, int]:
         return planner.loads({c: a.worker for c, a in self.assignments.items()})
 
     def assignment_json(self, row: AssignmentRow) -> dict[str, Any]:
-        return assignment_json(row)
+        """The assignment as every channel sends it, with the store's epoch."""
+        out = assignment_json(row)
+        out["epoch"] = self.epoch
+        return out
+
+    def current_assignment(self, client: str) -> dict[str, Any]:
+        """Fleet client `client`'s assignment JSON. StoreError (503) while it has none, which
+        happens only when the store could not commit the start-up plan."""
+        row = self.assignments.get(client)
+        if row is None:
+            raise StoreError(f"no assignment for {client} yet",
+                             self.store_problem or "no assignment yet")
+        return self.assignment_json(row)
 
     def worker_json(self, name: str, loads: dict[str, int] | None = None) -> dict[str, Any]:
         load = self.loads() if loads is None else loads
-        return worker_json(self.worker_by_name[name], self.views()[name], self.workers[name],
+        return worker_json(self.worker_by_name[name], self.views()[name], self.worker_row(name),
                            load.get(name, 0))
 
     def all_workers(self) -> list[dict[str, Any]]:
@@ -84,7 +126,7 @@ class ResponderState:
         return [self.worker_json(w.name, load) for w in self.fleet.workers]
 
     def all_assignments(self) -> list[dict[str, Any]]:
-        return [assignment_json(self.assignments[c.name]) for c in self.fleet.clients
+        return [self.assignment_json(self.assignments[c.name]) for c in self.fleet.clients
                 if c.name in self.assignments]
 
     def remember_probe(self, client: str, record: ProbeRecord) -> None:
@@ -107,6 +149,8 @@ class ResponderState:
         `always_plan`: re-plan although no planner input changed (only time passed).
         Raises StoreError when the commit fails (memory is then unchanged)."""
         async with self.lock:
+            if self.start_pending:
+                await self._record_start()  # the start-up plan first: later changes build on it
             d = Draft(self)
             result = build(d)
             if d.tx.empty() and not always_plan:
@@ -123,7 +167,12 @@ class ResponderState:
                                 t0: float) -> None:
         t1 = time.perf_counter()
         if not d.tx.empty():
-            await asyncio.to_thread(self.store.commit, d.tx, durable)
+            try:
+                await asyncio.to_thread(self.store.commit, d.tx, durable)
+            except StoreError as exc:
+                self.store_failed(exc)
+                raise
+            self.store_problem = None
         t2 = time.perf_counter()
         self._apply_committed(d, plan)
         t3 = time.perf_counter()
@@ -167,11 +216,18 @@ class ResponderState:
             for name in sorted(d.worker_changed):
                 self.notifiers.worker_changed(self.worker_json(name, load))
         for a in tx.assignments.values():
-            self.notifiers.assignment_changed(assignment_json(a))
+            self.notifiers.assignment_changed(self.assignment_json(a))
         for name in d.worker_changed:
             self._schedule_holddown(name)
         if plan is not None and any(mv.reason == planner.R_PREEMPT for mv in plan.moves.values()):
             self._schedule_preempt()
+
+    def store_failed(self, exc: StoreError) -> None:
+        """Note a failed commit: a lasting reason makes the responder unready until upkeep.py
+        finds the store writable again (a locked database is contention, and passes)."""
+        if exc.reason in PERSISTENT:
+            self.store_problem = exc.reason
+        store_errors.error(f"store:{exc.reason}", "%s", exc)
 
     # ----------------------------------------------------------------- timers
 
@@ -186,8 +242,8 @@ class ResponderState:
         old = self._holddown_timers.pop(name, None)
         if old:
             old.cancel()
-        row = self.workers[name]
-        if row.state != planner.RECOVERING:
+        row = self.workers.get(name)
+        if row is None or row.state != planner.RECOVERING:
             return
         if delay is None:
             delay = max(0.0, row.since + self.settings.hold_down_seconds - time.time())
@@ -204,7 +260,7 @@ class ResponderState:
         try:
             await self.change(build)
         except StoreError as exc:
-            log.error("hold-down of %s: %s; retrying in 1 s", name, exc)
+            limited.error("holddown", "hold-down of %s: %s; retrying in 1 s", name, exc)
             self._schedule_holddown(name, delay=1.0)
 
     def _schedule_preempt(self) -> None:
@@ -217,7 +273,7 @@ class ResponderState:
         try:
             await self.change(lambda d: None, always_plan=True)
         except StoreError as exc:
-            log.error("preempt batch: %s; retrying", exc)
+            limited.error("preempt", "preempt batch: %s; retrying", exc)
             self._schedule_preempt()
 
     # ----------------------------------------------------------------- start / stop
@@ -243,22 +299,19 @@ class ResponderState:
                 # A restart: what was unplaceable before still is, so the start-up plan below
                 # logs no new "unplaceable" event. The draft is only read, never committed.
                 self.unplaceable = replan(Draft(self)).unplaceable
-            d = Draft(self)
-            for w in self.fleet.workers:
-                if w.name not in self.workers:
-                    d.set_worker(WorkerRow(w.name, planner.UP, d.now))
-                    d.event("worker-added", worker=w.name)
-                row = d.worker(w.name)
-                if row.state == planner.RECOVERING and \
-                        d.now - row.since >= self.settings.hold_down_seconds:
-                    d.set_worker_state(w.name, planner.UP, cause="hold-down")
-            t0 = time.perf_counter()
-            plan = replan(d)
-            d.event("start", workers=len(self.fleet.workers), clients=len(self.fleet.clients))
-            await self._commit_and_apply(d, plan, True, t0)
+            self.start_pending = True
+            try:
+                await self._record_start()
+            except StoreError as exc:
+                # Serve what the store holds; the next change (or upkeep) commits this first.
+                log.error("cannot commit the start-up plan (%s): serving the state the store "
+                          "holds; changes answer 503 until it can be written", exc.reason)
             for w in self.fleet.workers:
                 self._schedule_holddown(w.name)
-        await asyncio.to_thread(self.store.prune_dedup)
+        try:
+            await asyncio.to_thread(self.store.prune_dedup)
+        except StoreError as exc:
+            log.warning("cannot prune de-duplication keys now: %s", exc.reason)
         # The fleet and state are long-lived: keep them out of the collector's full passes.
         gc.collect()
         gc.freeze()
@@ -267,9 +320,29 @@ class ResponderState:
         # took the 10,000-client webhook answer from 420-570 ms to 210-375 ms.
         gc.set_threshold(50_000, 20, 100)
         self.ready = True
+        self.upkeep.start()
+
+    async def _record_start(self) -> None:
+        """Under the write lock: the start-up change (fleet workers not seen before, hold-downs
+        that ended while the responder was away, a plan, the `start` event)."""
+        d = Draft(self)
+        for w in self.fleet.workers:
+            if w.name not in self.workers:
+                d.set_worker(WorkerRow(w.name, planner.UP, d.now))
+                d.event("worker-added", worker=w.name)
+            row = d.worker(w.name)
+            if row.state == planner.RECOVERING and \
+                    d.now - row.since >= self.settings.hold_down_seconds:
+                d.set_worker_state(w.name, planner.UP, cause="hold-down")
+        t0 = time.perf_counter()
+        plan = replan(d)
+        d.event("start", workers=len(self.fleet.workers), clients=len(self.fleet.clients))
+        await self._commit_and_apply(d, plan, True, t0)
+        self.start_pending = False
 
     async def stop(self) -> None:
         self.ready = False
+        await self.upkeep.stop()
         for t in self._holddown_timers.values():
             t.cancel()
         if self._preempt_timer:

@@ -264,6 +264,11 @@ class ResponderSettings(_Strict):
     hold_down_seconds: float = Field(default=60, ge=0, le=86400, allow_inf_nan=False)
     preempt: bool = False
     preempt_batch_size: int = Field(default=10, ge=1, le=MAX_CAPACITY)
+    # Event log retention: the responder prunes older rows, and rows past the newest
+    # events_max_rows, in small batches (assignments are state and are never pruned). At least
+    # an hour and 1,000 rows, so a typo cannot empty the log an operator is reading.
+    events_max_age_seconds: int = Field(default=7 * 86400, ge=3600, le=3650 * 86400)
+    events_max_rows: int = Field(default=1_000_000, ge=1000, le=1_000_000_000)
     mqtt: MqttSettings | None = None
     webhooks: list[WebhookTarget] = Field(default_factory=list)
 

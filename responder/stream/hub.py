@@ -3,6 +3,10 @@
 It is the first notifier (see `responder/notify/`): the state calls `assignment_changed` after
 each commit, on the event loop, and the hub only appends to each subscriber's deque and resolves
 its future. The stream front (`front.py`) does the writing.
+
+A client holds at most `--max-streams-per-client` subscribers (SSE streams and long-polls
+together): a newer one closes the oldest, so one token cannot hold thousands of streams (the
+adversarial pass held 6,000), and a switcher that lost track of an old stream is not refused.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import time
 from collections import deque
 from typing import Any
 
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 
 
 class Subscriber:
@@ -22,13 +26,14 @@ class Subscriber:
     assignments and one future to wake the waiting coroutine; no task, no queue per subscriber.
     """
 
-    __slots__ = ("client", "pending", "waiter", "closed")
+    __slots__ = ("client", "pending", "waiter", "closed", "replaced")
 
     def __init__(self, client: str):
         self.client = client
         self.pending: deque[tuple[dict[str, Any], float]] = deque()
         self.waiter: asyncio.Future[None] | None = None
         self.closed = False
+        self.replaced = False  # closed because the client opened a newer one past its limit
 
     def push(self, assignment: dict[str, Any], t0: float) -> None:
         self.pending.append((assignment, t0))
@@ -62,9 +67,11 @@ class Hub:
 
     name = "sse"  # its entry under `delivery` in GET /v1/clients/{name}
 
-    def __init__(self, latency: Histogram | None = None):
-        self.subs: dict[str, set[Subscriber]] = {}
+    def __init__(self, latency: Histogram | None = None, replaced: Counter | None = None):
+        # client -> its subscribers, oldest first (a dict as an ordered set)
+        self.subs: dict[str, dict[Subscriber, None]] = {}
         self.latency = latency
+        self.replaced = replaced
         self.streams_open = 0
 
     async def start(self, host: Any) -> None:
@@ -75,15 +82,24 @@ class Hub:
             for s in list(subs):
                 s.close()
 
-    def subscribe(self, client: str) -> Subscriber:
+    def subscribe(self, client: str, limit: int | None = None) -> Subscriber:
+        """A new subscriber of `client`; past `limit`, the client's oldest ones are closed."""
+        subs = self.subs.setdefault(client, {})
+        while limit is not None and len(subs) >= limit:
+            oldest = next(iter(subs))
+            del subs[oldest]
+            oldest.replaced = True
+            oldest.close()
+            if self.replaced is not None:
+                self.replaced.inc()
         s = Subscriber(client)
-        self.subs.setdefault(client, set()).add(s)
+        subs[s] = None
         return s
 
     def unsubscribe(self, s: Subscriber) -> None:
         subs = self.subs.get(s.client)
         if subs is not None:
-            subs.discard(s)
+            subs.pop(s, None)
             if not subs:
                 del self.subs[s.client]
 
