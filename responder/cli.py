@@ -6,11 +6,12 @@ import argparse
 import contextlib
 import logging
 import resource
-import sqlite3
 
 from wg_failover.cli import CliError, fleet_argument
 from wg_failover.fleet import load_fleet, parse_host_port
 from wg_failover.tls import TlsError, check_listen, is_loopback, server_tls
+
+from . import limits as L
 
 DEFAULT_DB = "/var/lib/wg-failover/responder.db"
 DEFAULT_LISTEN = "0.0.0.0:8080"
@@ -45,33 +46,60 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                      help="mutual TLS: every client must present a certificate from this CA")
     tls.add_argument("--insecure-http", action="store_true",
                      help="serve plain HTTP on a non-loopback address anyway")
+    lim = p.add_argument_group(
+        "limits", "what one peer can hold; they apply without a proxy in front (docs/responder.md)")
+    lim.add_argument("--max-connections", type=int, metavar="N",
+                     help="HTTP connections held at once; at the cap an idle one makes room, and "
+                     "when all are busy a new one gets 503 + Retry-After (default: the open-file "
+                     "limit, raised to its hard limit, less a reserve: 10%%, at least 100)")
+    lim.add_argument("--max-streams-per-client", type=int, metavar="N",
+                     default=L.DEFAULT_STREAMS_PER_CLIENT,
+                     help="SSE streams and long-polls one client holds at once; a newer one "
+                     "closes the oldest (default %(default)d)")
+    lim.add_argument("--request-timeout", type=float, metavar="SECONDS",
+                     default=L.DEFAULT_REQUEST_TIMEOUT,
+                     help="close a connection whose request (line, headers, body) is not "
+                     "complete this long after it began, or that sends nothing "
+                     "(default %(default)g)")
+    lim.add_argument("--report-rate", type=float, metavar="PER_SECOND", default=L.REPORT_RATE,
+                     help="client reports per second per client, answered 429 past it "
+                     "(default %(default)g)")
+    lim.add_argument("--report-burst", type=int, metavar="N", default=L.REPORT_BURST,
+                     help="client reports one client may send at once (default %(default)d)")
     p.set_defaults(func=run)
 
 
-def _raise_nofile() -> None:
+def _raise_nofile() -> int:
+    """Raise the soft open-file limit to the hard one; the soft limit now in force."""
     # Each open SSE stream is a file descriptor; the usual soft limit of 1024 is far too low.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = hard if hard != resource.RLIM_INFINITY else 1 << 20
     if soft < want:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def _server_class():
-    import uvicorn
+def _limits(args: argparse.Namespace, nofile: int) -> tuple[L.Limits, int]:
+    """The limits from the options, and the connection cap (below the open-file limit, so
+    accept() never runs out of file descriptors)."""
+    from .server import file_limit_reserve
 
-    class Server(uvicorn.Server):
-        async def shutdown(self, sockets=None) -> None:
-            # End the SSE streams first: uvicorn would otherwise wait for them (they never end
-            # on their own) until its graceful-shutdown timeout. Switchers reconnect elsewhere.
-            app = getattr(self.config, "app", None)
-            state = getattr(getattr(app, "state", None), "responder", None)
-            if state is not None:
-                state.ready = False
-                await state.hub.stop()
-            await super().shutdown(sockets)
-
-    return Server
+    most = nofile - file_limit_reserve(nofile)
+    cap = most if args.max_connections is None else args.max_connections
+    if not 1 <= cap <= most:
+        raise CliError(f"--max-connections {cap}: must be 1 to {most} (the open-file limit is "
+                       f"{nofile}, less {nofile - most} for the store, logs and outbound "
+                       "connections; raise LimitNOFILE for more)")
+    if args.max_streams_per_client < 1:
+        raise CliError("--max-streams-per-client must be at least 1")
+    if not 0 < args.request_timeout <= 3600:
+        raise CliError("--request-timeout must be more than 0 and at most 3600 seconds")
+    if not 0 < args.report_rate <= 1e6 or not 1 <= args.report_burst <= 1_000_000:
+        raise CliError("--report-rate must be more than 0, --report-burst at least 1")
+    return L.Limits(max_streams_per_client=args.max_streams_per_client,
+                    request_timeout=args.request_timeout, report_rate=args.report_rate,
+                    report_burst=args.report_burst), cap
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
-    from .store import open_store
+    from .server import ConnectionLimiter, Server, protocol_class
+    from .store import StoreError, check_store
 
     fleet = load_fleet(args.fleet)
     listen = args.listen
@@ -96,23 +125,27 @@ def run(args: argparse.Namespace) -> int:
     prometheus_client.disable_created_metrics()
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _raise_nofile()
+    limits, max_connections = _limits(args, _raise_nofile())
     if tls is None and args.insecure_http and not is_loopback(hp.host):
         logging.getLogger("wg_failover.responder").warning(
             "--insecure-http: serving plain HTTP on %s; bearer tokens cross the network in "
             "clear text", listen)
-    # Open the store once here so a bad --db is one clear line, not a startup traceback.
+    # Open, check and read the store once here (a new one is created and announced here), so
+    # that a damaged or unusable --db is one clear error with exit 2, not a startup traceback.
     try:
-        open_store(args.db).close()
-    except (OSError, sqlite3.Error) as exc:
+        check_store(args.db)
+    except StoreError as exc:  # StoreCorrupt's message says what to do
         raise CliError(f"cannot open --db {args.db}: {exc}") from None
     app = create_app(fleet, args.db)
+    app.state.limits = limits  # read by the stream front (stream/front.py)
+    limiter = ConnectionLimiter(max_connections, limits.request_timeout, limits.write_timeout)
     config = uvicorn.Config(
         app, host=hp.host, port=hp.port, log_level=args.log_level, access_log=False,
         lifespan="on", backlog=4096, timeout_graceful_shutdown=2,
-        timeout_keep_alive=75, **(tls.uvicorn_kwargs() if tls is not None else {}),
+        timeout_keep_alive=75, http=protocol_class(limiter),
+        **(tls.uvicorn_kwargs() if tls is not None else {}),
     )
-    server = _server_class()(config)
+    server = Server(config, limiter)
     server.run()
     # uvicorn exits quietly when startup fails (port taken, unreadable db): say so.
     if not server.started:
