@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.types import Receive
 
+from .limits import store_errors
 from .store import StoreError
 
 log = logging.getLogger("wg_failover.responder")
@@ -41,9 +42,9 @@ def error_response(exc: ApiError | StoreError) -> JSONResponse:
     """The answer for an API error, or 503 when the store could not commit (nothing changed;
     Alertmanager and the followers retry a 5xx, and Retry-After says when)."""
     if isinstance(exc, StoreError):
-        log.error("%s", exc)
-        return JSONResponse({"detail": "state store unavailable; retry"}, status_code=503,
-                            headers={"Retry-After": "1"})
+        store_errors.error(f"store:{exc.reason}", "%s", exc)  # one line per reason per 10 s
+        return JSONResponse({"detail": f"state store unavailable ({exc.reason}); retry"},
+                            status_code=503, headers={"Retry-After": "1"})
     return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
 
 

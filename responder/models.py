@@ -75,10 +75,14 @@ class TargetGroup(BaseModel):
 
 class Health(BaseModel):
     ok: bool
+    epoch: str | None = Field(default=None, description="the state store's epoch")
 
 
 class Readiness(BaseModel):
     ready: bool
+    epoch: str | None = Field(default=None, description="the state store's epoch")
+    reason: str | None = Field(default=None, description="why not ready, e.g. `state store: "
+                               "disk full`")
 
 
 class Accepted(BaseModel):

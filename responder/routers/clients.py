@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends
 from wg_failover.wire import ClientStatus, EventRecord, ProbeReport
 
 from ..deps import State, require_client
-from ..views import assignment_json, event_json, iso
+from ..views import event_json, iso
 
 router = APIRouter(tags=["clients"])
 
@@ -24,7 +24,7 @@ async def client_status(state: State, name: Annotated[str, Depends(require_clien
     events = await asyncio.to_thread(state.store.events, 0, RECENT_EVENTS, name, True)
     probe = state.probes.get(name)
     return ClientStatus(
-        assignment=assignment_json(state.assignments[name]),
+        assignment=state.current_assignment(name),  # with the store's epoch
         unusable=sorted(state.unusable.get(name, set())),
         probes=None if probe is None else ProbeReport(time=iso(probe.time),
                                                        workers=dict(probe.workers)),

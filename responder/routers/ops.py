@@ -19,17 +19,20 @@ router = APIRouter(tags=["ops"])
 
 
 @router.get("/healthz")
-async def healthz() -> Health:
-    return Health(ok=True)
+async def healthz(request: Request) -> Health:
+    state = getattr(request.app.state, "responder", None)
+    return Health(ok=True, epoch=state.epoch if state is not None else None)
 
 
 @router.get("/readyz", responses={503: {"model": Readiness, "description": "not ready"}})
 async def readyz(request: Request, response: Response) -> Readiness:
-    """200 once the state is loaded and planned."""
+    """200 once the state is loaded and planned and the store takes commits; 503 with the
+    reason otherwise (e.g. the disk is full: reads still work)."""
     state = getattr(request.app.state, "responder", None)
-    ready = state is not None and state.ready
+    ready, reason = state.readiness() if state is not None else (False, "starting")
     response.status_code = 200 if ready else 503
-    return Readiness(ready=ready)
+    return Readiness(ready=ready, epoch=state.epoch if state is not None else None,
+                     reason=reason)
 
 
 @router.get("/metrics")
