@@ -43,10 +43,12 @@ from prometheus_client import Counter, Gauge
 
 from wg_failover.backoff import backoff_delay
 
+from ..limits import LogLimiter
 from ..store import DeliveryLog, StoreError
 from . import NotifierHost, register_factory
 
 log = logging.getLogger("wg_failover.responder.webhooks")
+limited = LogLimiter(log)
 
 SIGNATURE_HEADER = "X-WGFO-Signature"
 DELIVERY_HEADER = "X-WGFO-Delivery"
@@ -205,7 +207,14 @@ class WebhookNotifier:
         pending.set_function(lambda: float(sum(len(s.pending) for s in self.targets.values())))
         self.latency = m.notification_latency.labels(channel="webhook")
         self.delivery_log = await asyncio.to_thread(host.store.open_delivery_log)
-        done = await asyncio.to_thread(self.delivery_log.load)
+        try:
+            done = await asyncio.to_thread(self.delivery_log.load)
+        except StoreError as exc:
+            # The store cannot be read or written now (a full disk at start): deliver every
+            # current version again (at least once; receivers ignore a version they applied).
+            log.warning("webhooks: cannot read the delivery log (%s); sending every client's "
+                        "current assignment again", exc.reason)
+            done = {}
         for (tid, client), v in done.items():
             s = self.targets.get(tid)
             if s is not None:
@@ -261,7 +270,8 @@ class WebhookNotifier:
                         await asyncio.to_thread(self.delivery_log.record, s.target.id, client,
                                                 assignment["version"])
                     except StoreError as exc:  # delivered anyway; at worst sent again later
-                        log.warning("webhooks: cannot record a delivery: %s", exc)
+                        limited.warning(f"record:{exc.reason}",
+                                        "webhooks: cannot record a delivery: %s", exc)
                 continue
             s.failures += 1
             s.failures_total += 1
