@@ -180,7 +180,6 @@ class HttpAssignmentSource:
         self.ca_file = ca_file  # only to name it when the responder's certificate fails
         self.limiter = limiter or LogLimiter(log)
         self.mode = "sse"
-        self.connections = 0  # requests made (streams opened, polls sent): a figure for tests
 
     @property
     def stream_url(self) -> str:
@@ -268,7 +267,6 @@ class HttpAssignmentSource:
         epoch = epoch_of()
         params = {"epoch": epoch} if epoch else None
         timeout = httpx.Timeout(10.0, read=self.read_timeout)
-        self.connections += 1
         async with http.stream("GET", self.stream_url, params=params, headers=headers,
                                timeout=timeout) as r:
             if r.status_code in (401, 403):
@@ -306,7 +304,6 @@ class HttpAssignmentSource:
             params["epoch"] = before[1]
         timeout = httpx.Timeout(10.0, read=self.longpoll_wait + 15)
         started = loop.time()
-        self.connections += 1
         async with http.stream("GET", self.poll_url, params=params, headers=self.headers,
                                timeout=timeout) as r:
             if r.status_code in (401, 403):
