@@ -22,6 +22,7 @@ from starlette.middleware import Middleware
 
 from wg_failover.fleet import Fleet
 
+from . import apidoc
 from .http import ApiError, error_response, validation_detail
 from .models import AMPayload
 from .routers import ROUTERS
@@ -31,6 +32,10 @@ from .stream import openapi as stream_openapi
 from .stream.front import StreamFront
 
 log = logging.getLogger("wg_failover.responder")
+
+TOKENS = ("alert (POST /v1/alerts), admin (everything but the webhook), read (GET /v1/workers, "
+          "/v1/targets), each client's own (its endpoints only). /metrics, /healthz and "
+          "/readyz need none.")
 
 
 def create_app(fleet: Fleet, db: str) -> FastAPI:
@@ -56,8 +61,7 @@ def create_app(fleet: Fleet, db: str) -> FastAPI:
         middleware=[Middleware(StreamFront)],
         version="1",
         description="Alertmanager webhook in, worker state and client assignments out. "
-                    "Bearer tokens: alert (POST /v1/alerts), admin (drain/undrain, events, any "
-                    "client), each client's own (its endpoints only).",
+                    "Bearer tokens: " + TOKENS,
         lifespan=lifespan,
     )
     for router in ROUTERS:
@@ -82,7 +86,8 @@ def create_app(fleet: Fleet, db: str) -> FastAPI:
 
     def openapi() -> dict[str, Any]:
         # Bodies read by hand (responder/http.py) and the stream front's routes are not
-        # FastAPI's to describe: add their schemas and paths.
+        # FastAPI's to describe: add their schemas and paths; then the error answers' schemas
+        # and the bearer scheme (apidoc.py).
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version,
                                  description=app.description, routes=app.routes)
@@ -90,9 +95,12 @@ def create_app(fleet: Fleet, db: str) -> FastAPI:
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             adapters = {"AMPayload": TypeAdapter(AMPayload), **stream_openapi.SCHEMAS}
             for name, adapter in adapters.items():
-                js = adapter.json_schema(ref_template="#/components/schemas/{model}")
+                js = adapter.json_schema(ref_template="#/components/schemas/{model}",
+                                         schema_generator=apidoc.DocSchema)
                 components.update(js.pop("$defs", {}))
                 components[name] = js
+            stream_openapi.require_tags(components)
+            apidoc.finish(schema, TOKENS)
             app.openapi_schema = schema
         return app.openapi_schema
 

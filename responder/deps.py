@@ -2,8 +2,9 @@
 running before FastAPI, calls directly).
 
 Tokens: `Authorization: Bearer TOKEN`, compared as sha256 in constant time with the fleet's
-hashes. The alert token posts webhooks; the admin token drains and reads everything; a client's
-own token reads and reports for that client only.
+hashes. The alert token posts webhooks; the admin token drains and reads everything; the read
+token reads the inventory (workers, Prometheus targets) only; a client's own token reads and
+reports for that client only. Only /metrics, /healthz and /readyz answer without a token.
 """
 
 from __future__ import annotations
@@ -42,6 +43,15 @@ def check_client(state: ResponderState, token: str | None, name: str) -> None:
 def require_admin(request: Request, state: State) -> None:
     token = bearer_token(request.headers.get("authorization"))
     if not token_matches(token, state.settings.admin_token_sha256):
+        raise unauthorized()
+
+
+def require_reader(request: Request, state: State) -> None:
+    """The inventory (worker names, states, exporter addresses) is for Prometheus and the
+    operators: the read token or the admin token."""
+    token = bearer_token(request.headers.get("authorization"))
+    if not (token_matches(token, state.settings.read_token_sha256)
+            or token_matches(token, state.settings.admin_token_sha256)):
         raise unauthorized()
 
 

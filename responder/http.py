@@ -45,7 +45,11 @@ def error_response(exc: ApiError | StoreError) -> JSONResponse:
         store_errors.error(f"store:{exc.reason}", "%s", exc)  # one line per reason per 10 s
         return JSONResponse({"detail": f"state store unavailable ({exc.reason}); retry"},
                             status_code=503, headers={"Retry-After": "1"})
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+    detail = exc.detail
+    if exc.status == 422 and isinstance(detail, list):
+        # Every 422 item has the documented shape (models.FieldError), whoever raised it.
+        detail = [{"type": "value_error", **d} if isinstance(d, dict) else d for d in detail]
+    return JSONResponse({"detail": detail}, status_code=exc.status, headers=exc.headers)
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -92,15 +96,27 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _finite_float(text: str) -> float:
+def _finite_float(text: str) -> float | int:
     value = float(text)
     if math.isinf(value):
         raise ValueError(f"number {text[:20]} is out of range")
-    return value
+    # JSON has one number type: 3.0 is the integer 3, as JSON Schema's "integer" (the schemas
+    # in /docs) says; a float field takes an int all the same.
+    return int(value) if value.is_integer() else value
 
 
 def validation_detail(exc: ValidationError | RequestValidationError) -> list[dict[str, Any]]:
-    """A validation error as `detail: [{"loc", "msg"}]` (no input echoed back)."""
+    """A validation error as `detail: [{"loc", "msg", "type"}]` (models.ValidationErrors; no
+    input echoed back)."""
     errs = exc.errors(include_url=False, include_context=False, include_input=False) \
         if isinstance(exc, ValidationError) else exc.errors()
-    return [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in errs]
+    return [{"loc": [p if isinstance(p, int) else _echo(str(p)) for p in e.get("loc", ())],
+             "msg": _echo(str(e.get("msg", ""))), "type": str(e.get("type", "value_error"))}
+            for e in errs]
+
+
+def _echo(text: str, limit: int = 100) -> str:
+    """Text from the request that an error answer names (a dict key in `loc`): bounded, and
+    with lone surrogates replaced, which UTF-8 cannot encode (the answer would be a 500)."""
+    text = text[:limit]
+    return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")

@@ -32,4 +32,17 @@ def worker_json(w: Worker, view: WorkerView, row: WorkerRow, assigned: int) -> d
 
 def event_json(e: dict[str, Any]) -> dict[str, Any]:
     return {"id": e["id"], "time": iso(e["ts"]), "ts": e["ts"], "kind": e["kind"],
-            "worker": e["worker"], "client": e["client"], "data": e["data"]}
+            "worker": e["worker"], "client": e["client"], "data": _encodable(e["data"])}
+
+
+def _encodable(value: Any) -> Any:
+    """`value` with every lone surrogate replaced. Intake now refuses them, but an older version
+    stored some in event data (as JSON escapes), and one such row made every page holding it
+    answer 500: UTF-8 cannot encode it."""
+    if isinstance(value, str):
+        return value if value.isascii() else value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_encodable(k): _encodable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_encodable(v) for v in value]
+    return value

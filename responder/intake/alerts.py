@@ -5,6 +5,11 @@
 A worker is down while at least one `action="failover"` alert for it fires, and drained while an
 `action="drain"` alert fires (or the admin drained it). `action="notify"` alerts, and alerts for
 unknown workers or without labels, are only recorded.
+
+Every text of an alert is checked as what it is before the store sees it: the `worker` label
+must be a fleet name (a malformed one is recorded as missing, never stored as sent), the action
+one of ACTIONS, and the alert name, summary and group key are cut to bounded printable text.
+The store then holds nothing that a later read cannot serve (hardening finding 2).
 """
 
 from __future__ import annotations
@@ -13,7 +18,13 @@ import contextlib
 import hashlib
 import json
 import logging
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime
+
+from wg_failover.fleet import NAME_RE
+from wg_failover.wire import MAX_TEXT
 
 from .. import planner
 from ..draft import Draft
@@ -23,6 +34,42 @@ from ..state import ResponderState
 log = logging.getLogger("wg_failover.responder")
 
 ACTIONS = ("failover", "drain", "notify")
+# Why an alert changed nothing: the event's `why`, and the `why` label of
+# wgfo_alerts_ignored_total.
+IGNORED = {"no worker/action label": "missing-labels",
+           "malformed worker label": "malformed-worker",
+           "unknown worker": "unknown-worker"}
+
+
+@dataclass
+class Delivery:
+    """What one webhook delivery did."""
+
+    applied: int = 0  # alerts not seen before, recorded
+    duplicates: int = 0  # alerts applied by an earlier delivery, skipped
+    ignored: Counter[str] = field(default_factory=Counter)  # IGNORED value -> alerts
+
+
+def bounded_text(value: object, limit: int = MAX_TEXT) -> str | None:
+    """Free text from Alertmanager (an annotation, a label value, the group key) as the event log
+    keeps it: at most `limit` characters, control characters as spaces (a multi-line summary
+    stays readable) and lone surrogates, which UTF-8 cannot encode, as U+FFFD."""
+    if value is None:
+        return None
+    text = str(value)[:limit]
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(" " if (cat := unicodedata.category(c)) == "Cc" else
+                   "\ufffd" if cat == "Cs" else c for c in text)
+
+
+def worker_label(value: str | None) -> tuple[str | None, bool]:
+    """The `worker` label as a fleet name, and whether it was sent but is not one."""
+    if not value:
+        return None, False
+    if NAME_RE.fullmatch(value):
+        return value, False
+    return None, True
 
 
 def alert_fingerprint(a: AMAlert) -> str:
@@ -39,11 +86,11 @@ def dedup_key(a: AMAlert) -> str:
     return f"{alert_fingerprint(a)}|{a.status}|{a.startsAt}"
 
 
-async def take_delivery(state: ResponderState, payload: AMPayload) -> tuple[int, int]:
-    """Apply one webhook delivery in one transaction: (alerts applied, duplicates skipped).
-    Raises StoreError when it cannot commit (then nothing was applied)."""
+async def take_delivery(state: ResponderState, payload: AMPayload) -> Delivery:
+    """Apply one webhook delivery in one transaction. Raises StoreError when it cannot commit
+    (then nothing was applied)."""
 
-    def build(d: Draft) -> tuple[int, int]:
+    def build(d: Draft) -> Delivery:
         keys = [dedup_key(a) for a in payload.alerts]
         seen = state.store.seen(keys)
         fresh, batch = [], set()
@@ -52,43 +99,55 @@ async def take_delivery(state: ResponderState, payload: AMPayload) -> tuple[int,
                 continue
             batch.add(k)
             fresh.append(a)
-        apply_alerts(d, payload, fresh)
-        return len(fresh), len(payload.alerts) - len(fresh)
+        ignored = apply_alerts(d, payload, fresh)
+        return Delivery(len(fresh), len(payload.alerts) - len(fresh), ignored)
 
     return await state.change(build)
 
 
-def apply_alerts(d: Draft, payload: AMPayload, fresh: list[AMAlert]) -> None:
-    """Record `fresh` (alerts not applied before) and move worker states and drain flags."""
+def apply_alerts(d: Draft, payload: AMPayload, fresh: list[AMAlert]) -> Counter[str]:
+    """Record `fresh` (alerts not applied before) and move worker states and drain flags.
+    Returns how many alerts changed nothing, by IGNORED reason."""
+    ignored: Counter[str] = Counter()
     if payload.truncatedAlerts:
         # Alertmanager's max_alerts cut some alerts out of this delivery: they never reach
         # us, so say so where an operator will look.
+        group = bounded_text(payload.groupKey)
         log.warning("webhook from group %s: %d alerts truncated (raise max_alerts)",
-                    payload.groupKey, payload.truncatedAlerts)
-        d.event("alerts-truncated", count=payload.truncatedAlerts, group=payload.groupKey)
+                    group, payload.truncatedAlerts)
+        d.event("alerts-truncated", count=payload.truncatedAlerts, group=group)
     for a in fresh:
         fp = alert_fingerprint(a)
         d.tx.dedup.add(dedup_key(a))
         action = a.labels.get("action")
-        name = a.labels.get("worker")
-        info = {"status": a.status, "action": action, "alertname": a.labels.get("alertname"),
+        name, malformed = worker_label(a.labels.get("worker"))
+        info = {"status": a.status,
+                "action": action if action in ACTIONS else bounded_text(action),
+                "alertname": bounded_text(a.labels.get("alertname")),
                 "fingerprint": fp, "startsAt": a.startsAt,
-                "summary": a.annotations.get("summary")}
+                "summary": bounded_text(a.annotations.get("summary"))}
         if a.status == "firing":
             with contextlib.suppress(ValueError):
                 delay = d.now - datetime.fromisoformat(a.startsAt).timestamp()
                 if delay >= 0:
                     d.after.alert_delays.append(delay)
-        if action not in ACTIONS or not name:
-            d.event("alert-ignored", worker=name, why="no worker/action label", **info)
-            continue
-        if not d.knows_worker(name):
-            d.event("alert-ignored", worker=name, why="unknown worker", **info)
+        if action not in ACTIONS or not (name or malformed):
+            why = "no worker/action label"
+        elif name is None:
+            why = "malformed worker label"
+        elif not d.knows_worker(name):
+            why = "unknown worker"
+        else:
+            why = None
+        if why is not None or name is None:
+            d.event("alert-ignored", worker=name, why=why, **info)
+            ignored[IGNORED[why or "no worker/action label"]] += 1
             continue
         d.event("alert", worker=name, **info)
         if action == "notify":
             continue
         _apply_alert(d, name, action, a.status, fp, info["alertname"])
+    return ignored
 
 
 def _apply_alert(d: Draft, name: str, action: str, status: str, fp: str,

@@ -1,10 +1,15 @@
 """Client reports (`POST /v1/clients/{name}/events`): probes, fast-path switches, applied and
-rejected assignment versions. The fleet votes with its probes on what is really reachable."""
+rejected assignment versions. The fleet votes with its probes on what is really reachable.
+
+A client votes only on the workers it may use (its `workers:` list in the fleet, else all): its
+probes of any other worker are dropped before anything keeps them, so one client cannot vote a
+worker it has no business with down. Each client keeps one latest report, so it is one vote
+(metrics.py counts clients, not reports; hardening finding 4)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from wg_failover.wire import AppliedEvent, ProbeEvent, ProbeResult, RejectedEvent, SwitchEvent
 
@@ -31,7 +36,7 @@ def record_unremarkable_probe(state: ResponderState, name: str, ev: ProbeEvent) 
 
     False (and nothing kept) when the client's up/down view changed or a worker unusable for it
     answers again: then the report goes through `change()` like any other."""
-    results = _fleet_results(state.worker_by_name, ev)
+    results = _allowed_results(state.prefs[name], ev)
     prev = state.probes.get(name)
     if prev is None or _up_view(prev.workers) != _up_view(results):
         return False
@@ -63,8 +68,9 @@ def client_report(d: Draft, name: str, ev: ClientReport) -> None:
                 d.assign_reason[name] = "client-rejected"
 
 
-def _fleet_results(workers: Mapping[str, object], ev: ProbeEvent) -> dict[str, ProbeResult]:
-    return {w: p for w, p in ev.workers.items() if w in workers}
+def _allowed_results(allowed: Iterable[str], ev: ProbeEvent) -> dict[str, ProbeResult]:
+    """The report's results for the workers the client may use (all fleet workers by default)."""
+    return {w: ev.workers[w] for w in allowed if w in ev.workers}
 
 
 def _up_view(results: Mapping[str, ProbeResult]) -> dict[str, bool]:
@@ -72,7 +78,7 @@ def _up_view(results: Mapping[str, ProbeResult]) -> dict[str, bool]:
 
 
 def _probe(d: Draft, name: str, ev: ProbeEvent) -> None:
-    results = _fleet_results(d.committed.worker_by_name, ev)
+    results = _allowed_results(d.committed.prefs[name], ev)
     prev = d.last_probe(name)
     d.after.probes[name] = ProbeRecord(d.now, results)
     up = sorted(w for w, p in results.items() if p.up)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends
 
 from wg_failover.wire import ClientStatus, EventRecord, ProbeReport
 
+from ..apidoc import errors
 from ..deps import State, require_client
 from ..views import event_json, iso
 
@@ -18,7 +19,8 @@ router = APIRouter(tags=["clients"])
 RECENT_EVENTS = 20
 
 
-@router.get("/v1/clients/{name}")
+@router.get("/v1/clients/{name}",
+            responses=errors(401, 404, 503, e404="no such client (admin token only)"))
 async def client_status(state: State, name: Annotated[str, Depends(require_client)]
                         ) -> ClientStatus:
     events = await asyncio.to_thread(state.store.events, 0, RECENT_EVENTS, name, True)

@@ -1,5 +1,6 @@
 """Operations: `/healthz`, `/readyz`, `/metrics`, `GET /v1/targets` (Prometheus http_sd) and
-`GET /v1/events` (the event log, admin token)."""
+`GET /v1/events` (the event log, admin token). /metrics stays open, as an exporter's does: it
+holds counts and states by worker and client name, no addresses and no tokens."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from wg_failover.wire import EventRecord, EventsPage
+from wg_failover.wire import MAX_VERSION, EventRecord, EventsPage
 
-from ..deps import State, require_admin
+from ..apidoc import errors
+from ..deps import State, require_admin, require_reader
 from ..models import Health, Readiness, TargetGroup
 from ..views import event_json
 
@@ -35,13 +37,15 @@ async def readyz(request: Request, response: Response) -> Readiness:
                      reason=reason)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response, responses={200: {
+    "description": "Prometheus text exposition format",
+    "content": {"text/plain": {"schema": {"type": "string"}}}}})
 async def metrics(state: State) -> Response:
     return Response(generate_latest(state.metrics.collector_registry),
                     media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/targets")
+@router.get("/v1/targets", dependencies=[Depends(require_reader)], responses=errors(401))
 async def targets(state: State) -> list[TargetGroup]:
     out = []
     for w in state.fleet.workers:
@@ -52,8 +56,9 @@ async def targets(state: State) -> list[TargetGroup]:
     return out
 
 
-@router.get("/v1/events", dependencies=[Depends(require_admin)])
-async def events(state: State, after: Annotated[int, Query(ge=0)] = 0,
+@router.get("/v1/events", dependencies=[Depends(require_admin)],
+            responses=errors(401, 422, 503))
+async def events(state: State, after: Annotated[int, Query(ge=0, le=MAX_VERSION)] = 0,
                  limit: Annotated[int, Query(ge=1, le=10000)] = 1000) -> EventsPage:
     rows = await asyncio.to_thread(state.store.events, after, limit)
     page = [EventRecord.model_validate(event_json(e)) for e in rows]

@@ -64,7 +64,8 @@ async def serve_longpoll(state: ResponderState, guard: ClientGuard, name: str, s
     """With `after`, answer once version > after or `wait` seconds passed (at most 60); 200
     with the current assignment either way. Without `after`, or with `wait=0`, or with an
     `epoch` that is not the store's, at once."""
-    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    # Blank values kept: `after=` is not a version (422), as FastAPI's routes answer too.
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
     after = _query_number(query, "after", int)
     wait = min(_query_number(query, "wait", float) or 0.0, MAX_WAIT)
     epoch = _query_epoch(query)
@@ -96,16 +97,16 @@ async def serve_stream(state: ResponderState, guard: ClientGuard, name: str, sco
     """Server-Sent Events: `id: VERSION`, `event: assignment`, `data: JSON`; `: keepalive`
     every 15 s. Resumes from the `Last-Event-ID` header (or the `last_event_id` parameter),
     unless `epoch` is given and is not the store's: then the current assignment comes first."""
-    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    raw = headers.get("last-event-id")
-    if raw is None:
-        raw = (query.get("last_event_id") or [None])[0]
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    # The header wins over the parameter, but each one given must be a version (/docs says so).
+    given = [(query.get("last_event_id") or [None])[0], headers.get("last-event-id")]
     last_id = None
-    if raw is not None:
-        try:
-            last_id = int(raw.strip())
-        except ValueError:
-            raise ApiError(400, "Last-Event-ID must be an assignment version") from None
+    for raw in given:
+        if raw is not None:
+            try:
+                last_id = int(raw.strip())
+            except ValueError:
+                raise ApiError(400, "Last-Event-ID must be an assignment version") from None
     epoch = _query_epoch(query)
     if epoch is not None and epoch != state.epoch:
         last_id = None  # a version of a store that is gone: this one's current comes first
@@ -121,7 +122,8 @@ async def serve_report(state: ResponderState, guard: ClientGuard, name: str, sco
     _take(state, guard.reports.take(name), f"more than {limits.report_rate:g} reports a second")
     raw = await read_json_body(receive, headers.get("content-length"))
     try:
-        ev = ClientEvent.validate_python(raw)
+        # strict: JSON types as the schema in /docs says them (`"rtt_ms": false` is no time).
+        ev = ClientEvent.validate_python(raw, strict=True)
     except ValidationError as exc:
         raise ApiError(422, validation_detail(exc)) from None
     if ev.type in REPLANNING:

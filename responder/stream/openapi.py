@@ -8,6 +8,7 @@ from pydantic import TypeAdapter
 
 from wg_failover.wire import Assignment, ClientEvent
 
+from ..apidoc import errors
 from ..models import Accepted
 
 
@@ -21,10 +22,24 @@ def _json(name: str, description: str) -> dict[str, Any]:
 
 _NAME = {"name": "name", "in": "path", "required": True,
          "schema": {"type": "string", "title": "Name"}, "description": "the client's fleet name"}
-_ERRORS = {
-    "401": {"description": "missing or wrong bearer token (the client's own, or admin)"},
-    "404": {"description": "no such client (admin token only)"},
+# Before OpenAPI 3.2, a text/event-stream schema describes one event: its fields as the SSE
+# parser sees them, `data` being the assignment's JSON.
+_SSE_EVENT = {
+    "type": "object", "required": ["id", "event", "data"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$", "description": "the version"},
+        "event": {"const": "assignment"},
+        "data": {"type": "string", "contentMediaType": "application/json",
+                 "contentSchema": _ref("Assignment")},
+    },
 }
+_WHO = {"e401": "missing or wrong bearer token (the client's own, or admin)",
+        "e404": "no such client (admin token only)"}
+_EPOCH = {"name": "epoch", "in": "query", "required": False,
+          "schema": {"type": "string", "pattern": "^[0-9a-f]{8,32}$"},
+          "description": "the store epoch the follower last saw; when it is not the store's, "
+                         "`after` / `Last-Event-ID` are ignored and the current assignment is "
+                         "answered at once"}
 
 PATHS: dict[str, dict[str, Any]] = {
     "/v1/clients/{name}/assignment": {"get": {
@@ -35,14 +50,16 @@ PATHS: dict[str, dict[str, Any]] = {
         "parameters": [
             _NAME,
             {"name": "after", "in": "query", "required": False,
-             "schema": {"anyOf": [{"type": "integer"}, {"type": "null"}]},
-             "description": "answer once version > after"},
+             "schema": {"type": "integer"}, "description": "answer once version > after"},
             {"name": "wait", "in": "query", "required": False,
              "schema": {"type": "number", "minimum": 0, "default": 0},
              "description": "seconds to wait (max 60)"},
+            _EPOCH,
         ],
-        "responses": {"200": _json("Assignment", "the client's assignment"), **_ERRORS,
-                      "422": _json("HTTPValidationError", "Validation Error")},
+        "responses": {"200": _json("Assignment", "the client's assignment"),
+                      **errors(401, 404, 422, 503, **_WHO,
+                               e422="`after` is not an integer, `wait` not a number >= 0 or "
+                                    "`epoch` not 8-32 lowercase hex digits")},
     }},
     "/v1/clients/{name}/assignment/stream": {"get": {
         "tags": ["clients"], "summary": "Assignment stream (SSE)",
@@ -56,10 +73,13 @@ PATHS: dict[str, dict[str, Any]] = {
              "schema": {"type": "integer"}, "description": "the last version received"},
             {"name": "last_event_id", "in": "query", "required": False,
              "schema": {"type": "integer"}, "description": "the same, as a query parameter"},
+            _EPOCH,
         ],
-        "responses": {"200": {"description": "the event stream",
-                              "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                      "400": {"description": "Last-Event-ID is not a version"}, **_ERRORS},
+        "responses": {"200": {"description": "the event stream; one event per new version",
+                              "content": {"text/event-stream": {"schema": _SSE_EVENT}}},
+                      **errors(400, 401, 404, 422, **_WHO,
+                               e400="Last-Event-ID is not an assignment version",
+                               e422="`epoch` is not 8-32 lowercase hex digits")},
     }},
     "/v1/clients/{name}/events": {"post": {
         "tags": ["clients"], "summary": "Client report",
@@ -70,10 +90,9 @@ PATHS: dict[str, dict[str, Any]] = {
         "requestBody": {"required": True,
                         "content": {"application/json": {"schema": _ref("ClientEvent")}}},
         "responses": {"202": _json("Accepted", "recorded"),
-                      "400": {"description": "malformed JSON"},
-                      "413": {"description": "body larger than 1 MiB"}, **_ERRORS,
-                      "422": _json("HTTPValidationError", "Validation Error"),
-                      "503": {"description": "the store cannot commit; retry"}},
+                      **errors(400, 401, 404, 413, 422, 429, 503, **_WHO,
+                               e400="malformed JSON or Content-Length",
+                               e429="past the client's report rate (--report-rate)")},
     }},
 }
 
@@ -82,3 +101,13 @@ SCHEMAS: dict[str, TypeAdapter[Any]] = {
     "ClientEvent": ClientEvent,
     "Accepted": TypeAdapter(Accepted),
 }
+# The report's `type` picks the variant, so it is required although each model has a default
+# (which only serves the switcher, building reports in Python).
+TAGGED = ("ProbeEvent", "SwitchEvent", "AppliedEvent", "RejectedEvent")
+
+
+def require_tags(components: dict[str, Any]) -> None:
+    for name in TAGGED:
+        schema = components.get(name)
+        if schema is not None and "type" not in schema.setdefault("required", []):
+            schema["required"].insert(0, "type")

@@ -39,6 +39,9 @@
     proc.alert(worker, action="failover", status="firing", starts_at=None, fingerprint=None)
                                 POST one Alertmanager-shaped alert; returns the httpx.Response
 
+    unlimited_reports() -> args for ResponderProc.start: lift the responder's per-client report
+        rate (where it has one) for tests that report faster than a switcher does
+
     make_fleet(workers=3, clients=4, *, capacity=None, hold_down_seconds=60, preempt=False,
                prefs=None, responder_url="http://127.0.0.1:8080") -> Generated
         Fast fleet for the responder (random keys: valid base64 of 32 bytes, not wg keypairs;
@@ -57,6 +60,7 @@ responder_factory`) stay importable for tests written when they had to be import
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import os
 import secrets
@@ -81,7 +85,8 @@ from .tools import WG_FAILOVER
 from .wait import free_port, wait_started
 
 __all__ = ["WG_FAILOVER", "ResponderProc", "alert_payload", "free_port", "make_fleet",
-           "responder", "responder_factory", "responder_factory_fixture", "responder_fixture"]
+           "responder", "responder_factory", "responder_factory_fixture", "responder_fixture",
+           "unlimited_reports"]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -124,6 +129,17 @@ def make_fleet(
                            read_token_sha256=sha256_hex(tokens["read"]),
                            hold_down_seconds=hold_down_seconds, preempt=preempt)
     return Generated(Fleet(workers=ws, clients=cs, responder=rs), {}, tokens)
+
+
+@functools.lru_cache(maxsize=1)
+def unlimited_reports() -> tuple[str, ...]:
+    """Arguments that lift the per-client report rate, if this responder has one: tests that
+    send every kind of report in a burst are not testing the rate limit."""
+    out = subprocess.run([WG_FAILOVER, "responder", "--help"], capture_output=True, text=True,
+                         timeout=30).stdout
+    if "--report-rate" not in out:
+        return ()
+    return ("--report-rate", "100000", "--report-burst", "100000")
 
 
 class ResponderProc:

@@ -42,7 +42,7 @@ def assignment(p: ResponderProc, client: str) -> dict:
 
 
 def workers(p: ResponderProc) -> dict[str, dict]:
-    return {w["name"]: w for w in get(p, "/v1/workers").json()}
+    return {w["name"]: w for w in get(p, "/v1/workers", "read").json()}
 
 
 def metric(p: ResponderProc, name: str, **labels: str) -> float | None:
@@ -86,7 +86,7 @@ def test_initial_state_targets_and_probes(responder):
     assert a["client"] == "c1" and a["worker"] == "w1" and a["backups"] == ["w2", "w3"]
     assert a["version"] == 1 and a["reason"] == "initial" and a["since"].endswith("Z")
     assert assignment(p, "c2")["worker"] == "w2"
-    targets = get(p, "/v1/targets").json()
+    targets = get(p, "/v1/targets", "read").json()
     assert targets[0] == {"targets": ["127.0.0.1:9600"], "labels": {"worker": "w1",
                                                                     "region": "lab"}}
     assert metric(p, "wgfo_worker_up", worker="w1") == 1
