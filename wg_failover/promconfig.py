@@ -5,13 +5,19 @@ lab and a real deployment all run those same files; only addresses change. So th
 functions take the shipped text and swap exactly these things, nothing else:
 
 - `render_prometheus_config(*, responder_url, alertmanager_url, rules_dir, scrape_interval=None,
-  extra_static_exporters=(), blackbox_address=None, sd_refresh_interval=None) -> str`:
+  extra_static_exporters=(), blackbox_address=None, sd_refresh_interval=None,
+  read_token_file=None, ca_file=None) -> str`:
   the responder's http_sd URL and scrape target, the Alertmanager target, the rule files'
   directory (absolute), optionally the global scrape/evaluation interval (the lab and tests use
-  1 s), extra static exporter targets (`"host:port"` or `"worker=host:port"`), and the blackbox
-  exporter's address (the ICMP job is dropped when it is None).
-- `render_alertmanager_config(*, responder_url, token_file) -> str`: the responder's webhook
-  URL (`{responder_url}/v1/alerts`) and the bearer token file.
+  1 s), extra static exporter targets (`"host:port"` or `"worker=host:port"`), the blackbox
+  exporter's address (the ICMP job is dropped when it is None), the file holding the
+  responder's read token (http_sd's bearer `credentials_file`; None keeps the shipped path) and
+  the CA that signed the responder's certificate (`tls_config.ca_file` of every section that
+  talks to the responder; None keeps the shipped path). With an http:// responder_url those
+  sections lose their `tls_config`.
+- `render_alertmanager_config(*, responder_url, token_file, ca_file=None) -> str`: the
+  responder's webhook URL (`{responder_url}/v1/alerts`), the bearer token file and the CA (as
+  above).
 - `render_*_text(source, ...)`: the same on text, pure (no file I/O); `duration_seconds("5s")`.
 
 Running the real binaries is the lab's job (`wg_failover.lab.procs`).
@@ -97,6 +103,8 @@ def render_prometheus_text(
     extra_static_exporters: Sequence[str] = (),
     blackbox_address: str | None = None,
     sd_refresh_interval: str | None = None,
+    read_token_file: Path | str | None = None,
+    ca_file: Path | str | None = None,
 ) -> str:
     """The shipped prometheus.yml text with this deployment's addresses swapped in (pure)."""
     config = yaml.safe_load(source)
@@ -120,8 +128,17 @@ def render_prometheus_text(
     config.setdefault("alerting", {})["alertmanagers"] = [am]
 
     sd_url = f"{responder_url.rstrip('/')}/v1/targets"
+
+    def http_sd(job: dict[str, Any]) -> list[dict[str, Any]]:
+        sd = {"url": sd_url, **_sd_extra(job, sd_refresh_interval)}
+        if read_token_file is not None:
+            auth = sd.setdefault("authorization", {"type": "Bearer"})
+            auth["credentials_file"] = str(Path(read_token_file).resolve())
+        _responder_tls(sd, r_scheme, ca_file)
+        return [sd]
+
     exporter = _job(config, EXPORTER_JOB)
-    exporter["http_sd_configs"] = [{"url": sd_url, **_sd_extra(exporter, sd_refresh_interval)}]
+    exporter["http_sd_configs"] = http_sd(exporter)
     if extra_static_exporters:
         exporter["static_configs"] = [_static_target(t) for t in extra_static_exporters]
     else:
@@ -131,19 +148,28 @@ def render_prometheus_text(
     responder["scheme"] = r_scheme
     responder["metrics_path"] = f"{r_path}/metrics"
     responder["static_configs"] = [{"targets": [r_host]}]
+    _responder_tls(responder, r_scheme, ca_file)
 
     jobs = config["scrape_configs"]
     if blackbox_address is None:
         config["scrape_configs"] = [j for j in jobs if j.get("job_name") != BLACKBOX_JOB]
     else:
         blackbox = _job(config, BLACKBOX_JOB)
-        blackbox["http_sd_configs"] = [{"url": sd_url,
-                                        **_sd_extra(blackbox, sd_refresh_interval)}]
+        blackbox["http_sd_configs"] = http_sd(blackbox)
         # The relabelling's last address rewrite points at the blackbox exporter.
         for rule in blackbox.get("relabel_configs") or []:
             if rule.get("target_label") == "__address__":
                 rule["replacement"] = blackbox_address
     return yaml.safe_dump(config, sort_keys=False)
+
+
+def _responder_tls(section: dict[str, Any], scheme: str, ca_file: Path | str | None) -> None:
+    """The `tls_config` of a section that talks to the responder: the CA its certificate is
+    checked against over https (the shipped path unless `ca_file`); none over plain http."""
+    if scheme != "https":
+        section.pop("tls_config", None)
+    elif ca_file is not None:
+        section.setdefault("tls_config", {})["ca_file"] = str(Path(ca_file).resolve())
 
 
 def _sd_extra(job: dict[str, Any], refresh: str | None) -> dict[str, Any]:
@@ -154,10 +180,11 @@ def _sd_extra(job: dict[str, Any], refresh: str | None) -> dict[str, Any]:
     return out
 
 
-def render_alertmanager_text(source: str, *, responder_url: str, token_file: Path | str) -> str:
-    """The shipped alertmanager.yml text pointing at this responder and token file (pure)."""
+def render_alertmanager_text(source: str, *, responder_url: str, token_file: Path | str,
+                             ca_file: Path | str | None = None) -> str:
+    """The shipped alertmanager.yml text pointing at this responder, token file and CA (pure)."""
     config = yaml.safe_load(source)
-    _split_url(responder_url, "responder_url")
+    scheme, _, _ = _split_url(responder_url, "responder_url")
     for receiver in config.get("receivers") or []:
         if receiver.get("name") == RESPONDER_RECEIVER:
             hooks = receiver.get("webhook_configs") or []
@@ -167,6 +194,7 @@ def render_alertmanager_text(source: str, *, responder_url: str, token_file: Pat
                 hook["url"] = f"{responder_url.rstrip('/')}/v1/alerts"
                 auth = hook.setdefault("http_config", {}).setdefault("authorization", {})
                 auth["credentials_file"] = str(Path(token_file).resolve())
+                _responder_tls(hook["http_config"], scheme, ca_file)
             return yaml.safe_dump(config, sort_keys=False)
     raise PromConfigError(
         f"alertmanager.yml has no receiver {RESPONDER_RECEIVER!r} with webhook_configs")
@@ -181,6 +209,8 @@ def render_prometheus_config(
     extra_static_exporters: Sequence[str] = (),
     blackbox_address: str | None = None,
     sd_refresh_interval: str | None = None,
+    read_token_file: Path | str | None = None,
+    ca_file: Path | str | None = None,
     source: Path = PROMETHEUS_YML,
 ) -> str:
     """The shipped prometheus.yml (or `source`) rendered for a deployment; see the module doc."""
@@ -188,12 +218,14 @@ def render_prometheus_config(
         source.read_text(), responder_url=responder_url, alertmanager_url=alertmanager_url,
         rules_dir=rules_dir, scrape_interval=scrape_interval,
         extra_static_exporters=extra_static_exporters, blackbox_address=blackbox_address,
-        sd_refresh_interval=sd_refresh_interval)
+        sd_refresh_interval=sd_refresh_interval, read_token_file=read_token_file,
+        ca_file=ca_file)
 
 
 def render_alertmanager_config(
-    *, responder_url: str, token_file: Path | str, source: Path = ALERTMANAGER_YML
+    *, responder_url: str, token_file: Path | str, ca_file: Path | str | None = None,
+    source: Path = ALERTMANAGER_YML
 ) -> str:
     """The shipped alertmanager.yml (or `source`) rendered for a deployment."""
     return render_alertmanager_text(source.read_text(), responder_url=responder_url,
-                                    token_file=token_file)
+                                    token_file=token_file, ca_file=ca_file)

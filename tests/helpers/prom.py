@@ -1,18 +1,22 @@
 """The real Prometheus and Alertmanager with the shipped configs, and reading what they say.
 
-    start_alertmanager(workdir, responder_url, token) -> Server
+    start_alertmanager(workdir, responder_url, token, ca_file=None) -> Server
         the shipped alertmanager.yml rendered to deliver to `responder_url` with the bearer
-        `token` (written to workdir/alert-token, mode 0600), on the real Alertmanager
-    start_prometheus(workdir, responder_url, alertmanager_url, **render) -> Server
+        `token` (written to workdir/alert-token, mode 0600), trusting `ca_file` for an https://
+        responder, on the real Alertmanager
+    start_prometheus(workdir, responder_url, alertmanager_url, *, read_token=None, **render)
+        -> Server
         the shipped prometheus.yml and rules rendered for these addresses (`render`: the other
-        arguments of promconfig.render_prometheus_config), on the real Prometheus
+        arguments of promconfig.render_prometheus_config, e.g. ca_file), on the real
+        Prometheus; `read_token` (the responder's, written to workdir/read-token, mode 0600) is
+        what its http_sd sends: without it the responder lists no targets
     Server: .url, .proc, .log (its log file), .stop()
     scrape_interval_from_env() -> "1s", or None (the shipped interval) for
         WGFO_PROM_INTERVAL=shipped
     prom_query(prom_url, expr) -> list of result dicts (instant query)
     alerts(prom_url, alertname) -> the alerts of that name Prometheus holds (pending or firing)
     sample(text, series) -> the value of one series in a text exposition (0 when absent)
-    worker_states(responder) -> {worker: state} from the responder's /v1/workers
+    worker_states(responder) -> {worker: state} from the responder's /v1/workers (read token)
 """
 
 from __future__ import annotations
@@ -42,22 +46,30 @@ class Server:
         procs.stop_process(self.proc)
 
 
-def start_alertmanager(workdir: Path, responder_url: str, token: str) -> Server:
+def _secret(path: Path, token: str) -> Path:
+    path.write_text(token + "\n")
+    path.chmod(0o600)  # as deployed: the token is a secret
+    return path
+
+
+def start_alertmanager(workdir: Path, responder_url: str, token: str,
+                       ca_file: Path | str | None = None) -> Server:
     workdir.mkdir(parents=True, exist_ok=True)
-    token_file = workdir / "alert-token"
-    token_file.write_text(token + "\n")
-    token_file.chmod(0o600)  # as deployed: the token is a secret
+    token_file = _secret(workdir / "alert-token", token)
     cfg = workdir / "alertmanager.yml"
     cfg.write_text(promconfig.render_alertmanager_config(responder_url=responder_url,
-                                                         token_file=token_file))
+                                                         token_file=token_file,
+                                                         ca_file=ca_file))
     port = free_port()
     proc = procs.start_alertmanager(cfg, workdir / "am", port)
     return Server(f"http://127.0.0.1:{port}", proc, workdir / "am" / "alertmanager.log")
 
 
-def start_prometheus(workdir: Path, responder_url: str, alertmanager_url: str,
-                     **render: Any) -> Server:
+def start_prometheus(workdir: Path, responder_url: str, alertmanager_url: str, *,
+                     read_token: str | None = None, **render: Any) -> Server:
     workdir.mkdir(parents=True, exist_ok=True)
+    if read_token is not None:
+        render["read_token_file"] = _secret(workdir / "read-token", read_token)
     cfg = workdir / "prometheus.yml"
     cfg.write_text(promconfig.render_prometheus_config(
         responder_url=responder_url, alertmanager_url=alertmanager_url, **render))
@@ -94,6 +106,7 @@ def sample(text: str, series: str) -> float:
 
 
 def worker_states(responder: ResponderProc) -> dict[str, str]:
-    r = httpx.get(f"{responder.url}/v1/workers", timeout=5)
+    r = httpx.get(f"{responder.url}/v1/workers", headers=responder.headers("read"), timeout=5,
+                  verify=responder.verify)
     r.raise_for_status()
     return {w["name"]: w["state"] for w in r.json()}

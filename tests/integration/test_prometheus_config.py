@@ -27,21 +27,45 @@ def test_amtool_check_shipped_config():
     run_tool("amtool", "check-config", str(SHIPPED / "alertmanager.yml"))
 
 
-def test_rendered_configs_pass_the_tools(tmp_path):
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_rendered_configs_pass_the_tools(tmp_path, scheme):
     token = tmp_path / "alert-token"
     token.write_text("secret\n")
+    read = tmp_path / "read-token"
+    read.write_text("secret\n")
+    ca = tmp_path / "ca.crt"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")  # promtool and amtool do not read it
     prom = tmp_path / "prometheus.yml"
     prom.write_text(promconfig.render_prometheus_config(
-        responder_url="http://127.0.0.1:18080", alertmanager_url="http://127.0.0.1:19093",
+        responder_url=f"{scheme}://127.0.0.1:18080", alertmanager_url="http://127.0.0.1:19093",
         rules_dir=SHIPPED / "rules", scrape_interval="1s",
         extra_static_exporters=["w9=127.0.0.1:19586"], blackbox_address="127.0.0.1:19115",
-        sd_refresh_interval="2s"))
+        sd_refresh_interval="2s", read_token_file=read, ca_file=ca))
     am = tmp_path / "alertmanager.yml"
     am.write_text(promconfig.render_alertmanager_config(
-        responder_url="http://127.0.0.1:18080", token_file=token))
+        responder_url=f"{scheme}://127.0.0.1:18080", token_file=token, ca_file=ca))
     out = run_tool("promtool", "check", "config", str(prom))
     assert "rule files found" in out
     run_tool("amtool", "check-config", str(am))
+
+
+def test_shipped_configs_talk_https_to_the_responder_with_tokens_from_files():
+    prom = yaml.safe_load((SHIPPED / "prometheus.yml").read_text())
+    jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
+    for job in (promconfig.EXPORTER_JOB, promconfig.BLACKBOX_JOB):
+        [sd] = jobs[job]["http_sd_configs"]
+        assert sd["url"].startswith("https://")
+        assert sd["authorization"] == {"type": "Bearer",
+                                       "credentials_file": "/etc/wg-failover/read-token"}
+        assert sd["tls_config"] == {"ca_file": "/etc/wg-failover/tls/ca.crt"}
+    resp = jobs[promconfig.RESPONDER_JOB]
+    assert resp["scheme"] == "https" and resp["tls_config"]["ca_file"].endswith("ca.crt")
+    assert "authorization" not in resp  # /metrics is open
+    am = yaml.safe_load((SHIPPED / "alertmanager.yml").read_text())
+    [hook] = next(r for r in am["receivers"]
+                  if r["name"] == promconfig.RESPONDER_RECEIVER)["webhook_configs"]
+    assert hook["url"].startswith("https://")
+    assert hook["http_config"]["tls_config"] == {"ca_file": "/etc/wg-failover/tls/ca.crt"}
 
 
 def test_render_prometheus_swaps_only_addresses():
@@ -53,8 +77,13 @@ def test_render_prometheus_swaps_only_addresses():
     cfg = yaml.safe_load(text)
     jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
     assert set(jobs) == {promconfig.EXPORTER_JOB, promconfig.RESPONDER_JOB}  # no blackbox asked
-    assert jobs[promconfig.EXPORTER_JOB]["http_sd_configs"][0]["url"] == (
-        "https://10.0.0.5:8443/wgfo/v1/targets")
+    sd = jobs[promconfig.EXPORTER_JOB]["http_sd_configs"][0]
+    assert sd["url"] == "https://10.0.0.5:8443/wgfo/v1/targets"
+    # The token file and CA stay the shipped ones unless given.
+    shipped_sd = next(j for j in shipped["scrape_configs"]
+                      if j["job_name"] == promconfig.EXPORTER_JOB)["http_sd_configs"][0]
+    assert sd["authorization"] == shipped_sd["authorization"]
+    assert sd["tls_config"] == shipped_sd["tls_config"]
     resp = jobs[promconfig.RESPONDER_JOB]
     assert resp["scheme"] == "https"
     assert resp["metrics_path"] == "/wgfo/metrics"
@@ -84,6 +113,24 @@ def test_render_prometheus_interval_static_targets_and_blackbox():
     relabel = jobs[promconfig.BLACKBOX_JOB]["relabel_configs"]
     assert [r["replacement"] for r in relabel if r.get("target_label") == "__address__"] == [
         "127.0.0.1:3"]
+    # Plain http to the responder (the lab, a test): no tls_config anywhere.
+    assert "tls_config" not in jobs[promconfig.RESPONDER_JOB]
+    for job in (promconfig.EXPORTER_JOB, promconfig.BLACKBOX_JOB):
+        assert "tls_config" not in jobs[job]["http_sd_configs"][0]
+
+
+def test_render_prometheus_read_token_and_ca(tmp_path):
+    text = promconfig.render_prometheus_text(
+        (SHIPPED / "prometheus.yml").read_text(), responder_url="https://127.0.0.1:1",
+        alertmanager_url="http://127.0.0.1:2", rules_dir="/r", blackbox_address="127.0.0.1:3",
+        read_token_file=tmp_path / "read", ca_file=tmp_path / "ca.crt")
+    jobs = {j["job_name"]: j for j in yaml.safe_load(text)["scrape_configs"]}
+    for job in (promconfig.EXPORTER_JOB, promconfig.BLACKBOX_JOB):
+        sd = jobs[job]["http_sd_configs"][0]
+        assert sd["authorization"] == {"type": "Bearer",
+                                       "credentials_file": str(tmp_path / "read")}
+        assert sd["tls_config"] == {"ca_file": str(tmp_path / "ca.crt")}
+    assert jobs[promconfig.RESPONDER_JOB]["tls_config"] == {"ca_file": str(tmp_path / "ca.crt")}
 
 
 def test_render_rejects_bad_input():
@@ -109,6 +156,13 @@ def test_render_alertmanager_points_at_responder(tmp_path):
     assert hook["url"] == "http://127.0.0.1:8123/v1/alerts"
     assert hook["send_resolved"] is True
     assert hook["http_config"]["authorization"]["credentials_file"] == str(tmp_path / "tok")
+    assert "tls_config" not in hook["http_config"]  # plain http: nothing to verify
+    text = promconfig.render_alertmanager_config(responder_url="https://127.0.0.1:8123/",
+                                                 token_file=tmp_path / "tok",
+                                                 ca_file=tmp_path / "ca.crt")
+    hook = next(r for r in yaml.safe_load(text)["receivers"]
+                if r["name"] == promconfig.RESPONDER_RECEIVER)["webhook_configs"][0]
+    assert hook["http_config"]["tls_config"] == {"ca_file": str(tmp_path / "ca.crt")}
     route = next(r for r in cfg["route"]["routes"]
                  if r["receiver"] == promconfig.RESPONDER_RECEIVER)
     assert route["group_by"] == ["worker"]
