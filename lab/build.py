@@ -184,9 +184,12 @@ def _build(state: LabState, addrs, n_workers: int, n_clients: int, say: Say) -> 
     say(f"  workers up: wireguard-go + exporter on :{EXPORTER_PORT} each, "
         f"service {SERVICE_ADDRESS} behind every worker")
 
+    # --insecure-http: the lab's namespaces are a private network of this machine (its tokens
+    # die with it); a deployment serves TLS (docs/deploy.md).
     state.processes.append(spawn(master.netns, wgfo_argv(
         "responder", "--fleet", str(state.fleet_path), "--db", str(state.dir / "responder.db"),
-        "--listen", f"0.0.0.0:{RESPONDER_PORT}"), logs / "responder.log", "responder", "master"))
+        "--listen", f"0.0.0.0:{RESPONDER_PORT}", "--insecure-http"), logs / "responder.log",
+        "responder", "master"))
     state.save()
 
     _start_prometheus(state, promconfig, master.netns, logs)
@@ -286,7 +289,8 @@ def _start_prometheus(state: LabState, promconfig, ns: str, logs: Path) -> None:
         responder_url=f"{local}:{RESPONDER_PORT}", alertmanager_url=f"{local}:{ALERTMANAGER_PORT}",
         scrape_interval=f"{state.scrape_interval:g}s",
         sd_refresh_interval=f"{max(state.scrape_interval, 5):g}s",
-        blackbox_address=f"127.0.0.1:{BLACKBOX_PORT}"))
+        blackbox_address=f"127.0.0.1:{BLACKBOX_PORT}",
+        read_token_file=state.secret_path("read.token")))
     am_yml = adir / "alertmanager.yml"
     am_yml.write_text(promconfig.render_alertmanager_config(
         responder_url=f"{local}:{RESPONDER_PORT}", token_file=state.secret_path("alert.token")))

@@ -15,7 +15,7 @@ from wg_failover.tokens import sha256_hex
 class Generated:
     fleet: Fleet
     private_keys: dict[str, str]  # host name -> private key; kept out of the fleet on purpose
-    tokens: dict[str, str] = field(default_factory=dict)  # client name / "alert" / "admin"
+    tokens: dict[str, str] = field(default_factory=dict)  # client / "alert" / "admin" / "read"
 
 
 def generate_fleet(
@@ -62,10 +62,13 @@ def generate_fleet(
         ))
     tokens["alert"] = secrets.token_urlsafe(24)
     tokens["admin"] = secrets.token_urlsafe(24)
+    # Prometheus's http_sd reads the fleet's targets with it (GET /v1/targets).
+    tokens["read"] = secrets.token_urlsafe(24)
     responder = ResponderSettings(
         url=responder_url,
         alert_token_sha256=sha256_hex(tokens["alert"]),
         admin_token_sha256=sha256_hex(tokens["admin"]),
+        read_token_sha256=sha256_hex(tokens["read"]),
         hold_down_seconds=hold_down_seconds,
         preempt=preempt,
     )

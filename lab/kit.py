@@ -133,9 +133,11 @@ class SwitcherLab:
         assert self.fleet_file is not None
         master = self.lab.add_host("master", address=address)
         log = open(self.workdir / "responder.log", "w")  # noqa: SIM115 - the child owns it
+        # --insecure-http: the underlay is this machine's private namespaces; a deployment
+        # serves TLS (the responder refuses plain HTTP off loopback without the flag).
         master.popen([wg_failover_bin(), "responder", "--fleet", str(self.fleet_file),
                       "--db", str(self.workdir / "responder.db"), "--listen",
-                      f"{address}:{port}", "--log-level", "warning"],
+                      f"{address}:{port}", "--log-level", "warning", "--insecure-http"],
                      stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.master = master

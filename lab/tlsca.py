@@ -5,7 +5,8 @@
     crt, key = issue(ca, DIR, "c1", client=True)        # for mutual TLS
 
 Keys are EC P-256, written mode 0600; certificates are valid for two days: long enough for any
-lab run, short enough that a leaked lab key is worthless.
+lab run, short enough that a leaked lab key is worthless. `days=` makes longer-lived ones (the
+docker compose example's `init`, deploy/compose/init.py, which has no other CA to use).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-DAYS = "2"
+DAYS = 2
 
 
 @dataclass(frozen=True)
@@ -41,19 +42,20 @@ def _new_key(path: Path) -> None:
     os.chmod(path, 0o600)
 
 
-def make_ca(directory: str | os.PathLike[str], name: str = "wg-failover lab CA") -> CA:
+def make_ca(directory: str | os.PathLike[str], name: str = "wg-failover lab CA", *,
+            days: int = DAYS) -> CA:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     ca = CA(d / "ca.crt", d / "ca.key")
     _new_key(ca.key)
-    _openssl("req", "-x509", "-new", "-key", str(ca.key), "-out", str(ca.cert), "-days", DAYS,
+    _openssl("req", "-x509", "-new", "-key", str(ca.key), "-out", str(ca.cert), "-days", str(days),
              "-subj", f"/CN={name}", "-addext", "basicConstraints=critical,CA:TRUE",
              "-addext", "keyUsage=critical,keyCertSign,cRLSign")
     return ca
 
 
 def issue(ca: CA, directory: str | os.PathLike[str], name: str, *, ips: Sequence[str] = (),
-          dns: Sequence[str] = (), client: bool = False) -> tuple[Path, Path]:
+          dns: Sequence[str] = (), client: bool = False, days: int = DAYS) -> tuple[Path, Path]:
     """A certificate for `name` signed by `ca`: a server certificate for the given addresses
     and names, or (`client`) one a client presents for mutual TLS."""
     d = Path(directory)
@@ -69,7 +71,7 @@ def issue(ca: CA, directory: str | os.PathLike[str], name: str, *, ips: Sequence
         lines.append("subjectAltName=" + ",".join(sans))
     ext.write_text("\n".join(lines) + "\n")
     _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca.cert), "-CAkey", str(ca.key),
-             "-CAcreateserial", "-out", str(crt), "-days", DAYS, "-extfile", str(ext))
+             "-CAcreateserial", "-out", str(crt), "-days", str(days), "-extfile", str(ext))
     csr.unlink()
     ext.unlink()
     return crt, key

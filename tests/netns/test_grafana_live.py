@@ -117,7 +117,8 @@ def stack(tmp_path):
             assert client.ping(w.tunnel_address, count=5, timeout=2), f"no tunnel to {w.name}"
 
         prom = start_prometheus(tmp_path / "prometheus", responder.url, "http://127.0.0.1:9",
-                                scrape_interval="1s", sd_refresh_interval="1s")
+                                scrape_interval="1s", sd_refresh_interval="1s",
+                                read_token=responder.tokens["read"])
         stops.append(prom.stop)
         yield {"prom": prom.url, "responder": responder, "lab": lab, "client": client,
                "fleet": fleet, "tmp": tmp_path, "logs": [prom.log, responder.log_path]}

@@ -90,7 +90,8 @@ def test_cut_host_fails_over_blind_exporter_only_notifies(netlab, tmp_path):
         running.append(am.proc)
         prom = start_prometheus(tmp_path / "prom", responder.url, am.url,
                                 scrape_interval=scrape_interval, sd_refresh_interval="1s",
-                                blackbox_address=f"127.0.0.1:{bb_port}")
+                                blackbox_address=f"127.0.0.1:{bb_port}",
+                                read_token=gen.tokens["read"])
         running.append(prom.proc)
         prom_url = prom.url
         logs = [prom.log, am.log, tmp_path / "blackbox" / "blackbox.log", responder.log_path,

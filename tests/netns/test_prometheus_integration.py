@@ -5,7 +5,9 @@ it down through the shipped rules and routing.
       -> Prometheus (shipped prometheus.yml + rules, addresses swapped, 1 s scrapes)
       -> Alertmanager (shipped alertmanager.yml) -> `wg-failover responder` /v1/alerts
 
-Prometheus, Alertmanager and the responder run on the root namespace's loopback. The exporter
+Prometheus, Alertmanager and the responder run on the root namespace's loopback, as deployed:
+the responder serves HTTPS (a throwaway CA), Alertmanager and Prometheus's http_sd send their
+tokens from files and check its certificate against the CA. The exporter
 must run inside the worker's namespace (it reads the interface's flags from that namespace's
 /sys), listening on that namespace's 127.0.0.1; a small TCP relay in this process forwards a
 root-namespace loopback port to it (the relay's connecting thread enters the namespace with
@@ -147,12 +149,16 @@ def test_worker_death_reaches_responder(netlab, tmp_path):
                 log=tmp_path / f"exporter-{w.name}.log")
             running.append(exporters[w.name])
 
-        responder = ResponderProc.start(tmp_path / "responder", gen, hold_down_seconds=60)
+        # As deployed: HTTPS to the responder, tokens from files, the CA pinned.
+        responder = ResponderProc.start(tmp_path / "responder", gen, hold_down_seconds=60,
+                                        tls=True)
         cleanups.append(responder.stop)
-        am = start_alertmanager(tmp_path / "am", responder.url, gen.tokens["alert"])
+        am = start_alertmanager(tmp_path / "am", responder.url, gen.tokens["alert"],
+                                ca_file=responder.ca_file)
         running.append(am.proc)
         prom = start_prometheus(tmp_path / "prom", responder.url, am.url,
-                                scrape_interval=scrape_interval, sd_refresh_interval="1s")
+                                scrape_interval=scrape_interval, sd_refresh_interval="1s",
+                                read_token=gen.tokens["read"], ca_file=responder.ca_file)
         running.append(prom.proc)
         prom_url = prom.url
         logs = [prom.log, am.log, responder.log_path,
@@ -196,7 +202,7 @@ def test_worker_death_reaches_responder(netlab, tmp_path):
         assert down[0]["annotations"]["description"] == (
             "1 of 3 signals say worker w1 is dead: interface.")
         assert worker_states(responder)["w2"] == "up"
-        metrics = httpx.get(f"{responder.url}/metrics", timeout=5).text
+        metrics = httpx.get(f"{responder.url}/metrics", timeout=5, verify=responder.verify).text
         assert sample(metrics, 'wgfo_webhook_deliveries_total{outcome="applied"}') >= 1
         assert sample(metrics, 'wgfo_webhook_deliveries_total{outcome="unauthorized"}') == 0
 
