@@ -8,7 +8,15 @@ the other services mount at /etc/wg-failover, where every part looks by default:
   admin-token            for drain/undrain (0600)
   alert-token            Alertmanager's bearer token (0600, owned by uid 65534: the Alertmanager
                          image runs as nobody)
-Edit fleet.yaml afterwards (real endpoints, more workers): `wg-failover check` validates it.
+  read-token             Prometheus's token for the responder's http_sd (0600, uid 65534 too)
+  tls/ca.crt             a CA made here, for the responder's certificate: give it to every
+                         switcher (--ca-file) and to anything else that calls the responder
+  tls/responder.crt      the responder's certificate: the names in WGFO_RESPONDER_NAMES
+                         (default `responder`, `localhost`) and 127.0.0.1
+  tls/responder.key      its key (0600, owned by uid 65534, the responder's user)
+The CA's key is not kept: to add a name, delete tls/ and the fleet and run `init` again, or put
+certificates from your own CA in tls/ (same names). Edit fleet.yaml afterwards (real endpoints,
+more workers): `wg-failover check` validates it.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import os
 import sys
 from pathlib import Path
 
+from wg_failover.lab import tlsca
 from wg_failover.lab.gen import generate_fleet
 
 from wg_failover.fleet import dump_fleet
@@ -26,7 +35,29 @@ WORKERS = int(os.environ.get("WGFO_WORKERS", "1"))
 CLIENTS = int(os.environ.get("WGFO_CLIENTS", "2"))
 # How clients and Prometheus reach the workers; compose service names by default.
 WORKER_HOST = os.environ.get("WGFO_WORKER_HOST", "worker{n}")
-RESPONDER_URL = os.environ.get("WGFO_RESPONDER_URL", "http://responder:8080")
+RESPONDER_URL = os.environ.get("WGFO_RESPONDER_URL", "https://responder:8080")
+# The names clients use for the responder (its certificate's DNS names); 127.0.0.1 is always in
+# it, for Prometheus and Alertmanager beside it (the shipped configs say https://127.0.0.1:8080).
+RESPONDER_NAMES = os.environ.get("WGFO_RESPONDER_NAMES", "responder,localhost").split(",")
+CA_DAYS, CERT_DAYS = 3650, 825
+
+
+def make_tls(directory: Path) -> None:
+    """A CA and the responder's certificate in DIR/tls; the CA's key is thrown away, so nobody
+    can issue more with it."""
+    tls = directory / "tls"
+    ca = tlsca.make_ca(tls / "ca", name="wg-failover compose CA", days=CA_DAYS)
+    crt, key = tlsca.issue(ca, tls, "responder", ips=["127.0.0.1"],
+                           dns=[n.strip() for n in RESPONDER_NAMES if n.strip()],
+                           days=CERT_DAYS)
+    os.replace(ca.cert, tls / "ca.crt")
+    for leftover in (ca.key, tls / "ca" / "ca.srl"):
+        leftover.unlink(missing_ok=True)
+    (tls / "ca").rmdir()
+    for public in (tls / "ca.crt", crt):
+        public.chmod(0o644)
+    if os.geteuid() == 0:
+        os.chown(key, NOBODY, NOBODY)  # the responder runs as 65534
 
 
 def secret(path: Path, text: str, owner: int | None = None) -> None:
@@ -48,13 +79,15 @@ def main(argv: list[str]) -> int:
                          worker_host=lambda i: WORKER_HOST.format(n=i + 1),
                          responder_url=RESPONDER_URL)
     directory.mkdir(parents=True, exist_ok=True)
+    make_tls(directory)
     for name, key in gen.private_keys.items():
         secret(directory / "keys" / f"{name}.key", key)
     for name, token in gen.tokens.items():
         if name == "admin":
             secret(directory / "admin-token", token)
-        elif name == "alert":
-            secret(directory / "alert-token", token, owner=NOBODY if os.geteuid() == 0 else None)
+        elif name in ("alert", "read"):  # for Alertmanager and Prometheus, both uid 65534
+            secret(directory / f"{name}-token", token,
+                   owner=NOBODY if os.geteuid() == 0 else None)
         else:
             secret(directory / "tokens" / f"{name}.token", token)
     tmp = fleet_path.with_suffix(".tmp")

@@ -143,6 +143,27 @@ def test_compose_ports_match_the_shipped_configs(compose, generated):
     assert am_mounts.get(str(token.parent)) == "config"
     assert (generated / token.name).is_file()
 
+    # TLS and the read token: every file a config or command names is in the config volume,
+    # where `init` writes it (the responder serves HTTPS: it refuses plain HTTP on 0.0.0.0).
+    def in_config(service: str, path: str) -> None:
+        p = Path(path)
+        mount = mounts(s[service]).get("/etc/wg-failover")
+        assert mount == "config" and p.is_relative_to("/etc/wg-failover"), (service, path)
+        assert (generated / p.relative_to("/etc/wg-failover")).is_file(), (service, path)
+
+    in_config("alertmanager", hooks[0]["http_config"]["tls_config"]["ca_file"])
+    for job in ("wg-failover-exporter", "wg-failover-blackbox"):
+        sd = jobs[job]["http_sd_configs"][0]
+        assert urlsplit(sd["url"]).scheme == "https"
+        in_config("prometheus", sd["authorization"]["credentials_file"])
+        in_config("prometheus", sd["tls_config"]["ca_file"])
+    assert jobs["wg-failover-responder"]["scheme"] == "https"
+    in_config("prometheus", jobs["wg-failover-responder"]["tls_config"]["ca_file"])
+    command = s["responder"]["command"]
+    in_config("responder", flag(command, "--tls-cert"))
+    in_config("responder", flag(command, "--tls-key"))
+    assert "--insecure-http" not in command
+
     ds = yaml.safe_load((ROOT / "grafana/provisioning/datasources/prometheus.yml").read_text())
     url = urlsplit(ds["datasources"][0]["url"])
     assert url.port == prom_port
@@ -153,7 +174,8 @@ def test_compose_ports_match_the_shipped_configs(compose, generated):
     # The fleet `init` generates: its addresses are compose service names and these ports.
     fleet = load_fleet(generated / "fleet.yaml")
     r = urlsplit(fleet.responder.url)
-    assert r.hostname in s and r.port == responder_port
+    assert r.hostname in s and r.port == responder_port and r.scheme == "https"
+    assert fleet.responder.read_token_sha256 is not None
     for w in fleet.workers:
         ep, ex = parse_host_port(w.endpoint), parse_host_port(w.exporter)
         svc = s[ep.host]
@@ -168,13 +190,26 @@ def test_compose_ports_match_the_shipped_configs(compose, generated):
 
 def test_init_writes_secrets_only_its_owner_reads(generated):
     fleet = load_fleet(generated / "fleet.yaml")
-    secrets = [generated / "admin-token", generated / "alert-token",
+    secrets = [generated / "admin-token", generated / "alert-token", generated / "read-token",
+               generated / "tls" / "responder.key",
                *[generated / "keys" / f"{n.name}.key" for n in (*fleet.workers, *fleet.clients)],
                *[generated / "tokens" / f"{c.name}.token" for c in fleet.clients]]
     for path in secrets:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     text = (generated / "fleet.yaml").read_text()
     assert all(p.read_text().strip() not in text for p in secrets)
+    # The responder's certificate: from the CA beside it, for its compose name and 127.0.0.1
+    # (the shipped configs' address); the CA's key is not kept.
+    tls = generated / "tls"
+    assert sorted(p.name for p in tls.iterdir()) == ["ca.crt", "responder.crt", "responder.key"]
+    proc = subprocess.run(["openssl", "verify", "-CAfile", str(tls / "ca.crt"),
+                           str(tls / "responder.crt")], capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text_crt = subprocess.run(["openssl", "x509", "-in", str(tls / "responder.crt"), "-noout",
+                               "-ext", "subjectAltName"], capture_output=True, text=True,
+                              timeout=30).stdout
+    assert "IP Address:127.0.0.1" in text_crt and "DNS:responder" in text_crt
     # Run again: nothing is overwritten.
     before = (generated / "fleet.yaml").read_text()
     subprocess.run([sys.executable, str(DEPLOY / "compose" / "init.py"), str(generated)],
@@ -228,6 +263,16 @@ def test_unit_is_hardened(path):
         assert caps == set()  # no capabilities at all
     else:
         assert "CAP_SYS_ADMIN" not in caps
+
+
+def test_responder_unit_serves_tls_with_the_key_as_a_credential():
+    svc = unit(DEPLOY / "wg-failover-responder.service")["Service"]
+    args = " ".join(svc["Environment"])
+    assert "--tls-cert /etc/wg-failover/tls/responder.crt" in args
+    # The key is root's (0600): the dynamic user gets it as a credential (%d).
+    assert "--tls-key %d/tls-key" in args
+    assert svc["LoadCredential"] == ["tls-key:/etc/wg-failover/tls/responder.key"]
+    assert "--insecure-http" not in args
 
 
 def test_all_three_units_exist():
