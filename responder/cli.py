@@ -142,7 +142,9 @@ def run(args: argparse.Namespace) -> int:
     config = uvicorn.Config(
         app, host=hp.host, port=hp.port, log_level=args.log_level, access_log=False,
         lifespan="on", backlog=4096, timeout_graceful_shutdown=2,
-        timeout_keep_alive=75, http=protocol_class(limiter),
+        # No WebSocket routes: an Upgrade would hand the socket to a protocol the cap and the
+        # timeouts do not see.
+        timeout_keep_alive=75, http=protocol_class(limiter), ws="none",
         **(tls.uvicorn_kwargs() if tls is not None else {}),
     )
     server = Server(config, limiter)

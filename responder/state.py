@@ -246,7 +246,7 @@ class ResponderState:
         if row is None or row.state != planner.RECOVERING:
             return
         if delay is None:
-            delay = max(0.0, row.since + self.settings.hold_down_seconds - time.time())
+            delay = max(0.0, row.since + self.settings.hold_down_seconds - self.clock())
         since = row.since
         self._holddown_timers[name] = asyncio.get_running_loop().call_later(
             delay, self._spawn, lambda: self._holddown_over(name, since))

@@ -118,25 +118,24 @@ async def serve_report(state: ResponderState, guard: ClientGuard, name: str, sco
     """One client report (`wg_failover.wire.ClientEvent`) → 202 {"accepted": true}; 429 with
     Retry-After past the client's report rate (before the body is read), or past its smaller
     rate of the reports that re-plan every client (switch, rejected)."""
-    limits = guard.limits
-    _take(state, guard.reports.take(name), f"more than {limits.report_rate:g} reports a second")
+    if wait := guard.reports.take(name):
+        _limited(state, wait, f"more than {guard.limits.report_rate:g} reports a second")
     raw = await read_json_body(receive, headers.get("content-length"))
     try:
         # strict: JSON types as the schema in /docs says them (`"rtt_ms": false` is no time).
         ev = ClientEvent.validate_python(raw, strict=True)
     except ValidationError as exc:
         raise ApiError(422, validation_detail(exc)) from None
-    if ev.type in REPLANNING:
-        _take(state, guard.replans.take(name),
-              f"more than {limits.replan_rate:g} switch or rejected reports a second")
+    if ev.type in REPLANNING and (wait := guard.replans.take(name)):
+        _limited(state, wait,
+                 f"more than {guard.limits.replan_rate:g} switch or rejected reports a second")
     await take_report(state, name, ev)
     return JSONResponse({"accepted": True}, status_code=202)
 
 
-def _take(state: ResponderState, wait: float, what: str) -> None:
-    if wait > 0:
-        state.metrics.reports_limited.inc()
-        raise ApiError(429, f"{what}; retry later", {"Retry-After": retry_after(wait)})
+def _limited(state: ResponderState, wait: float, what: str) -> None:
+    state.metrics.reports_limited.inc()
+    raise ApiError(429, f"{what}; retry later", {"Retry-After": retry_after(wait)})
 
 
 class SSEStream:
