@@ -227,6 +227,10 @@ def fanout(n_clients: int, rounds: int, workdir: Path) -> dict:
         time.sleep(1)
         out["rss_mb"] = rss_mb(p.pid)
         out["streams_open"] = _metric(p.url, "wgfo_client_streams_open")
+        # The connection cap (--max-connections; default: the file limit less 10 %) must admit
+        # every stream, each from its own client (the per-client stream cap does not bite).
+        out["connections"] = _metric(p.url, "wgfo_http_connections_open")
+        out["connection_limit"] = _metric(p.url, "wgfo_http_connections_limit")
         # Alternate: w1 fails (all move to w2), w1 recovers (hold-down 0: all get w1 back as a
         # backup), w2 fails (all move to w1), w2 recovers.
         steps = [("w1", "firing"), ("w1", "resolved"), ("w2", "firing"), ("w2", "resolved")]
@@ -318,7 +322,8 @@ def main() -> int:
         for n in [int(x) for x in args.clients.split(",") if x]:
             res = fanout(n, args.rounds, work)
             print(f"\n{n} clients, {n} SSE streams open (responder reports "
-                  f"{res['streams_open']:.0f}); responder RSS {res['rss_mb']:.0f} MB "
+                  f"{res['streams_open']:.0f}; {res['connections']:.0f} connections, cap "
+                  f"{res['connection_limit']:.0f}); responder RSS {res['rss_mb']:.0f} MB "
                   f"(after the rounds: {res['rss_mb_after']:.0f} MB)")
             for r in res["rounds"]:
                 if r["p50_s"] is None:
