@@ -77,12 +77,13 @@ def events(p: ResponderProc, after: int = 0) -> list[dict]:
 
 def test_initial_state_targets_and_probes(responder):
     p = responder
-    assert get(p, "/healthz").json() == {"ok": True}
+    health = get(p, "/healthz").json()
+    assert health["ok"] is True and len(health["epoch"]) == 16  # the store's epoch
     assert get(p, "/readyz").status_code == 200
     ws = workers(p)
     assert set(ws) == {"w1", "w2", "w3"} and all(w["state"] == "up" for w in ws.values())
     a = assignment(p, "c1")
-    assert set(a) == {"client", "worker", "backups", "version", "reason", "since"}
+    assert set(a) == {"client", "worker", "backups", "version", "reason", "since", "epoch"}
     assert a["client"] == "c1" and a["worker"] == "w1" and a["backups"] == ["w2", "w3"]
     assert a["version"] == 1 and a["reason"] == "initial" and a["since"].endswith("Z")
     assert assignment(p, "c2")["worker"] == "w2"
