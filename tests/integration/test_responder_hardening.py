@@ -289,6 +289,23 @@ def test_the_worst_inputs_through_every_write_path_never_break_a_read(tmp_path):
         p.stop()
 
 
+def test_the_store_refuses_what_it_could_not_read_back_and_stays_usable(tmp_path):
+    """Below the intake checks: a text UTF-8 cannot encode never reaches the disk, and the
+    failed commit leaves no transaction open (the next innocent one used to answer 503)."""
+    from wg_failover.responder.store import open_store
+    from wg_failover.responder.store.base import Event, Tx
+
+    store = open_store(str(tmp_path / "responder.db"))
+    try:
+        for where in ({"worker": SURROGATE}, {"data": {"reason": SURROGATE}}):
+            with pytest.raises(UnicodeEncodeError):
+                store.commit(Tx(events=[Event("client-switch", **where)]))
+        assert store.commit(Tx(events=[Event("client-switch", data={"reason": "ü fine"})]))
+        assert [e["data"] for e in store.events(0, 10)] == [{"reason": "ü fine"}]
+    finally:
+        store.close()
+
+
 def test_event_log_queries_out_of_range_are_4xx_with_a_reason(responder):
     p = responder
     for params in ({"after": "99999999999999999999"}, {"after": str(2**63)}, {"after": "-1"},
