@@ -10,6 +10,7 @@ import contextlib
 import ipaddress
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ from wg_failover import wg
 from wg_failover.fleet import dump_fleet, load_fleet
 from wg_failover.wgquick import render_client, render_worker, strip
 
-from . import netns
+from . import netns, tlsca
 from .gen import generate_fleet
 from .procs import poll_until
 from .state import (
@@ -161,6 +162,11 @@ def _build(state: LabState, addrs, n_workers: int, n_clients: int, say: Say) -> 
     )
     fleet = gen.fleet
     state.fleet_path.write_text(dump_fleet(fleet))
+    # The control plane runs on TLS as in a deployment: a CA made for this lab, and a certificate
+    # for the responder's namespace address and for 127.0.0.1 (Prometheus and Alertmanager reach
+    # it from inside the master namespace). Both die with the lab.
+    ca = tlsca.make_ca(state.tls_dir, name=f"wg-failover lab {state.prefix} CA")
+    cert, cert_key = tlsca.issue(ca, state.tls_dir, "responder", ips=[addrs.master, "127.0.0.1"])
     for name, key in gen.private_keys.items():
         write_secret(state.secret_path(f"{name}.key"), key)
     for name, token in gen.tokens.items():
@@ -184,12 +190,10 @@ def _build(state: LabState, addrs, n_workers: int, n_clients: int, say: Say) -> 
     say(f"  workers up: wireguard-go + exporter on :{EXPORTER_PORT} each, "
         f"service {SERVICE_ADDRESS} behind every worker")
 
-    # --insecure-http: the lab's namespaces are a private network of this machine (its tokens
-    # die with it); a deployment serves TLS (docs/deploy.md).
     state.processes.append(spawn(master.netns, wgfo_argv(
         "responder", "--fleet", str(state.fleet_path), "--db", str(state.dir / "responder.db"),
-        "--listen", f"0.0.0.0:{RESPONDER_PORT}", "--insecure-http"), logs / "responder.log",
-        "responder", "master"))
+        "--listen", f"0.0.0.0:{RESPONDER_PORT}", "--tls-cert", str(cert), "--tls-key",
+        str(cert_key)), logs / "responder.log", "responder", "master"))
     state.save()
 
     _start_prometheus(state, promconfig, master.netns, logs)
@@ -198,7 +202,7 @@ def _build(state: LabState, addrs, n_workers: int, n_clients: int, say: Say) -> 
         f"alertmanager :{ALERTMANAGER_PORT}, blackbox exporter :{BLACKBOX_PORT} "
         f"(scrape {state.scrape_interval:g} s, "
         f"rules every {state.eval_interval:g} s: short, for the lab)")
-    _wait_http(state, f"{state.responder_url}/readyz", "responder", 30)
+    _wait_http(state, f"{state.responder_url}/readyz", "responder", 30, verify=state.verify())
 
     for j, c in enumerate(fleet.clients):
         host = lab.add_host(c.name, address=addrs.clients[j])
@@ -209,11 +213,10 @@ def _build(state: LabState, addrs, n_workers: int, n_clients: int, say: Say) -> 
         state.processes.append(_proc_of(iface.process.pid, "wireguard", c.name))
         sdir = state.dir / "switcher" / c.name
         sdir.mkdir(parents=True, mode=0o700)
-        # --insecure-http: the lab's responder serves plain HTTP on a namespace address until it
-        # serves TLS; then the lab moves to https:// and --ca-file, and this flag goes.
         state.processes.append(spawn(host.netns, wgfo_argv(
             "switcher", "--fleet", str(state.fleet_path), "--client", c.name,
-            "--interface", iface.name, "--responder", state.responder_url, "--insecure-http",
+            "--interface", iface.name, "--responder", state.responder_url,
+            "--ca-file", str(state.ca_path),
             "--token-file", str(state.secret_path(f"{c.name}.token")), "--state-dir", str(sdir)),
             logs / f"switcher-{c.name}.log", "switcher", c.name))
         state.save()
@@ -284,16 +287,19 @@ def _start_prometheus(state: LabState, promconfig, ns: str, logs: Path) -> None:
     pdir.mkdir()
     adir.mkdir()
     local = "http://127.0.0.1"
+    responder = f"https://127.0.0.1:{RESPONDER_PORT}"
     prom_yml = pdir / "prometheus.yml"
     prom_yml.write_text(promconfig.render_prometheus_config(
-        responder_url=f"{local}:{RESPONDER_PORT}", alertmanager_url=f"{local}:{ALERTMANAGER_PORT}",
+        responder_url=responder, alertmanager_url=f"{local}:{ALERTMANAGER_PORT}",
+        ca_file=state.ca_path,
         scrape_interval=f"{state.scrape_interval:g}s",
         sd_refresh_interval=f"{max(state.scrape_interval, 5):g}s",
         blackbox_address=f"127.0.0.1:{BLACKBOX_PORT}",
         read_token_file=state.secret_path("read.token")))
     am_yml = adir / "alertmanager.yml"
     am_yml.write_text(promconfig.render_alertmanager_config(
-        responder_url=f"{local}:{RESPONDER_PORT}", token_file=state.secret_path("alert.token")))
+        responder_url=responder, token_file=state.secret_path("alert.token"),
+        ca_file=state.ca_path))
     state.processes.append(spawn(ns, [
         "prometheus", f"--config.file={prom_yml}", f"--storage.tsdb.path={pdir / 'data'}",
         f"--web.listen-address=0.0.0.0:{PROMETHEUS_PORT}", "--storage.tsdb.retention.time=1d",
@@ -309,13 +315,14 @@ def _start_prometheus(state: LabState, promconfig, ns: str, logs: Path) -> None:
     ], logs / "blackbox.log", "blackbox", "master"))
 
 
-def _wait_http(state: LabState, url: str, what: str, timeout: float) -> None:
+def _wait_http(state: LabState, url: str, what: str, timeout: float,
+               verify: ssl.SSLContext | bool = True) -> None:
     last = ""
 
     def ready() -> bool:
         nonlocal last
         try:
-            r = httpx.get(url, timeout=2)
+            r = httpx.get(url, timeout=2, verify=verify)
             if r.status_code == 200:
                 return True
             last = f"HTTP {r.status_code}"

@@ -35,7 +35,7 @@ class Api:
 
     def __init__(self, state: LabState, timeout: float = 3.0):
         self.state = state
-        self.http = httpx.Client(timeout=timeout)
+        self.http = httpx.Client(timeout=timeout, verify=state.verify())
         self.admin = {"Authorization": f"Bearer {state.token('admin')}"}
 
     def close(self) -> None:
@@ -369,7 +369,7 @@ def status(state: LabState, say: Say = print) -> dict[str, Any]:
         api.close()
     say(f"lab {state.prefix}: {state.subnet}, directory {state.dir}")
     say(f"  responder    {state.responder_url}/docs  (admin token: "
-        f"{state.secret_path('admin.token')})")
+        f"{state.secret_path('admin.token')}; CA: {state.ca_path})")
     say(f"  prometheus   {state.prometheus_url}/alerts")
     say(f"  alertmanager {state.alertmanager_url}")
     say("")

@@ -11,11 +11,14 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from wg_failover.tls import client_context
 
 LAB_ROOT_ENV = "WG_FAILOVER_LAB_ROOT"
 DEFAULT_LAB_ROOT = "/run/wg-failover-lab"
@@ -131,7 +134,20 @@ class LabState:
 
     @property
     def responder_url(self) -> str:
-        return f"http://{self.master_address}:{RESPONDER_PORT}"
+        return f"https://{self.master_address}:{RESPONDER_PORT}"
+
+    @property
+    def tls_dir(self) -> Path:
+        """The lab's throwaway CA and the responder's certificate (wg_failover.lab.tlsca)."""
+        return self.dir / "tls"
+
+    @property
+    def ca_path(self) -> Path:
+        return self.tls_dir / "ca.crt"
+
+    def verify(self) -> ssl.SSLContext:
+        """What the lab's own HTTP clients verify the responder with: the lab CA only."""
+        return client_context(str(self.ca_path))
 
     @property
     def prometheus_url(self) -> str:

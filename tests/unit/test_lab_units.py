@@ -53,7 +53,8 @@ def test_state_round_trip_and_secret_mode(tmp_path):
     s.save()
     back = LabState.load(tmp_path / "lab")
     assert back == s
-    assert back.responder_url == "http://198.18.0.2:8080"
+    assert back.responder_url == "https://198.18.0.2:8080"
+    assert back.ca_path == back.dir / "tls" / "ca.crt"
     state.write_secret(s.secret_path("admin.token"), "t0ken")
     mode = stat.S_IMODE(os.stat(s.secret_path("admin.token")).st_mode)
     assert mode == 0o600 and s.token("admin") == "t0ken"
