@@ -20,8 +20,12 @@ from .http import ApiError, bearer_token, read_json_body, unauthorized, validati
 from .models import AMPayload
 from .state import ResponderState
 
+# The dependencies are `async def` although they never wait: FastAPI runs a plain `def`
+# dependency in a worker thread, two thread hand-offs per request that cost the webhook path more
+# than half its throughput (bench/responder.py, duplicate deliveries).
 
-def get_state(request: Request) -> ResponderState:
+
+async def get_state(request: Request) -> ResponderState:
     return request.app.state.responder
 
 
@@ -40,13 +44,13 @@ def check_client(state: ResponderState, token: str | None, name: str) -> None:
         raise unauthorized()
 
 
-def require_admin(request: Request, state: State) -> None:
+async def require_admin(request: Request, state: State) -> None:
     token = bearer_token(request.headers.get("authorization"))
     if not token_matches(token, state.settings.admin_token_sha256):
         raise unauthorized()
 
 
-def require_reader(request: Request, state: State) -> None:
+async def require_reader(request: Request, state: State) -> None:
     """The inventory (worker names, states, exporter addresses) is for Prometheus and the
     operators: the read token or the admin token."""
     token = bearer_token(request.headers.get("authorization"))
@@ -55,13 +59,13 @@ def require_reader(request: Request, state: State) -> None:
         raise unauthorized()
 
 
-def require_client(name: str, request: Request, state: State) -> str:
+async def require_client(name: str, request: Request, state: State) -> str:
     """The path's client `name`, once the caller may use it."""
     check_client(state, bearer_token(request.headers.get("authorization")), name)
     return name
 
 
-def require_alert_token(request: Request, state: State) -> None:
+async def require_alert_token(request: Request, state: State) -> None:
     token = bearer_token(request.headers.get("authorization"))
     if not token_matches(token, state.settings.alert_token_sha256):
         state.metrics.deliveries.labels(outcome="unauthorized").inc()
