@@ -5,7 +5,7 @@ Targets: a client's `notify_url` (its own assignments) and `responder.webhooks` 
 assignment JSON. Headers:
 
     X-WGFO-Signature: t=UNIX_SECONDS,v1=HEX(HMAC-SHA256(secret, "UNIX_SECONDS." + body))
-    X-WGFO-Delivery:  CLIENT:VERSION        (an idempotency key: a receiver may see it twice)
+    X-WGFO-Delivery:  CLIENT:VERSION:EPOCH  (an idempotency key: a receiver may see it twice)
     X-WGFO-Event:     assignment
 
 `verify_signature` is what a receiver runs (importable, no responder needed).
@@ -91,6 +91,15 @@ def verify_signature(secret: bytes, header: str | None, body: bytes, *,
         return False
     want = sign(secret, body, ts).rpartition("v1=")[2]
     return any(hmac.compare_digest(want, got) for got in fields.get("v1", []))
+
+
+def delivery_key(assignment: dict[str, Any]) -> str:
+    """The idempotency key of one delivery. It names the store's epoch too: a new database
+    starts its versions at 1 again, and a receiver that de-duplicates on CLIENT:VERSION alone
+    would drop every assignment of the new store as one it had seen."""
+    key = f"{assignment['client']}:{assignment['version']}"
+    epoch = assignment.get("epoch")
+    return f"{key}:{epoch}" if epoch else key
 
 
 # --------------------------------------------------------------------------- targets
@@ -294,7 +303,7 @@ class WebhookNotifier:
         headers = {
             "Content-Type": "application/json",
             SIGNATURE_HEADER: sign(target.secret, body, int(time.time())),
-            DELIVERY_HEADER: f"{assignment['client']}:{assignment['version']}",
+            DELIVERY_HEADER: delivery_key(assignment),
             EVENT_HEADER: "assignment",
         }
         try:

@@ -184,7 +184,7 @@ def test_failover_reaches_mqtt_subscriber_and_webhook(tmp_path, broker, receiver
         # Webhook: the new version, signed; a tampered body fails verification.
         assert hook.wait(lambda: any(r["json"] == after for r in hook.accepted()))
         req = next(r for r in hook.accepted() if r["json"] == after)
-        assert req["delivery"] == f"c1:{after['version']}"
+        assert req["delivery"] == f"c1:{after['version']}:{after['epoch']}"
         assert verify_signature(SECRET, req["signature"], req["body"])
         tampered = req["body"].replace(after["worker"].encode(), b"w9")
         assert not verify_signature(SECRET, req["signature"], tampered)

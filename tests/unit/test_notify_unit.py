@@ -169,3 +169,15 @@ def test_switcher_help_mentions_mqtt():
     out = subprocess.run([exe, "switcher", "--help"], capture_output=True, text=True,
                          check=True).stdout
     assert "--mqtt URL" in out and "--mqtt-password-file" in out
+
+
+def test_delivery_key_names_the_store_epoch():
+    """A replaced database starts at version 1 again: its deliveries must not share keys with
+    the old store's, or a de-duplicating receiver drops them (hardening finding 3)."""
+    from wg_failover.responder.notify.webhooks import delivery_key
+
+    old = {"client": "c1", "version": 1, "epoch": "0123456789abcdef"}
+    new = {"client": "c1", "version": 1, "epoch": "fedcba9876543210"}
+    assert delivery_key(old) == "c1:1:0123456789abcdef"
+    assert delivery_key(old) != delivery_key(new)
+    assert delivery_key({"client": "c1", "version": 7}) == "c1:7"
