@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from wg_failover.responder import planner as P
+from wg_failover.responder import planner
 from wg_failover.responder.planner import ClientView, WorkerView
 
 
@@ -28,29 +28,29 @@ def apply(assign, plan):
 def test_initial_assignment_follows_preference():
     ws = {n: W(n) for n in ("w1", "w2")}
     cs = [ClientView("a", ("w1", "w2")), ClientView("b", ("w2", "w1"))]
-    plan = P.plan(ws, cs, {})
+    plan = planner.plan(ws, cs, {})
     assert apply({}, plan) == {"a": "w1", "b": "w2"}
-    assert {m.reason for m in plan.moves.values()} == {P.R_INITIAL}
+    assert {m.reason for m in plan.moves.values()} == {planner.R_INITIAL}
 
 
 def test_failover_moves_only_the_failed_workers_clients_and_spreads_them():
     ws = {"w1": W("w1", "down"), "w2": W("w2"), "w3": W("w3")}
     cs = fleet(6)
     assign = {"c0": "w1", "c1": "w1", "c2": "w1", "c3": "w1", "c4": "w2", "c5": "w3"}
-    plan = P.plan(ws, cs, assign)
+    plan = planner.plan(ws, cs, assign)
     after = apply(assign, plan)
     assert set(plan.moves) == {"c0", "c1", "c2", "c3"}
     assert after["c4"] == "w2" and after["c5"] == "w3"
     # Same preference list for everybody, yet no stampede onto w2: 2 and 2.
     assert sorted(after[c] for c in ("c0", "c1", "c2", "c3")) == ["w2", "w2", "w3", "w3"]
-    assert all(m.reason == P.R_FAILOVER for m in plan.moves.values())
+    assert all(m.reason == planner.R_FAILOVER for m in plan.moves.values())
 
 
 def test_spread_follows_free_capacity():
     ws = {"w1": W("w1", "down"), "w2": W("w2", capacity=10), "w3": W("w3", capacity=40)}
     cs = fleet(10)
     assign = {c.name: "w1" for c in cs}
-    after = apply(assign, P.plan(ws, cs, assign))
+    after = apply(assign, planner.plan(ws, cs, assign))
     assert sum(1 for v in after.values() if v == "w2") == 2
     assert sum(1 for v in after.values() if v == "w3") == 8
 
@@ -58,15 +58,15 @@ def test_spread_follows_free_capacity():
 def test_single_mover_takes_first_preference_with_room():
     ws = {"w1": W("w1", draining=True), "w2": W("w2", capacity=1), "w3": W("w3")}
     cs = [ClientView("a", ("w1", "w2", "w3")), ClientView("b", ("w2", "w1"))]
-    plan = P.plan(ws, cs, {"a": "w1", "b": "w2"})
+    plan = planner.plan(ws, cs, {"a": "w1", "b": "w2"})
     assert plan.moves["a"].to_worker == "w3"  # w2 is full
-    assert plan.moves["a"].reason == P.R_DRAIN
+    assert plan.moves["a"].reason == planner.R_DRAIN
 
 
 def test_no_healthy_worker_keeps_assignments_and_counts_unplaceable():
     ws = {"w1": W("w1", "down"), "w2": W("w2", "recovering")}
     cs = fleet(2, ("w1", "w2"))
-    plan = P.plan(ws, cs, {"c0": "w1", "c1": "w2"})
+    plan = planner.plan(ws, cs, {"c0": "w1", "c1": "w2"})
     assert plan.moves == {}
     assert sorted(plan.unplaceable) == ["c0", "c1"]
 
@@ -74,36 +74,36 @@ def test_no_healthy_worker_keeps_assignments_and_counts_unplaceable():
 def test_unusable_worker_moves_only_that_client():
     ws = {n: W(n) for n in ("w1", "w2")}
     cs = [ClientView("a", ("w1", "w2"), frozenset({"w1"})), ClientView("b", ("w1", "w2"))]
-    plan = P.plan(ws, cs, {"a": "w1", "b": "w1"})
+    plan = planner.plan(ws, cs, {"a": "w1", "b": "w1"})
     assert {c: m.to_worker for c, m in plan.moves.items()} == {"a": "w2"}
-    assert P.backups(cs[0], "w2", ws) == []
+    assert planner.backups(cs[0], "w2", ws) == []
 
 
 def test_preempt_returns_clients_in_batches():
     ws = {n: W(n) for n in ("w1", "w2")}
     cs = fleet(5, ("w1", "w2"))
     assign = {c.name: "w2" for c in cs}
-    assert P.plan(ws, cs, assign).moves == {}  # sticky without preempt
-    plan = P.plan(ws, cs, assign, preempt=True, preempt_batch=2)
+    assert planner.plan(ws, cs, assign).moves == {}  # sticky without preempt
+    plan = planner.plan(ws, cs, assign, preempt=True, preempt_batch=2)
     assert list(plan.moves) == ["c0", "c1"]
-    assert all(m.reason == P.R_PREEMPT and m.to_worker == "w1" for m in plan.moves.values())
+    assert all(m.reason == planner.R_PREEMPT and m.to_worker == "w1" for m in plan.moves.values())
 
 
 def test_fleet_change_moves_clients_off_workers_they_no_longer_list():
     ws = {n: W(n) for n in ("w1", "w2")}
     cs = [ClientView("a", ("w2",)), ClientView("b", ("w1", "w2"))]
-    plan = P.plan(ws, cs, {"a": "w1", "b": "w9"})
+    plan = planner.plan(ws, cs, {"a": "w1", "b": "w9"})
     assert {c: (m.to_worker, m.reason) for c, m in plan.moves.items()} == {
-        "a": ("w2", P.R_FLEET), "b": ("w1", P.R_FLEET)}
+        "a": ("w2", planner.R_FLEET), "b": ("w1", planner.R_FLEET)}
 
 
 def test_accept_switch():
     ws = {"w1": W("w1"), "w2": W("w2", capacity=1), "w3": W("w3", draining=True)}
     c = ClientView("a", ("w1", "w2", "w3"))
-    assert P.accept_switch(c, "w2", "w1", ws, {"a": "w1"})
-    assert not P.accept_switch(c, "w2", "w1", ws, {"a": "w1", "b": "w2"})  # full
-    assert not P.accept_switch(c, "w3", "w1", ws, {"a": "w1"})  # draining
-    assert not P.accept_switch(c, "w9", "w1", ws, {"a": "w1"})  # unknown
+    assert planner.accept_switch(c, "w2", "w1", ws, {"a": "w1"})
+    assert not planner.accept_switch(c, "w2", "w1", ws, {"a": "w1", "b": "w2"})  # full
+    assert not planner.accept_switch(c, "w3", "w1", ws, {"a": "w1"})  # draining
+    assert not planner.accept_switch(c, "w9", "w1", ws, {"a": "w1"})  # unknown
 
 
 # --------------------------------------------------------------------------- properties
@@ -118,7 +118,8 @@ def scenarios(draw):
     workers = {
         n: WorkerView(
             n,
-            draw(st.sampled_from([P.UP, P.UP, P.UP, P.DOWN, P.RECOVERING])),
+            draw(st.sampled_from([planner.UP, planner.UP, planner.UP, planner.DOWN,
+                                  planner.RECOVERING])),
             draw(st.integers(0, 4)) == 0,  # draining, now and then
             draw(st.one_of(st.none(), st.integers(1, 8))),
         )
@@ -147,8 +148,8 @@ def room(w, load):
 @given(scenarios())
 def test_property_no_client_on_bad_worker_while_a_usable_one_has_room(s):
     workers, clients, assign, preempt = s
-    after = apply(assign, P.plan(workers, clients, assign, preempt=preempt))
-    load = P.loads(after)
+    after = apply(assign, planner.plan(workers, clients, assign, preempt=preempt))
+    load = planner.loads(after)
     for c in clients:
         cur = after[c.name]
         assert cur is not None  # never left without a worker
@@ -165,9 +166,9 @@ def test_property_no_client_on_bad_worker_while_a_usable_one_has_room(s):
 def test_property_no_worker_over_capacity_while_another_has_room(s):
     workers, clients, assign, preempt = s
     # Start from a state within capacity (over-capacity starts are repaired as far as possible).
-    plan = P.plan(workers, clients, assign, preempt=preempt)
+    plan = planner.plan(workers, clients, assign, preempt=preempt)
     after = apply(assign, plan)
-    load = P.loads(after)
+    load = planner.loads(after)
     for c in clients:
         cur = after[c.name]
         w = workers[cur]
@@ -183,16 +184,16 @@ def test_property_no_worker_over_capacity_while_another_has_room(s):
 def test_property_sticky(s):
     """Without preempt, a client on a usable worker within capacity never moves."""
     workers, clients, assign, _ = s
-    plan = P.plan(workers, clients, assign, preempt=False)
-    load = P.loads(assign)
-    after = P.loads(apply(assign, plan))
+    plan = planner.plan(workers, clients, assign, preempt=False)
+    load = planner.loads(assign)
+    after = planner.loads(apply(assign, plan))
     for name, m in plan.moves.items():
         c = next(c for c in clients if c.name == name)
         cur = assign[name]
         if cur is None:
             continue
         w = workers[cur]
-        if m.reason == P.R_CAPACITY:
+        if m.reason == planner.R_CAPACITY:
             # Only leaves a worker that would be over capacity with it (e.g. after a client
             # that can go nowhere else was placed there).
             assert w.capacity is not None and after.get(cur, 0) + 1 > w.capacity
@@ -206,13 +207,13 @@ def test_property_sticky(s):
 @given(scenarios())
 def test_property_deterministic_and_stable(s):
     workers, clients, assign, preempt = s
-    a = P.plan(workers, clients, assign, preempt=preempt)
-    b = P.plan(dict(reversed(list(workers.items()))), list(clients), dict(assign),
+    a = planner.plan(workers, clients, assign, preempt=preempt)
+    b = planner.plan(dict(reversed(list(workers.items()))), list(clients), dict(assign),
                preempt=preempt)
     assert a.moves == b.moves
     # Planning again on the result changes nothing (no ping-pong), preempt batches aside.
     after = apply(assign, a)
-    again = P.plan(workers, clients, after, preempt=False)
+    again = planner.plan(workers, clients, after, preempt=False)
     assert again.moves == {}
 
 
@@ -220,7 +221,7 @@ def test_property_deterministic_and_stable(s):
 @given(scenarios())
 def test_property_moves_only_to_usable_workers(s):
     workers, clients, assign, preempt = s
-    plan = P.plan(workers, clients, assign, preempt=preempt)
+    plan = planner.plan(workers, clients, assign, preempt=preempt)
     by = {c.name: c for c in clients}
     for m in plan.moves.values():
         if m.from_worker is None and m.client in plan.unplaceable:
@@ -234,15 +235,15 @@ def test_room_freed_by_preempt_is_used_by_an_over_full_worker():
     # Found by hypothesis: c8 returning home (preempt) frees w2 after the capacity pass had run,
     # leaving c7 on an over-full w4 while w2 had room.
     workers = {
-        "w1": P.WorkerView("w1"),
-        "w2": P.WorkerView("w2", capacity=1),
-        "w4": P.WorkerView("w4", capacity=1),
+        "w1": planner.WorkerView("w1"),
+        "w2": planner.WorkerView("w2", capacity=1),
+        "w4": planner.WorkerView("w4", capacity=1),
     }
     clients = [
-        P.ClientView("c7", ("w4", "w2")),
-        P.ClientView("c8", ("w1", "w2")),
-        P.ClientView("c14", ("w4",)),
+        planner.ClientView("c7", ("w4", "w2")),
+        planner.ClientView("c8", ("w1", "w2")),
+        planner.ClientView("c14", ("w4",)),
     ]
     assign = {"c7": None, "c8": "w2", "c14": None}
-    after = apply(assign, P.plan(workers, clients, assign, preempt=True))
+    after = apply(assign, planner.plan(workers, clients, assign, preempt=True))
     assert after == {"c7": "w2", "c8": "w1", "c14": "w4"}
