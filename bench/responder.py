@@ -9,7 +9,7 @@ Runs the real `wg-failover responder` (uvicorn, SQLite in a temp dir) as a subpr
      asyncio sockets, so the client side stays cheap), then per round one webhook that gives every
      client a new assignment; p50/p99/max of (event received - webhook sent) over all clients;
   3. the responder's RSS with all N streams open.
-Goals (issue 6): all 10,000 clients notified within 2 s of the webhook; RSS under 300 MB.
+Goals: all 10,000 clients notified within 2 s of the webhook; RSS under 300 MB.
 Every loop is bounded; the responder and the subscriber process are stopped at the end.
 """
 

@@ -216,8 +216,8 @@ class Client(_Strict):
     routes: list[Network] = Field(default_factory=list)
     workers: list[Name] | None = None
     token_sha256: Hex64 | None = None
-    # Outbound webhook (responder/webhooks.py): each new assignment is POSTed here, signed with
-    # HMAC-SHA256; the key stays in its own file (never in the fleet file).
+    # Outbound webhook (responder/notify/webhooks.py): each new assignment is POSTed here,
+    # signed with HMAC-SHA256; the key stays in its own file (never in the fleet file).
     notify_url: Url | None = None
     notify_secret_file: str | None = None
 
@@ -245,7 +245,7 @@ class MqttSettings(_Strict):
 
 
 class WebhookTarget(_Strict):
-    """An integration that wants assignments pushed (responder/webhooks.py)."""
+    """An integration that wants assignments pushed (responder/notify/webhooks.py)."""
 
     name: Name
     url: Url

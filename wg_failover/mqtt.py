@@ -1,6 +1,7 @@
 """MQTT names shared by the responder (publisher) and the switcher (subscriber).
 
-Kept in the core so both sides parse broker URLs alike and agree on the topic names of DESIGN.md.
+Kept in the core so both sides parse broker URLs alike and agree on the topic names
+(docs/notify.md).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from tests.helpers.tools import run_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# The agreed metric names (brief / DESIGN.md contract). Dashboards may use these, Prometheus's
+# The agreed metric names (the README's metrics table). Dashboards may use these, Prometheus's
 # own `up` and `scrape_duration_seconds`, and the recording rules in prometheus/rules/.
 AGREED = {
     "wireguard_device_info", "wireguard_peer_info", "wireguard_peer_allowed_ips_info",

@@ -1,6 +1,7 @@
 """The layout holds: what is installed equals the folders, and the import rules between the core,
-the components, the lab and the tests (DESIGN.md "Layout"). Pure reads of files and syntax trees:
-nothing here imports the code it checks, so a broken module cannot hide a broken rule.
+the components, the lab and the tests (docs/architecture.md, "Package layout"). Pure reads of
+files and syntax trees: nothing here imports the code it checks, so a broken module cannot hide a
+broken rule.
 """
 
 from __future__ import annotations
