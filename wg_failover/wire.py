@@ -6,7 +6,8 @@ One set of pydantic models, so the two sides cannot drift apart:
 - `ClientEvent` (`ProbeEvent | SwitchEvent | AppliedEvent | RejectedEvent`, discriminated by
   `type`): what a switcher reports to `POST /v1/clients/{name}/events`.
 - `WorkerStatus`: one entry of `GET /v1/workers`; `ClientStatus` (`GET /v1/clients/{name}`) and
-  `EventsPage` (`GET /v1/events`) with their `EventRecord`s.
+  `EventsPage` (`GET /v1/events`) with their `EventRecord`s; `ClientSummary`: one entry of
+  `GET /v1/clients`.
 
 Every model ignores fields it does not know, so a newer responder can add fields without breaking
 an older follower (and the other way round).
@@ -222,3 +223,16 @@ class ClientStatus(_Wire):
     @field_serializer("assignment")
     def _assignment_json(self, assignment: Assignment) -> dict[str, Any]:
         return assignment.to_json()  # the shape every other answer and cache has
+
+
+class ClientSummary(_Wire):
+    """One client as `GET /v1/clients` lists it: its assignment in one line and the workers its
+    probes rejected (`GET /v1/clients/{name}` has the probes and events)."""
+
+    name: str
+    worker: str
+    version: int
+    epoch: str | None = None
+    reason: str = ""
+    since: str | None = None
+    unusable: list[str] = Field(default_factory=list)
