@@ -8,7 +8,7 @@ import sys
 import pytest
 
 COMPONENTS = {"exporter": "wg_failover.exporter", "responder": "wg_failover.responder",
-              "switcher": "wg_failover.client", "lab": "wg_failover.lab"}
+              "switcher": "wg_failover.client", "lab": "wg_failover.lab", "ctl": "wg_failover.ctl"}
 
 
 def loaded_after_parser(only: str, candidates: list[str]) -> list[str]:
@@ -25,7 +25,7 @@ def test_help_lists_every_subcommand():
     res = subprocess.run([sys.executable, "-m", "wg_failover.cli", "--help"],
                          capture_output=True, text=True)
     assert res.returncode == 0
-    for cmd in ("check", "config", "exporter", "responder", "switcher", "lab"):
+    for cmd in ("check", "config", "exporter", "responder", "switcher", "lab", "ctl"):
         assert f"    {cmd}" in res.stdout
     assert "unavailable" not in res.stdout
 
