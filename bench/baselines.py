@@ -44,6 +44,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -621,6 +622,9 @@ def main() -> int:
     if problems:
         print("cannot run the lab: " + "; ".join(problems), file=sys.stderr)
         return 2
+    # SIGTERM/SIGHUP unwind like Ctrl-C, so the finally blocks remove this run's namespaces.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: sys.exit(143))
     chosen = args.approach or list(APPROACHES)
     base = f"bb{os.getpid() % 1000:03d}"
     workdir = Path(tempfile.mkdtemp(prefix="wgfo-baselines-"))
@@ -629,15 +633,20 @@ def main() -> int:
         for n, name in enumerate(a for a in APPROACHES if a in chosen):
             prefix, wdir = f"{base}{n}", workdir / name
             _say(f"\n== {name} (lab {prefix}) ==")
-            if name == "fast":
-                results.append(run_fast(prefix, wdir, args.kills, args.settle))
-            elif name == "article":
-                results.append(run_article(prefix, wdir, args.kills, args.settle, args.quick))
-            elif name == "keepalived":
-                results.append(run_keepalived(prefix, wdir, args.kills, args.settle,
-                                              args.timeout))
-            else:
-                results.append(run_twopeer(prefix, wdir, args.kills, args.timeout))
+            try:
+                if name == "fast":
+                    results.append(run_fast(prefix, wdir, args.kills, args.settle))
+                elif name == "article":
+                    results.append(run_article(prefix, wdir, args.kills, args.settle,
+                                               args.quick))
+                elif name == "keepalived":
+                    results.append(run_keepalived(prefix, wdir, args.kills, args.settle,
+                                                  args.timeout))
+                else:
+                    results.append(run_twopeer(prefix, wdir, args.kills, args.timeout))
+            except Exception as e:  # noqa: BLE001 - one broken approach still leaves a table
+                _say(f"{name}: failed: {e}")
+                results.append(Result(name, name, notes=[f"failed: {e}"]))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     _say(f"\n{args.kills} kills (SIGKILL of the active worker's wireguard-go) per approach, "
