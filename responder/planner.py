@@ -156,9 +156,28 @@ def plan(
     _rebalance_capacity(workers, clients, assign, load, out)
     if preempt:
         _preempt(workers, clients, assign, load, out, preempt_batch)
-        # A client returning home frees room that an over-full worker's clients may now take.
+        # A client returning home frees room: a client that found every usable worker full a
+        # moment ago, and an over-full worker's clients, may now take it.
+        _retry_unplaceable(workers, clients, assign, load, out)
         _rebalance_capacity(workers, clients, assign, load, out)
     return out
+
+
+def _retry_unplaceable(workers: Mapping[str, WorkerView], clients: Sequence[ClientView],
+                       assign: dict[str, str | None], load: dict[str, int], out: Plan) -> None:
+    by_name = {c.name: c for c in clients}
+    still = []
+    for name in out.unplaceable:
+        c, cur = by_name[name], assign[name]
+        why = _why(c, cur, workers)
+        to = next((n for n in c.prefs if n in workers and n != cur
+                   and _usable(c, workers[n]) and _room(workers[n], load.get(n, 0)) > 0), None)
+        if why is None or to is None:
+            if why is not None:
+                still.append(name)
+            continue
+        _record_move(out, assign, load, name, cur, to, why)
+    out.unplaceable = still
 
 
 def _fallback(c: ClientView, workers: Mapping[str, WorkerView]) -> str | None:

@@ -106,6 +106,18 @@ def test_accept_switch():
     assert not planner.accept_switch(c, "w9", "w1", ws, {"a": "w1"})  # unknown
 
 
+def test_preempt_frees_room_for_a_client_stuck_on_an_unusable_worker():
+    """Found by the property below (hypothesis seed 25): c1 cannot use w1 and w3 was full when
+    it looked, so it stayed unplaceable; preempt then took c2 home from w3. The room it freed
+    must go to c1 in the same plan, not wait for the next one."""
+    ws = {"w1": W("w1"), "w3": W("w3", capacity=2)}
+    clients = [ClientView("c1", ("w1", "w3"), frozenset({"w1"})),
+               ClientView("c2", ("w1", "w3")), ClientView("c3", ("w3",))]
+    p = planner.plan(ws, clients, {"c1": "w1", "c2": "w3", "c3": "w3"}, preempt=True)
+    assert p.moves["c2"].to_worker == "w1" and p.moves["c1"].to_worker == "w3"
+    assert p.unplaceable == []
+
+
 # --------------------------------------------------------------------------- properties
 
 NAMES = ["w1", "w2", "w3", "w4"]
