@@ -57,11 +57,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import failover as fo  # noqa: E402 - bench/failover.py: the fast path's own machinery
+
+from wg_failover import wg  # noqa: E402
 from wg_failover.lab import kit  # noqa: E402
 from wg_failover.lab.netns import WG_RUN_DIR, Host, NetLab, preflight  # noqa: E402
 from wg_failover.lab.procs import poll_until, stop_process  # noqa: E402
-
-from wg_failover import wg  # noqa: E402
 
 APPROACHES = ("fast", "article", "keepalived", "twopeer")
 VIP = "198.18.0.100"

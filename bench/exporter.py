@@ -27,9 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from wg_failover.lab import netns  # noqa: E402
-
 from wg_failover import wg  # noqa: E402
+from wg_failover.lab import netns  # noqa: E402
 
 # Runs inside the namespace: times the bare dump and the scrapes with the same clock.
 TIMER = r"""

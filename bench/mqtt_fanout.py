@@ -32,11 +32,10 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from wg_failover.lab.gen import Generated  # noqa: E402
-
 from tests.helpers.mosquitto import Mosquitto, Subscriber  # noqa: E402
 from tests.helpers.responder import ResponderProc, make_fleet  # noqa: E402
 from wg_failover.fleet import MqttSettings  # noqa: E402
+from wg_failover.lab.gen import Generated  # noqa: E402
 
 WILDCARD = "wg-failover/clients/+/assignment"
 

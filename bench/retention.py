@@ -66,14 +66,13 @@ def db_bytes(path: Path) -> int:
 
 async def simulate(work: Path, clients: int, workers: int, days: int, flooders: int,
                    retention: bool, seed: int = 19) -> dict[str, Any]:
+    from tests.helpers.responder import alert_payload, make_fleet
     from wg_failover.responder import notify
     from wg_failover.responder.intake.alerts import take_delivery
     from wg_failover.responder.intake.clients import take_report
     from wg_failover.responder.models import AMPayload
     from wg_failover.responder.state import ResponderState
     from wg_failover.responder.store import Event, Tx, open_store
-
-    from tests.helpers.responder import alert_payload, make_fleet
     from wg_failover.wire import ClientEvent
 
     gen = make_fleet(workers, clients, hold_down_seconds=0)

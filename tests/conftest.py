@@ -7,10 +7,10 @@ import os
 
 import pytest
 from hypothesis import settings
-from wg_failover.lab import netns
-from wg_failover.lab.gen import generate_fleet
 
 from tests.helpers.tools import require_netns
+from wg_failover.lab import netns
+from wg_failover.lab.gen import generate_fleet
 
 # The responder fixtures (`responder`, `responder_factory`) for every test, registered once here
 # instead of imported (with a `noqa`) into each module that uses them.

@@ -25,10 +25,9 @@ import os
 import sys
 from pathlib import Path
 
+from wg_failover.fleet import dump_fleet
 from wg_failover.lab import tlsca
 from wg_failover.lab.gen import generate_fleet
-
-from wg_failover.fleet import dump_fleet
 
 NOBODY = 65534
 WORKERS = int(os.environ.get("WGFO_WORKERS", "1"))

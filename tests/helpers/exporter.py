@@ -21,10 +21,9 @@ from pathlib import Path
 from wg_failover.exporter import system
 from wg_failover.exporter.collector import Reading
 from wg_failover.exporter.dump import parse_rows
+from wg_failover.fleet import Worker
 from wg_failover.lab.gen import Generated
 from wg_failover.lab.netns import Host, WgInterface
-
-from wg_failover.fleet import Worker
 from wg_failover.wgquick import render_worker, strip
 
 from .tools import WG_FAILOVER

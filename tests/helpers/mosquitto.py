@@ -22,6 +22,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+
 from wg_failover.lab.procs import stop_process
 
 from .wait import free_port, wait_started

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from wg_failover.lab import procs
 
 from wg_failover import promconfig
+from wg_failover.lab import procs
 
 from .responder import ResponderProc
 from .wait import free_port

@@ -74,11 +74,11 @@ from typing import Any
 
 import httpx
 import pytest
+
+from wg_failover.fleet import Client, Fleet, ResponderSettings, Worker, dump_fleet
 from wg_failover.lab import tlsca
 from wg_failover.lab.gen import Generated, sha256_hex
 from wg_failover.lab.procs import stop_process
-
-from wg_failover.fleet import Client, Fleet, ResponderSettings, Worker, dump_fleet
 from wg_failover.tls import client_context
 
 from .tools import WG_FAILOVER

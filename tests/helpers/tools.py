@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
+
 from wg_failover.lab import netns
 
 WG_FAILOVER = str(Path(sys.executable).with_name("wg-failover"))

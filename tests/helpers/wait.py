@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from wg_failover.lab.procs import find_free_port, poll_until
 
 __all__ = ["free_port", "poll_until", "wait_started", "wait_until"]

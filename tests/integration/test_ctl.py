@@ -13,9 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from wg_failover.lab import tlsca
 
 from tests.helpers.responder import WG_FAILOVER, ResponderProc
+from wg_failover.lab import tlsca
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,11 @@ import subprocess
 from pathlib import Path
 
 import yaml
-from wg_failover.exporter.collector import build_families, fleet_names, render_text
 
 from tests.helpers.exporter import FRA, reading
 from tests.helpers.fleets import VALID
 from tests.helpers.tools import require_tool, run_tool
+from wg_failover.exporter.collector import build_families, fleet_names, render_text
 from wg_failover.fleet import parse_fleet
 
 ROOT = Path(__file__).resolve().parents[2]

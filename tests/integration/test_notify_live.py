@@ -15,13 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-from wg_failover.client.mqtt_source import MqttAssignmentSource
-from wg_failover.lab.gen import Generated
-from wg_failover.responder.notify.webhooks import (
-    DELIVERY_HEADER,
-    SIGNATURE_HEADER,
-    verify_signature,
-)
 
 from tests.helpers.mosquitto import MOSQUITTO, Mosquitto, Subscriber
 from tests.helpers.responder import (
@@ -29,7 +22,14 @@ from tests.helpers.responder import (
     make_fleet,
     responder_factory_fixture,  # noqa: F401 - registers it
 )
+from wg_failover.client.mqtt_source import MqttAssignmentSource
 from wg_failover.fleet import MqttSettings, WebhookTarget
+from wg_failover.lab.gen import Generated
+from wg_failover.responder.notify.webhooks import (
+    DELIVERY_HEADER,
+    SIGNATURE_HEADER,
+    verify_signature,
+)
 
 pytestmark = pytest.mark.skipif(not Path(MOSQUITTO).exists(), reason="mosquitto not installed")
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from wg_failover.lab import procs
 
 from tests.helpers.tools import run_tool
 from wg_failover import promconfig
+from wg_failover.lab import procs
 
 SHIPPED = promconfig.SHIPPED_DIR
 

@@ -17,12 +17,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from wg_failover.lab.gen import Generated
 
 from tests.helpers.prom import start_prometheus
 from tests.helpers.responder import ResponderProc, make_fleet
 from tests.helpers.wait import free_port, wait_until
 from wg_failover import promconfig
+from wg_failover.lab.gen import Generated
 
 
 def test_targets_from_http_sd_with_labels_and_blackbox_relabelling(tmp_path):

@@ -10,7 +10,6 @@ import time
 
 import httpx
 import pytest
-from wg_failover.lab.gen import Generated
 
 from tests.helpers.responder import (  # noqa: F401  (the fixtures register by import)
     WG_FAILOVER,
@@ -21,6 +20,7 @@ from tests.helpers.responder import (  # noqa: F401  (the fixtures register by i
     responder_fixture,
 )
 from tests.helpers.wait import poll_until
+from wg_failover.lab.gen import Generated
 
 
 def get(p: ResponderProc, path: str, who: str | None = None, headers: dict | None = None,

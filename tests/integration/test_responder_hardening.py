@@ -23,8 +23,6 @@ from typing import Any
 
 import httpx
 import pytest
-from wg_failover.lab import tlsca
-from wg_failover.lab.gen import Generated
 
 from tests.helpers.responder import (
     WG_FAILOVER,
@@ -34,6 +32,8 @@ from tests.helpers.responder import (
     unlimited_reports,
 )
 from wg_failover.fleet import dump_fleet
+from wg_failover.lab import tlsca
+from wg_failover.lab.gen import Generated
 from wg_failover.tls import client_context
 
 # Valid JSON whose strings Python reads as lone surrogates: UTF-8 cannot encode them.

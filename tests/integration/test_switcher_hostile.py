@@ -13,10 +13,10 @@ import subprocess
 import time
 
 import pytest
-from wg_failover.lab import tlsca
 
 from tests.helpers.fleets import VALID
 from tests.helpers.tools import WG_FAILOVER
+from wg_failover.lab import tlsca
 
 pytestmark = pytest.mark.timeout(60)
 

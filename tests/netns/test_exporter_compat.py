@@ -24,11 +24,11 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from wg_failover.lab.gen import generate_fleet
-from wg_failover.lab.procs import poll_until
 
 from wg_failover import wg
 from wg_failover.fleet import dump_fleet
+from wg_failover.lab.gen import generate_fleet
+from wg_failover.lab.procs import poll_until
 from wg_failover.wgquick import render_client, render_worker, strip
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]

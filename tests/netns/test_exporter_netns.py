@@ -13,13 +13,13 @@ import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from wg_failover.lab.gen import generate_fleet
 
 from tests.helpers.exporter import EXPORTER
 from tests.helpers.tools import require_tool
 from tests.helpers.wait import wait_until
 from wg_failover import wg
 from wg_failover.fleet import dump_fleet
+from wg_failover.lab.gen import generate_fleet
 from wg_failover.wgquick import render_client, render_worker, strip
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]

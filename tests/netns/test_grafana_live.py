@@ -28,8 +28,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from wg_failover.lab import netns
-from wg_failover.lab.gen import generate_fleet
 
 from tests.helpers.exporter import start_worker
 from tests.helpers.grafana import DASHBOARDS, rp
@@ -39,6 +37,8 @@ from tests.helpers.responder import ResponderProc, alert_payload
 from tests.helpers.tools import require_netns, require_tool
 from tests.helpers.wait import wait_until
 from wg_failover import promconfig
+from wg_failover.lab import netns
+from wg_failover.lab.gen import generate_fleet
 from wg_failover.wgquick import render_client, strip
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]

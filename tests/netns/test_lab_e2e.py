@@ -15,10 +15,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from wg_failover.lab import build, netns
-from wg_failover.lab.state import LabState
 
 from tests.conftest import require_netns
+from wg_failover.lab import build, netns
+from wg_failover.lab.state import LabState
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

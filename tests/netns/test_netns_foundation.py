@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import subprocess
 
-from wg_failover.lab.gen import generate_fleet
-
 from wg_failover import wg
+from wg_failover.lab.gen import generate_fleet
 from wg_failover.wgquick import client_peer_allowed_ips, render_client, render_worker
 
 SERVICE = "10.99.0.1"  # the same service address behind every worker

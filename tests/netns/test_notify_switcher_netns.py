@@ -5,12 +5,12 @@ switcher in the client's namespace."""
 from __future__ import annotations
 
 import pytest
-from wg_failover.lab import kit
-from wg_failover.lab.gen import Generated
-from wg_failover.lab.procs import poll_until
 
 from tests.helpers.mosquitto import Mosquitto
 from wg_failover.fleet import MqttSettings, dump_fleet
+from wg_failover.lab import kit
+from wg_failover.lab.gen import Generated
+from wg_failover.lab.procs import poll_until
 
 MASTER = "198.18.0.2"
 

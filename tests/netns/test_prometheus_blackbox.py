@@ -30,8 +30,6 @@ from datetime import datetime
 
 import httpx
 import pytest
-from wg_failover.lab import procs
-from wg_failover.lab.gen import generate_fleet
 
 from tests.helpers.exporter import start_worker
 from tests.helpers.netlab import add_root_link, del_link, free_subnet
@@ -49,6 +47,8 @@ from tests.helpers.tools import require_tool
 from tests.helpers.wait import free_port, wait_until
 from wg_failover import promconfig
 from wg_failover.fleet import dump_fleet
+from wg_failover.lab import procs
+from wg_failover.lab.gen import generate_fleet
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

@@ -35,9 +35,6 @@ from datetime import datetime
 
 import httpx
 import pytest
-from wg_failover.lab.gen import Generated, generate_fleet
-from wg_failover.lab.netns import WG_RUN_DIR
-from wg_failover.lab.procs import stop_process
 
 from tests.helpers.exporter import start_worker
 from tests.helpers.prom import (
@@ -53,6 +50,9 @@ from tests.helpers.responder import ResponderProc
 from tests.helpers.wait import wait_until
 from wg_failover import promconfig
 from wg_failover.fleet import dump_fleet
+from wg_failover.lab.gen import Generated, generate_fleet
+from wg_failover.lab.netns import WG_RUN_DIR
+from wg_failover.lab.procs import stop_process
 from wg_failover.wgquick import render_worker, strip
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]

@@ -13,13 +13,13 @@ import json
 
 import httpx
 import pytest
+
+from tests.helpers.responder import responder, responder_factory  # noqa: F401 - fixtures
+from wg_failover.backoff import Backoff
 from wg_failover.client.cache import cache_path
 from wg_failover.client.sources import HttpAssignmentSource
 from wg_failover.lab import kit
 from wg_failover.lab.procs import poll_until
-
-from tests.helpers.responder import responder, responder_factory  # noqa: F401 - fixtures
-from wg_failover.backoff import Backoff
 
 
 async def _collect(src: HttpAssignmentSource, got: list, want: int, timeout: float,

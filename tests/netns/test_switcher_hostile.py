@@ -27,6 +27,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+
 from wg_failover.client import cache
 from wg_failover.client.cache import cache_path
 from wg_failover.lab import kit, tlsca

@@ -12,6 +12,7 @@ import re
 import time
 
 import pytest
+
 from wg_failover.client import cache
 from wg_failover.client.cache import cache_path
 from wg_failover.lab import kit

@@ -6,11 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
+
+from wg_failover.cli import CliError
 from wg_failover.ctl import render
 from wg_failover.ctl.api import read_token
 from wg_failover.ctl.cli import check_url
-
-from wg_failover.cli import CliError
 
 
 def test_table_aligns_columns_and_shows_missing_values_as_dashes():

@@ -24,6 +24,8 @@ from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.helpers.fleets import VALID
 from wg_failover.exporter import cli, server, system
 from wg_failover.exporter.collector import (
     Family,
@@ -47,8 +49,6 @@ from wg_failover.exporter.metrics import (
     compat_metrics,
 )
 from wg_failover.exporter.render import PageRenderer
-
-from tests.helpers.fleets import VALID
 from wg_failover.fleet import parse_fleet
 
 ROOT = Path(__file__).resolve().parents[2]

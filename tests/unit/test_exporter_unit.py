@@ -15,6 +15,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.helpers.exporter import ALICE, DUMP, FRA, NOW, PRIV, STRANGER, reading
+from tests.helpers.fleets import VALID
+from wg_failover import wg
 from wg_failover.exporter import server, system
 from wg_failover.exporter.collector import (
     Names,
@@ -26,10 +30,6 @@ from wg_failover.exporter.collector import (
 )
 from wg_failover.exporter.dump import parse_rows
 from wg_failover.exporter.metrics import METRICS
-
-from tests.helpers.exporter import ALICE, DUMP, FRA, NOW, PRIV, STRANGER, reading
-from tests.helpers.fleets import VALID
-from wg_failover import wg
 from wg_failover.fleet import parse_fleet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -355,7 +355,6 @@ def test_fleet_file_is_reloaded_on_change_and_a_bad_edit_keeps_the_last_good(tmp
     import os
 
     from wg_failover.exporter.collector import FleetSource
-
     from wg_failover.fleet import load_fleet
 
     path = tmp_path / "fleet.yaml"

@@ -7,10 +7,10 @@ import sys
 
 import pytest
 import yaml
-from wg_failover.lab.gen import generate_fleet
 
 from tests.helpers.fleets import VALID
 from wg_failover.fleet import FleetError, dump_fleet, load_fleet, parse_fleet
+from wg_failover.lab.gen import generate_fleet
 
 
 def broken(edit) -> str:

@@ -16,9 +16,9 @@ import sys
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from wg_failover.exporter.collector import FleetSource
 
 from tests.helpers.fleets import VALID
+from wg_failover.exporter.collector import FleetSource
 from wg_failover.fleet import FleetError, parse_fleet
 
 URL_LINE = 'url: "http://master.example.net:8080"'

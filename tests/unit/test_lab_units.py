@@ -6,6 +6,7 @@ import os
 import stat
 
 import pytest
+
 from wg_failover.lab import ops, state
 from wg_failover.lab.cli import failover_ok
 from wg_failover.lab.state import LabError, LabState, Proc, plan_addresses

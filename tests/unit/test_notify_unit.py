@@ -8,6 +8,11 @@ import random
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
+from tests.helpers.fleets import VALID
+from wg_failover.backoff import backoff_delay
+from wg_failover.fleet import FleetError, MqttSettings, parse_fleet
+from wg_failover.mqtt import MqttUrlError, parse_mqtt_url
 from wg_failover.responder.notify.mqtt import MqttConfigError, MqttNotifier, parse_broker_url
 from wg_failover.responder.notify.webhooks import (
     BACKOFF_BASE,
@@ -19,11 +24,6 @@ from wg_failover.responder.notify.webhooks import (
     sign,
     verify_signature,
 )
-
-from tests.helpers.fleets import VALID
-from wg_failover.backoff import backoff_delay
-from wg_failover.fleet import FleetError, MqttSettings, parse_fleet
-from wg_failover.mqtt import MqttUrlError, parse_mqtt_url
 
 KEY = b"k" * 32
 BODY = b'{"client":"c1","version":7,"worker":"w2"}'

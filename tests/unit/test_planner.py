@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from wg_failover.responder import planner
 from wg_failover.responder.planner import ClientView, WorkerView
 

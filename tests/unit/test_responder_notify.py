@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
+from tests.helpers.responder import make_fleet
 from wg_failover.responder import notify
 from wg_failover.responder.state import ResponderState
 from wg_failover.responder.store import open_store
-
-from tests.helpers.responder import make_fleet
 
 
 class Recorder:

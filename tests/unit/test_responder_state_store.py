@@ -7,13 +7,12 @@ import asyncio
 from dataclasses import replace
 from typing import Any
 
+from tests.helpers.responder import make_fleet
 from wg_failover.responder import notify
 from wg_failover.responder.state import ResponderState
 from wg_failover.responder.store import Event, StoreError, Tx, open_store
 from wg_failover.responder.store.base import DISK_FULL
 from wg_failover.responder.upkeep import PRUNE_BATCH
-
-from tests.helpers.responder import make_fleet
 
 
 class FlakyStore:

@@ -9,6 +9,8 @@ import subprocess
 import sys
 
 import pytest
+
+from tests.helpers.diskfull import fill, small_disk, unfill
 from wg_failover.responder.store import (
     AssignmentRow,
     Event,
@@ -20,8 +22,6 @@ from wg_failover.responder.store import (
     open_store,
 )
 from wg_failover.responder.store.base import DAMAGED, DISK_FULL, LOCKED
-
-from tests.helpers.diskfull import fill, small_disk, unfill
 
 HEX16 = re.compile(r"^[0-9a-f]{16}$")
 

@@ -7,6 +7,8 @@ import logging
 import random
 
 import pytest
+
+from wg_failover.backoff import Backoff
 from wg_failover.client import cache
 from wg_failover.client.bounds import (
     EventTooLarge,
@@ -31,8 +33,6 @@ from wg_failover.client.decisions import (
 from wg_failover.client.probe import checksum, echo_request, parse_echo_reply
 from wg_failover.client.sources import SseParser
 from wg_failover.client.wgctl import plan_reconcile
-
-from wg_failover.backoff import Backoff
 from wg_failover.wg import Peer, find_active
 from wg_failover.wire import (
     Assignment,
@@ -577,9 +577,8 @@ def test_bad_arguments_are_clean_errors(tmp_path, capsys):
     ("http://0.0.0.0:8080", False),
 ])
 def test_plain_http_only_to_this_machine(url, ok):
-    from wg_failover.client.cli import check_responder_url
-
     from wg_failover.cli import CliError
+    from wg_failover.client.cli import check_responder_url
 
     if ok:
         check_responder_url(url, insecure_http=False, tls_files=False)
@@ -590,9 +589,8 @@ def test_plain_http_only_to_this_machine(url, ok):
 
 
 def test_responder_url_checks():
-    from wg_failover.client.cli import check_responder_url
-
     from wg_failover.cli import CliError
+    from wg_failover.client.cli import check_responder_url
 
     with pytest.raises(CliError, match="are for an https:// responder"):
         check_responder_url("http://127.0.0.1:8080", insecure_http=False, tls_files=True)

@@ -8,8 +8,8 @@ import ssl
 import threading
 
 import pytest
-from wg_failover.lab import tlsca
 
+from wg_failover.lab import tlsca
 from wg_failover.tls import TlsError, check_listen, client_context, is_loopback, server_tls
 
 
