@@ -8,12 +8,11 @@ import logging
 import ssl
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from wg_failover import wg
+from wg_failover import tls, wg
 from wg_failover.cli import CliError, fleet_argument
 from wg_failover.fleet import load_fleet, parse_host_port
-from wg_failover.tls import TlsError, client_context, is_loopback
+from wg_failover.tls import TlsError, client_context
 
 from .bounds import MAX_BODY, MAX_EVENT, MAX_LINE
 from .cache import DEFAULT_STATE_DIR, cache_path
@@ -140,27 +139,13 @@ def read_token(path: str | None) -> str | None:
 
 
 def check_responder_url(url: str, *, insecure_http: bool, tls_files: bool) -> None:
-    """Refuse a responder URL the switcher must not talk to: not http(s), no host, or plain HTTP
-    across a network (the bearer token would travel in clear text) unless --insecure-http."""
+    """The core's check (wg_failover.tls), as the switcher's exit-2 error."""
     try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-    except ValueError:
-        raise CliError(f"--responder {url!r}: not a URL") from None
-    if parts.scheme not in ("http", "https") or not host:
-        raise CliError(f"--responder {url!r}: expected an http:// or https:// URL")
-    if parts.scheme == "https":
-        return
-    shown = f"http://{parts.netloc.rpartition('@')[2]}"  # never echo a password in the URL
-    if tls_files:
-        raise CliError(f"--responder {shown}: --ca-file, --tls-cert and --tls-key are for an "
-                       "https:// responder; this one is plain http://")
-    if not insecure_http and not is_loopback(host):
-        raise CliError(
-            f"--responder {shown}: refusing plain HTTP to {host}, which is not this machine: the "
-            "client's token would cross the network in clear text (and its assignments could be "
-            "forged on the way); use https:// (--ca-file pins the responder's CA), or say "
-            "--insecure-http")
+        tls.check_responder_url(url, insecure_http=insecure_http, tls_files=tls_files,
+                                token="the client's token (and assignments that could be "
+                                      "forged on the way)")
+    except TlsError as exc:
+        raise CliError(str(exc)) from None
 
 
 def tls_context(args: argparse.Namespace) -> ssl.SSLContext:

@@ -9,9 +9,10 @@ import sys
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from wg_failover import tls
 from wg_failover.cli import CliError
 from wg_failover.fleet import load_fleet, resolve_fleet_path
-from wg_failover.tls import TlsError, client_context, is_loopback
+from wg_failover.tls import TlsError, client_context
 
 from . import render
 from .api import ENV_TOKEN_FILE, Api, read_token
@@ -124,21 +125,11 @@ def responder_url(args: argparse.Namespace) -> str:
 
 
 def check_url(url: str, *, insecure_http: bool) -> None:
-    """Only http(s) URLs with a host; plain HTTP across a network only with --insecure-http
-    (the admin token would travel in clear text)."""
+    """The core's check (wg_failover.tls), as ctl's exit-2 error."""
     try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-    except ValueError:
-        raise CliError(f"--responder {url!r}: not a URL") from None
-    if parts.scheme not in ("http", "https") or not host:
-        raise CliError(f"--responder {url!r}: expected an http:// or https:// URL")
-    if parts.scheme == "http" and not insecure_http and not is_loopback(host):
-        shown = f"http://{parts.netloc.rpartition('@')[2]}"  # never echo a password in the URL
-        raise CliError(
-            f"--responder {shown}: refusing plain HTTP to {host}, which is not this machine: the "
-            "admin token would cross the network in clear text; use https:// (--ca-file pins "
-            "the responder's CA), or say --insecure-http")
+        tls.check_responder_url(url, insecure_http=insecure_http, token="the admin token")
+    except TlsError as exc:
+        raise CliError(str(exc)) from None
 
 
 def connect(args: argparse.Namespace) -> Api:

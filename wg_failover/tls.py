@@ -15,6 +15,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class TlsError(ValueError):
@@ -48,6 +49,32 @@ def check_listen(host: str, *, tls: bool, insecure_http: bool) -> None:
         f"refusing to serve plain HTTP on {host or 'every address'}: bearer tokens would cross "
         "the network in clear text; give --tls-cert and --tls-key (see docs/deploy.md), listen "
         "on 127.0.0.1 behind a TLS proxy, or say --insecure-http")
+
+
+def check_responder_url(url: str, *, insecure_http: bool, token: str,
+                        tls_files: bool = False) -> None:
+    """Refuse a responder URL a follower must not use: not http(s), no host, TLS files for a
+    plain http:// one, or plain HTTP to another machine (`token`, e.g. "the admin token", would
+    cross the network in clear text) unless `insecure_http`. Raises TlsError, never echoing a
+    password written into the URL."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        raise TlsError(f"--responder {url!r}: not a URL") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise TlsError(f"--responder {url!r}: expected an http:// or https:// URL")
+    if parts.scheme == "https":
+        return
+    shown = f"http://{parts.netloc.rpartition('@')[2]}"
+    if tls_files:
+        raise TlsError(f"--responder {shown}: --ca-file, --tls-cert and --tls-key are for an "
+                       "https:// responder; this one is plain http://")
+    if not insecure_http and not is_loopback(host):
+        raise TlsError(
+            f"--responder {shown}: refusing plain HTTP to {host}, which is not this machine: "
+            f"{token} would cross the network in clear text; use https:// (--ca-file pins the "
+            "responder's CA), or say --insecure-http")
 
 
 def _readable(path: str | Path, what: str) -> Path:
