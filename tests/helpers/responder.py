@@ -245,6 +245,16 @@ class ResponderProc:
     def headers(self, who: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[who]}"}
 
+    def metric(self, series: str) -> float:
+        """The value of one series (name and labels exactly as exposed) on its /metrics page;
+        AssertionError when the page does not have it."""
+        page = httpx.get(self.url + "/metrics", timeout=10, verify=self.verify).text
+        for line in page.splitlines():
+            key, _, value = line.rpartition(" ")
+            if key == series:
+                return float(value)
+        raise AssertionError(f"no {series} on {self.url}/metrics")
+
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")

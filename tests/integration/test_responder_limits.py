@@ -21,17 +21,8 @@ from tests.helpers.rawhttp import (
     read_until,
     request,
 )
-from tests.helpers.responder import WG_FAILOVER, ResponderProc, make_fleet
+from tests.helpers.responder import WG_FAILOVER, make_fleet
 from tests.helpers.wait import poll_until
-
-
-def metric(p: ResponderProc, name: str) -> float:
-    for line in httpx.get(p.url + "/metrics", timeout=10).text.splitlines():
-        key, _, value = line.rpartition(" ")
-        if key == name:
-            return float(value)
-    raise AssertionError(f"no {name}")
-
 
 # --------------------------------------------------------------------------- streams
 
@@ -52,8 +43,8 @@ def test_one_client_holds_at_most_its_streams(responder):
                        for s in streams[8:])
         status = httpx.get(p.url + "/v1/clients/c1", headers=p.headers("c1"), timeout=5).json()
         assert status["delivery"]["sse"]["subscribers"] == 4
-        assert metric(p, "wgfo_client_streams_replaced_total") == 8
-        assert metric(p, "wgfo_client_streams_open") == 5
+        assert p.metric("wgfo_client_streams_replaced_total") == 8
+        assert p.metric("wgfo_client_streams_open") == 5
         # The streams left still follow: a failover reaches all four and the other client's.
         assert p.alert("w1").status_code == 200
         for s in [*streams[8:], other]:
@@ -99,7 +90,7 @@ def test_half_open_and_idle_connections_are_closed_within_the_timeout(responder_
         still = [s for i, s in enumerate(socks) if i not in closed]
         assert not still, f"{len(still)} of {len(socks)} still open after {took:.1f} s"
         assert took < 5
-        assert metric(p, "wgfo_http_connections_closed_total{why=\"timeout\"}") == 21
+        assert p.metric("wgfo_http_connections_closed_total{why=\"timeout\"}") == 21
         # A request that arrives in one piece is served as before.
         assert httpx.get(p.url + "/healthz", timeout=5).status_code == 200
     finally:
@@ -117,8 +108,8 @@ def test_connections_are_held_at_the_cap_and_the_api_still_answers(responder_fac
         assert r.status_code == 200 and r.json()["worker"] == "w2"
         assert httpx.get(p.url + "/v1/workers", headers=p.headers("read"),
                          timeout=5).status_code == 200
-        assert metric(p, "wgfo_http_connections_open") <= 50
-        assert metric(p, "wgfo_http_connections_limit") == 50
+        assert p.metric("wgfo_http_connections_open") <= 50
+        assert p.metric("wgfo_http_connections_limit") == 50
         dropped = sum(closed_by_peer(s, 0.01) for s in idle)
         assert dropped >= 100, dropped
     finally:
@@ -137,7 +128,7 @@ def test_connections_are_held_at_the_cap_and_the_api_still_answers(responder_fac
     finally:
         close_all(streams)
     poll_until(lambda: httpx.get(p.url + "/healthz", timeout=5).status_code == 200, 10, 0.1)
-    assert metric(p, "wgfo_http_connections_closed_total{why=\"cap\"}") == 1
+    assert p.metric("wgfo_http_connections_closed_total{why=\"cap\"}") == 1
     assert "Traceback" not in p.log()
 
 
@@ -195,7 +186,7 @@ def test_reports_are_rate_limited_per_client(responder):
                        params={"limit": 10000}).json()["events"]
     rows = [e for e in events if e["kind"] == "client-applied" and e["client"] == "c1"]
     assert len(rows) == accepted
-    assert metric(p, "wgfo_client_reports_limited_total") == codes.count(429)
+    assert p.metric("wgfo_client_reports_limited_total") == codes.count(429)
     # Another client is not affected.
     r = httpx.post(p.url + "/v1/clients/c2/events", headers=p.headers("c2"), json=applied,
                    timeout=5)

@@ -18,14 +18,6 @@ from tests.helpers.responder import WG_FAILOVER, ResponderProc, alert_payload, f
 from tests.helpers.wait import poll_until
 
 
-def metric(p: ResponderProc, name: str) -> float:
-    for line in httpx.get(p.url + "/metrics", timeout=10).text.splitlines():
-        key, _, value = line.rpartition(" ")
-        if key == name:
-            return float(value)
-    raise AssertionError(f"no {name}")
-
-
 def alive(p: ResponderProc) -> bool:
     try:
         return httpx.get(p.url + "/healthz", timeout=1).status_code == 200
@@ -84,9 +76,9 @@ def test_starts_on_a_full_disk_serves_reads_and_refuses_writes_with_the_reason(
                 r = p.alert("w2", fingerprint=f"full-{i}")
                 assert r.status_code == 503 and r.headers["retry-after"] == "1"
                 assert r.json() == {"detail": "state store unavailable (disk full); retry"}
-            assert metric(p, FAILOVERS) == 0
-            assert metric(p, 'wgfo_webhook_deliveries_total{outcome="error"}') == 20
-            assert metric(p, "wgfo_store_writable") == 0
+            assert p.metric(FAILOVERS) == 0
+            assert p.metric('wgfo_webhook_deliveries_total{outcome="error"}') == 20
+            assert p.metric("wgfo_store_writable") == 0
             assert workers(p)["w2"]["state"] == "up"
             r = httpx.post(p.url + "/v1/clients/c1/events", headers=p.headers("c1"), timeout=5,
                            json={"type": "switch", "from_worker": "w2", "to_worker": "w3"})
@@ -96,8 +88,8 @@ def test_starts_on_a_full_disk_serves_reads_and_refuses_writes_with_the_reason(
             unfill(disk)
             poll_until(lambda: readyz(p).status_code == 200, 15, 0.2)
             assert p.alert("w2", fingerprint="full-0").status_code == 200
-            assert metric(p, FAILOVERS) == 1 and workers(p)["w2"]["state"] == "down"
-            assert metric(p, "wgfo_store_writable") == 1
+            assert p.metric(FAILOVERS) == 1 and workers(p)["w2"]["state"] == "down"
+            assert p.metric("wgfo_store_writable") == 1
             log = p.log()
             assert "Traceback" not in log
             assert log.count("disk full") <= 6, log  # one line per kind per 10 s, not 20+
@@ -119,13 +111,13 @@ def test_a_disk_that_fills_while_running_refuses_writes_and_counts_nothing(
             r = httpx.post(p.url + "/v1/alerts", headers=p.headers("alert"), json=body,
                            timeout=30)
             assert r.status_code == 503 and "disk full" in r.json()["detail"], r.text
-            assert metric(p, FAILOVERS) == 0 and workers(p)["w2"]["state"] == "up"
+            assert p.metric(FAILOVERS) == 0 and workers(p)["w2"]["state"] == "up"
             assert readyz(p).json()["reason"] == "state store: disk full"
             unfill(disk)
             poll_until(lambda: readyz(p).status_code == 200, 15, 0.2)
             r = httpx.post(p.url + "/v1/alerts", headers=p.headers("alert"), json=body,
                            timeout=30)
-            assert r.status_code == 200 and metric(p, FAILOVERS) == 1
+            assert r.status_code == 200 and p.metric(FAILOVERS) == 1
             assert "Traceback" not in p.log()
         finally:
             p.stop()
