@@ -101,3 +101,21 @@ def test_running_exporter_keeps_last_good_fleet_on_a_typo(tmp_path, caplog) -> N
         fleet = source.get()
     assert [w.name for w in fleet.workers] == ["fra-1", "ams-1"]
     assert "keeping the previous one" in caplog.text
+
+
+@pytest.mark.parametrize("argv", [
+    ["responder", "--listen", "127.0.0.1:0", "--db", "{tmp}/r.db", "--fleet", "{fleet}"],
+    ["switcher", "--fleet", "{fleet}", "--client", "alice-laptop", "--interface", "wgfo-none"],
+    ["exporter", "--listen", "127.0.0.1:0", "--fleet", "{fleet}"],
+])
+def test_processes_refuse_a_crashing_fleet_file_at_start(tmp_path, argv: list[str]) -> None:
+    """The same typo at start: the field-path error and exit 2 from every process that reads the
+    fleet file, before it serves or touches anything."""
+    path = tmp_path / "fleet.yaml"
+    path.write_text(BROKEN["stray question mark (mapping key)"][0])
+    args = [a.format(tmp=tmp_path, fleet=path) for a in argv]
+    r = subprocess.run([sys.executable, "-m", "wg_failover.cli", *args],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr
+    assert f"{path}: invalid fleet file" in r.stderr and "cannot be a key" in r.stderr
