@@ -1,7 +1,7 @@
 """`lab up` and `lab down`: build the fleet in namespaces, start every part, and undo exactly that.
 
 Components are separate processes started through their own CLIs (`wg-failover exporter ...`,
-see `wgfo_argv`), so the lab exercises what an operator runs and never imports their code.
+see `procs.wgfo_argv`), so the lab exercises what an operator runs and never imports their code.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import shutil
 import signal
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +24,7 @@ from wg_failover.wgquick import render_client, render_worker, strip
 
 from . import netns, tlsca
 from .gen import generate_fleet
-from .procs import poll_until
+from .procs import poll_until, wgfo_argv
 from .state import (
     ALERTMANAGER_PORT,
     BLACKBOX_PORT,
@@ -48,17 +47,6 @@ Say = Callable[[str], None]
 COMPONENTS = ("exporter", "responder", "switcher")
 CLIENT_KEEPALIVE = 5  # backups stay warm; short so a fresh lab has handshakes at once
 HOLD_DOWN_SECONDS = 20  # a revived worker is "up" again after this (the lab keeps it short)
-
-
-def wgfo_argv(*args: str) -> list[str]:
-    """A `wg-failover` subcommand from the same installation as this very interpreter."""
-    script = Path(sys.executable).parent / "wg-failover"
-    if script.exists():
-        return [str(script), *args]
-    # Not `-m wg_failover.cli`: that would load the CLI twice (as __main__ too), with two
-    # different CliError classes.
-    return [sys.executable, "-c", "import sys; from wg_failover.cli import main; "
-            "sys.exit(main())", *args]
 
 
 def missing_components() -> list[str]:

@@ -23,7 +23,7 @@ from wg_failover.wgquick import render_client, render_worker, strip
 
 from .gen import Generated, generate_fleet
 from .netns import WG_RUN_DIR, Host, NetLab, WgInterface
-from .procs import poll_until, stop_process
+from .procs import poll_until, stop_process, wgfo_argv
 
 SERVICE = "10.99.0.1"
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,10 +108,10 @@ class SwitcherLab:
     # ------------------------------------------------------------------ processes
     def switcher_argv(self, state_dir: Path, responder: str, *extra: str) -> list[str]:
         assert self.client_iface is not None and self.fleet_file and self.token_file
-        # The lab's responder serves plain HTTP on a namespace address until it serves TLS; then
-        # the lab moves to https:// and --ca-file, and this flag goes.
+        # This kit's responder serves plain HTTP on a namespace address (its tests are about
+        # switching; `wg-failover lab` runs the control plane on TLS).
         insecure = ["--insecure-http"] if responder.startswith("http://") else []
-        return [wg_failover_bin(), "switcher", "--fleet", str(self.fleet_file),
+        return [*wgfo_argv("switcher"), "--fleet", str(self.fleet_file),
                 "--client", self.client.name, "--interface", self.client_iface.name,
                 "--responder", responder, "--token-file", str(self.token_file),
                 "--state-dir", str(state_dir), *insecure, *extra]
@@ -135,7 +135,7 @@ class SwitcherLab:
         log = open(self.workdir / "responder.log", "w")  # noqa: SIM115 - the child owns it
         # --insecure-http: the underlay is this machine's private namespaces; a deployment
         # serves TLS (the responder refuses plain HTTP off loopback without the flag).
-        master.popen([wg_failover_bin(), "responder", "--fleet", str(self.fleet_file),
+        master.popen([*wgfo_argv("responder"), "--fleet", str(self.fleet_file),
                       "--db", str(self.workdir / "responder.db"), "--listen",
                       f"{address}:{port}", "--log-level", "warning", "--insecure-http"],
                      stdout=log, stderr=subprocess.STDOUT)
@@ -318,11 +318,6 @@ def ns_request(host: Host, method: str, url: str, headers: dict | None = None,
     except ValueError:
         return 0, proc.stderr
     return out["status"], out["body"]
-
-
-def wg_failover_bin() -> str:
-    venv = ROOT / ".venv/bin/wg-failover"
-    return str(venv) if venv.exists() else "wg-failover"
 
 
 def python() -> str:

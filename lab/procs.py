@@ -9,7 +9,8 @@ The lab, the tests and the benchmarks start these with the configs that
   `start_blackbox_exporter(port, log_dir, config_path=BLACKBOX_YML) -> Popen` runs Debian's
   `prometheus-blackbox-exporter` with the shipped `icmp` module the same way;
 - `stop_process(proc)` ends one; `find_free_port()` picks a loopback port;
-- `poll_until(pred, timeout, step)`: the one bounded wait loop the lab, tests and benchmarks use.
+- `poll_until(pred, timeout, step)`: the one bounded wait loop the lab, tests and benchmarks use;
+- `wgfo_argv(*args)`: a `wg-failover` subcommand from the installation running this code.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import contextlib
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -147,3 +149,14 @@ def poll_until(pred: Callable[[], Any], timeout: float, step: float = 0.05) -> A
         if value or time.monotonic() >= deadline:
             return value
         time.sleep(step)
+
+
+def wgfo_argv(*args: str) -> list[str]:
+    """A `wg-failover` subcommand from the same installation as this very interpreter."""
+    script = Path(sys.executable).parent / "wg-failover"
+    if script.exists():
+        return [str(script), *args]
+    # Not `-m wg_failover.cli`: that would load the CLI twice (as __main__ too), with two
+    # different CliError classes.
+    return [sys.executable, "-c", "import sys; from wg_failover.cli import main; "
+            "sys.exit(main())", *args]
