@@ -103,6 +103,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--hold-down", type=float, default=10.0, metavar="SECONDS",
                    help="a worker that went down must answer this long before the fast path "
                    "returns to it (default 10)")
+    p.add_argument("--no-fast-path", dest="fast_path", action="store_false",
+                   help="never move on the probes alone: a dead active worker is left only on "
+                   "the responder's assignment (the control path alone; for measuring it). "
+                   "Probes still run: no assignment is applied onto a worker they see dead")
     p.add_argument("--keepalive", type=_positive(int), default=25, metavar="SECONDS",
                    help="PersistentKeepalive set on worker peers that have none (default 25)")
     p.add_argument("--report-every", type=_positive(float), default=5.0, metavar="SECONDS",
@@ -190,7 +194,8 @@ def run(args: argparse.Namespace) -> int:
 
     opts = Options(interface=args.interface, interval=args.interval, k=args.k,
                    hold_down=args.hold_down, probe_timeout=args.probe_timeout,
-                   keepalive=args.keepalive, report_every=args.report_every)
+                   keepalive=args.keepalive, report_every=args.report_every,
+                   fast_path=args.fast_path)
     metrics = None
     if args.metrics_listen:
         metrics = SwitcherMetrics([w.name for w in fleet.preferences(client)])

@@ -183,6 +183,9 @@ def check_version(known_epoch: str | None, known_version: int, a: Assignment) ->
 class Settings:
     k: int = 3
     hold_down: float = 10.0
+    # Off: a dead active worker is only left on the responder's assignment (the control path
+    # alone, as bench/baselines.py measures it); probes still guard what assignments apply.
+    fast_path: bool = True
 
 
 class Decider:
@@ -257,7 +260,7 @@ class Decider:
         """Fast path first (is the active worker dead?), then a pending responder assignment."""
         out: list[Action] = []
         active_h = self.health.get(self.active) if self.active else None
-        if active_h is not None and active_h.state == DOWN:
+        if self.settings.fast_path and active_h is not None and active_h.state == DOWN:
             to = self.best_backup(now)
             if to is None:
                 if not self.active_stuck_noted:

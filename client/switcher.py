@@ -37,6 +37,7 @@ class Options:
     keepalive: int = 25
     report_every: float = 5.0
     check_every: float = 2.0  # how often the interface is checked for drift
+    fast_path: bool = True  # False: --no-fast-path, move only on the responder's assignment
 
 
 class Switcher:
@@ -86,7 +87,8 @@ class Switcher:
         if not changes:
             log.info("reconcile: %s matches the fleet (%d worker peers)", iface, len(self.prefs))
         self.decider = Decider(
-            self.prefs, Settings(k=self.opts.k, hold_down=self.opts.hold_down), active=active,
+            self.prefs, Settings(k=self.opts.k, hold_down=self.opts.hold_down,
+                                 fast_path=self.opts.fast_path), active=active,
             version=version, pending=cached.pending if cached and version else None,
             epoch=epoch,
         )
@@ -259,9 +261,10 @@ class Switcher:
             tasks.append(asyncio.create_task(
                 self.source.run(self.deliver, lambda: decider.version, lambda: decider.epoch),
                 name="assignments"))
-        log.info("switcher %s on %s: probing %s every %g ms, K=%d, hold-down %g s",
+        log.info("switcher %s on %s: probing %s every %g ms, K=%d, hold-down %g s%s",
                  self.client.name, self.opts.interface, ", ".join(self.prefs),
-                 self.opts.interval * 1000, self.opts.k, self.opts.hold_down)
+                 self.opts.interval * 1000, self.opts.k, self.opts.hold_down,
+                 "" if self.opts.fast_path else ", fast path OFF (responder's assignments only)")
         waiter = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
         rc = 0

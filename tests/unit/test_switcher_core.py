@@ -125,6 +125,18 @@ def test_hold_down_keeps_the_fast_path_off_a_worker_that_flapped():
     assert not decider.health["w1"].held_down(12.5, 10)
 
 
+def test_fast_path_off_waits_for_the_responder():
+    decider = Decider(W, Settings(k=3, fast_path=False), active="w1")
+    up_all(decider, 0.0)
+    acts = miss(decider, "w1", 5, 0.5)
+    assert switches(acts) == [] and decider.active == "w1"
+    assert decider.health["w1"].state == "down"  # the probes still judge it
+    miss(decider, "w3", 3, 0.6)
+    assert switches(decider.on_assignment(a(1, "w3"), 0.7)) == []  # never onto a dead one
+    [sw] = switches(decider.on_assignment(a(2, "w2"), 0.8))
+    assert (sw.to, sw.kind) == ("w2", "assignment")
+
+
 def test_probe_state_changes_are_reported_at_once():
     decider = Decider(W, Settings(k=2), active="w1")
     acts = decider.on_reply("w2", 0.002, 0.0)
