@@ -6,7 +6,9 @@ from .base import (
     PERSISTENT,
     AssignmentRow,
     DeliveryLog,
+    EnrollKeyRow,
     Event,
+    FleetDoc,
     Loaded,
     Store,
     StoreCorrupt,
@@ -16,7 +18,8 @@ from .base import (
 )
 from .sqlite import SQLiteStore
 
-__all__ = ["PERSISTENT", "AssignmentRow", "DeliveryLog", "Event", "Loaded", "SQLiteStore",
+__all__ = ["PERSISTENT", "AssignmentRow", "DeliveryLog", "EnrollKeyRow", "Event", "FleetDoc",
+           "Loaded", "SQLiteStore",
            "Store", "StoreCorrupt", "StoreError", "Tx", "WorkerRow", "check_store",
            "open_store"]
 

@@ -76,6 +76,34 @@ class Event:
 
 
 @dataclass
+class FleetDoc:
+    """The fleet the responder serves (DESIGN.md "The fleet is live"): `data` is
+    `wg_failover.fleet.fleet_data()` of it, `version` grows with every fleet change, `enrolled`
+    names the nodes that joined at run time ("client:NAME", "worker:NAME"), which applying a
+    file keeps when the file does not name them."""
+
+    version: int
+    data: dict[str, Any]
+    enrolled: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EnrollKeyRow:
+    """An enrollment key for `wg-failover join`, stored as the sha256 of the key only."""
+
+    id: str
+    sha256: str
+    kind: str  # client | worker
+    reusable: bool
+    created: float
+    expires: float
+    uses: int = 0
+    revoked: bool = False
+    name: str | None = None  # a one-time key may fix the node's name and (clients) address
+    address: str | None = None
+
+
+@dataclass
 class Tx:
     """Everything one change writes; a backend commits it atomically or not at all."""
 
@@ -87,10 +115,13 @@ class Tx:
     unusable_del: set[tuple[str, str]] = field(default_factory=set)
     dedup: set[str] = field(default_factory=set)
     events: list[Event] = field(default_factory=list)
+    fleet: FleetDoc | None = None  # the new fleet, when this change changes it
+    keys: dict[str, EnrollKeyRow] = field(default_factory=dict)  # enrollment keys, by id
 
     def empty(self) -> bool:
         return not (self.workers or self.assignments or self.alerts_add or self.alerts_del
-                    or self.unusable_add or self.unusable_del or self.dedup or self.events)
+                    or self.unusable_add or self.unusable_del or self.dedup or self.events
+                    or self.fleet is not None or self.keys)
 
 
 @dataclass
@@ -100,6 +131,8 @@ class Loaded:
     alerts: dict[str, tuple[str, str]]
     unusable: dict[str, set[str]]
     last_event_id: int
+    fleet: FleetDoc | None = None  # None: no fleet stored yet (a store from before live fleets)
+    keys: dict[str, EnrollKeyRow] = field(default_factory=dict)
 
 
 class DeliveryLog(Protocol):

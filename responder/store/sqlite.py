@@ -1,7 +1,8 @@
 """The embedded backend: SQLite in WAL mode, one file.
 
 Tables: meta (the epoch), workers, assignments, active alerts, unusable workers per client, an
-append-only event log, delivery de-duplication keys, and the outbound webhooks' delivery log.
+append-only event log, delivery de-duplication keys, the outbound webhooks' delivery log, and the
+live fleet with its enrollment keys (sqlite_fleet.py).
 Every change is ONE transaction (`commit(tx)`), and the responder applies it to memory only after
 COMMIT returns. With WAL and synchronous=FULL, killing the process at any moment keeps either all
 of a change or none of it, and a webhook is only answered 200 once its change is on disk.
@@ -44,7 +45,8 @@ from .base import (
     WorkerRow,
 )
 from .sqlite_faults import check_row, damaged, is_name, is_time, reason_of
-from .sqlite_tables import SCHEMA, SQLiteDeliveryLog
+from .sqlite_fleet import load_fleet, write_fleet
+from .sqlite_tables import SCHEMA, SQLiteDeliveryLog, prune_event_rows
 
 log = logging.getLogger("wg_failover.responder")
 
@@ -86,6 +88,10 @@ class SQLiteStore:
                 raise StoreError(f"cannot {verb} the state store {self.path}: {exc}",
                                  reason) from None
             self._open_read_only(reason)
+        except UnicodeDecodeError as exc:
+            # A damaged schema text (sqlite_master) surfaces as a decode error, not sqlite3's.
+            self._close_all()
+            raise damaged(self.path, exc) from None
         self.epoch, self.created = self._load_epoch()
 
     # ----------------------------------------------------------------- connections
@@ -219,7 +225,8 @@ class SQLiteStore:
         for c, w in query("SELECT client, worker FROM unusable"):
             unusable.setdefault(c, set()).add(w)
         last = query("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
-        return Loaded(workers, assignments, alerts, unusable, last)
+        fleet, keys = load_fleet(query)
+        return Loaded(workers, assignments, alerts, unusable, last, fleet, keys)
 
     def verify(self) -> None:
         with self.reader_lock, self.lock:
@@ -338,6 +345,7 @@ class SQLiteStore:
                 (e.ts, e.kind, e.worker, e.client,
                  json.dumps(e.data, sort_keys=True, ensure_ascii=False)))
             ids.append(int(cur.lastrowid or 0))
+        write_fleet(db, tx)
         db.execute("COMMIT")
         return ids
 
@@ -377,21 +385,10 @@ class SQLiteStore:
                 raise self._error("cannot prune", exc) from None
 
     def prune_events(self, before: float, keep_rows: int, limit: int) -> int:
-        # Ids only grow (AUTOINCREMENT) and only the oldest rows go, so the newest `keep_rows`
-        # are the ids above MAX(id) - keep_rows. Only the `limit` oldest rows are looked at:
-        # a batch never scans the table, however large it is.
         with self.lock:
             db = self._writer()
             try:
-                db.execute("PRAGMA synchronous=NORMAL")  # a prune lost in an OS crash: redone
-                hi = db.execute("SELECT MAX(id) FROM events").fetchone()[0]
-                if hi is None:
-                    return 0
-                cur = db.execute(
-                    "DELETE FROM events WHERE id IN (SELECT id FROM (SELECT id, ts FROM events "
-                    "ORDER BY id LIMIT ?) WHERE id <= ? OR ts < ?)",
-                    (int(limit), hi - int(keep_rows), float(before)))
-                return max(0, cur.rowcount)
+                return prune_event_rows(db, before, keep_rows, limit)
             except sqlite3.Error as exc:
                 raise self._error("cannot prune the event log of", exc) from None
 

@@ -50,6 +50,24 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_client ON events (client, id);
 CREATE TABLE IF NOT EXISTS dedup (key TEXT PRIMARY KEY, ts REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS fleet (
+    id INTEGER PRIMARY KEY CHECK (id = 1),  -- one row: the fleet the responder serves
+    version INTEGER NOT NULL,       -- grows with every fleet change
+    data TEXT NOT NULL,             -- JSON, wg_failover.fleet.fleet_data()
+    enrolled TEXT NOT NULL          -- JSON list of "client:NAME" / "worker:NAME" that joined
+);
+CREATE TABLE IF NOT EXISTS enroll_keys (
+    id TEXT PRIMARY KEY,
+    sha256 TEXT NOT NULL UNIQUE,    -- of the key; the key itself is never stored
+    kind TEXT NOT NULL,             -- client | worker
+    reusable INTEGER NOT NULL,
+    created REAL NOT NULL,
+    expires REAL NOT NULL,
+    uses INTEGER NOT NULL,
+    revoked INTEGER NOT NULL,
+    name TEXT,
+    address TEXT
+);
 """
 
 DELIVERY_SCHEMA = """
@@ -116,3 +134,19 @@ class SQLiteDeliveryLog:
             if self.db is not None:
                 self.db.close()
                 self.db = None
+
+
+def prune_event_rows(db: sqlite3.Connection, before: float, keep_rows: int, limit: int) -> int:
+    """Delete at most `limit` of the oldest events older than `before` or past the newest
+    `keep_rows`. Ids only grow (AUTOINCREMENT) and only the oldest rows go, so the newest
+    `keep_rows` are the ids above MAX(id) - keep_rows; only the `limit` oldest rows are looked
+    at, so a batch never scans the table, however large it is."""
+    db.execute("PRAGMA synchronous=NORMAL")  # a prune lost in an OS crash: redone
+    hi = db.execute("SELECT MAX(id) FROM events").fetchone()[0]
+    if hi is None:
+        return 0
+    cur = db.execute(
+        "DELETE FROM events WHERE id IN (SELECT id FROM (SELECT id, ts FROM events "
+        "ORDER BY id LIMIT ?) WHERE id <= ? OR ts < ?)",
+        (int(limit), hi - int(keep_rows), float(before)))
+    return max(0, cur.rowcount)
