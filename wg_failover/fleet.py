@@ -198,6 +198,8 @@ class Worker(_Strict):
     exporter: Endpoint
     capacity: int | None = Field(default=None, ge=1, le=MAX_CAPACITY)
     region: str | None = None
+    # sha256 of the worker's agent token (`wg-failover agent`): it reads this worker's peers.
+    token_sha256: Hex64 | None = None
 
     @property
     def listen_port(self) -> int:
@@ -260,6 +262,9 @@ class ResponderSettings(_Strict):
     # Reads the fleet's inventory (GET /v1/workers, GET /v1/targets): Prometheus's http_sd and
     # dashboards get this instead of the admin token, which can also drain workers.
     read_token_sha256: Hex64 | None = None
+    # Where enrolled clients' addresses come from (`wg-failover join`), unless the enrollment key
+    # or the request names one; a client the file names may sit anywhere.
+    client_pool: Network | None = None
     # Finite and at most a day: `.inf` would parse as a float and silently disable recovery.
     hold_down_seconds: float = Field(default=60, ge=0, le=86400, allow_inf_nan=False)
     preempt: bool = False
@@ -496,6 +501,12 @@ def parse_fleet(text: str, source: str = "<fleet>") -> Fleet:
         raise FleetError(source, [Problem(where, f"not valid YAML: {problem}")]) from None
     if data is None:
         raise FleetError(source, [Problem("", "the file is empty; it needs at least `workers:`")])
+    return validate_fleet_data(data, source)
+
+
+def validate_fleet_data(data: Any, source: str = "<fleet>") -> Fleet:
+    """Validate fleet data already parsed (YAML, JSON, the responder's store): the same checks and
+    field-path errors as a file; raises FleetError with every problem found."""
     if not isinstance(data, dict):
         raise FleetError(source, [Problem("", "must be a mapping with `workers:` and `clients:`")])
     try:
@@ -528,6 +539,12 @@ def load_fleet(path: str | os.PathLike[str] | None = None) -> Fleet:
     except (OSError, UnicodeDecodeError) as exc:
         raise FleetError(str(p), [Problem("", f"cannot read: {exc}")]) from None
     return parse_fleet(text, str(p))
+
+
+def fleet_data(fleet: Fleet) -> dict[str, Any]:
+    """The fleet as plain data (what the responder stores), unset optional fields left out so
+    `validate_fleet_data` reads it back as the same fleet."""
+    return fleet.model_dump(mode="json", exclude_none=True)
 
 
 def dump_fleet(fleet: Fleet) -> str:

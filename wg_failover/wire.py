@@ -236,3 +236,135 @@ class ClientSummary(_Wire):
     reason: str = ""
     since: str | None = None
     unusable: list[str] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- the live fleet
+# The responder holds the fleet (DESIGN.md "The fleet is live"); every fleet change has a new
+# `version` (only growing within the store's `epoch`). Followers get only their own view.
+
+# A WireGuard public key as `wg pubkey` prints it (checked in full where the fleet takes it).
+WgKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")]
+Cidr = Annotated[str, Field(max_length=50, pattern=r"^[0-9A-Fa-f:.]+/[0-9]{1,3}$")]
+NodeKind = Literal["client", "worker"]
+
+
+class PeerEntry(_Wire):
+    """One client as a peer of a worker's interface (what the agent sets with `wg set`)."""
+
+    name: Name
+    public_key: WgKey
+    allowed_ips: list[Cidr]
+
+
+class WorkerPeers(_Wire):
+    """`GET /v1/workers/{name}/peers`: every client allowed on the worker, the agent's view."""
+
+    worker: Name
+    version: Version
+    epoch: Epoch
+    peers: list[PeerEntry]
+
+
+class ViewWorker(_Wire):
+    """A worker in a client's view: what the client's interface needs for its peer."""
+
+    name: Name
+    public_key: WgKey
+    endpoint: str = Field(max_length=300)
+    tunnel_address: str = Field(max_length=50)
+
+
+class ClientView(_Wire):
+    """`GET /v1/clients/{name}/view`: what one client needs to run, and nothing about any other
+    client: its address, its routes, and the workers it may use in preference order."""
+
+    client: Name
+    version: Version
+    epoch: Epoch
+    address: Cidr
+    routes: list[Cidr] = Field(default_factory=list)
+    workers: list[ViewWorker]
+
+
+class FleetDiff(_Wire):
+    """What applying a fleet changes (`applied` false: a dry run, or nothing to change)."""
+
+    applied: bool
+    version: Version
+    workers_added: list[str] = Field(default_factory=list)
+    workers_removed: list[str] = Field(default_factory=list)
+    workers_changed: list[str] = Field(default_factory=list)
+    clients_added: list[str] = Field(default_factory=list)
+    clients_removed: list[str] = Field(default_factory=list)
+    clients_changed: list[str] = Field(default_factory=list)
+    settings_changed: bool = False
+    # Nodes that joined at run time are kept when the file does not name them.
+    enrolled_kept: list[str] = Field(default_factory=list)
+
+    def empty(self) -> bool:
+        return not (self.workers_added or self.workers_removed or self.workers_changed
+                    or self.clients_added or self.clients_removed or self.clients_changed
+                    or self.settings_changed)
+
+
+class EnrollKeyRequest(_Wire):
+    """`POST /v1/enroll-keys`: a key for `wg-failover join`."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: NodeKind
+    reusable: bool = False
+    expires_seconds: StrictInt = Field(default=86400, ge=60, le=365 * 86400)
+    # A one-time key may fix the node's name and (clients) address.
+    name: Name | None = None
+    address: Cidr | None = None
+
+
+class EnrollKeyInfo(_Wire):
+    """An enrollment key as `GET /v1/enroll-keys` lists it (never the key itself)."""
+
+    id: str
+    kind: NodeKind
+    reusable: bool
+    created: str
+    expires: str
+    uses: int = 0
+    revoked: bool = False
+    name: str | None = None
+    address: str | None = None
+
+
+class EnrollKeyCreated(EnrollKeyInfo):
+    """The answer to `POST /v1/enroll-keys`: the only time the key is shown."""
+
+    key: str
+
+
+class EnrollRequest(_Wire):
+    """`POST /v1/enroll` with an enrollment key as bearer token: a node registers its public key
+    (its private key never leaves it). Clients may name an address (else one from the pool);
+    workers give what the fleet needs to reach and scrape them."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Name
+    public_key: WgKey
+    address: Cidr | None = None
+    routes: list[Cidr] = Field(default_factory=list, max_length=100)
+    workers: list[Name] | None = Field(default=None, max_length=1000)
+    endpoint: str | None = Field(default=None, max_length=300)
+    tunnel_address: str | None = Field(default=None, max_length=50)
+    exporter: str | None = Field(default=None, max_length=300)
+    capacity: StrictInt | None = Field(default=None, ge=1, le=1_000_000)
+    region: Text | None = None
+
+
+class Enrolled(_Wire):
+    """The answer to `POST /v1/enroll`: the node's API token (shown once; the responder keeps only
+    its sha256) and its view."""
+
+    kind: NodeKind
+    name: Name
+    token: str
+    client: ClientView | None = None
+    worker: WorkerPeers | None = None
+    listen_port: int | None = None
+    tunnel_address: str | None = None
