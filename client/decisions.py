@@ -311,6 +311,19 @@ class Decider:
         known = [w for w in (a.worker, *a.backups) if w in self.health]
         self.order = list(dict.fromkeys(known + self.workers))
 
+    def set_workers(self, workers: list[str]) -> None:
+        """The client's view changed (`client.view`): new workers start unknown, departed ones
+        are forgotten, a pending assignment to a departed one is dropped. `active` is left to
+        the shell, which moves the routes off a departed worker before its peer goes."""
+        if not workers:
+            raise ValueError("a client needs at least one worker")
+        self.workers = list(workers)
+        self.health = {w: self.health.get(w) or WorkerHealth(w) for w in workers}
+        self.order = list(dict.fromkeys([w for w in self.order if w in self.health]
+                                        + self.workers))
+        if self.pending is not None and self.pending.worker not in self.health:
+            self.pending, self.pending_rejected = None, False
+
     # ------------------------------------------------------------------ responder input
     def on_assignment(self, a: Assignment, now: float) -> list[Action]:
         """A responder assignment: each version once, in order (within one store epoch); never
