@@ -92,3 +92,50 @@ def test_peer_conf():
     assert conf.startswith("[Interface]\nPrivateKey = PRIV\n")
     assert "AllowedIPs = 10.99.0.0/24, 10.66.0.1/32" in conf
     assert "Endpoint = 198.18.0.100" not in conf
+
+
+def test_longest_silence_over_a_drain_window():
+    # Replies every 10 ms, one lost echo at 1.03 (a 20 ms silence), the drain from 1.0 to 1.1.
+    replies = [0.99, 1.0, 1.01, 1.02, 1.04, 1.05, 1.1, 1.11]
+    assert abs(bl.longest_silence(replies, 1.0, 1.1) - 0.05) < 1e-9  # 1.05 -> 1.1
+    assert abs(bl.longest_silence(replies, 1.0, 1.05) - 0.02) < 1e-9
+    assert bl.longest_silence(replies, 1.0, 1.2) is None  # nothing after the window yet
+    assert bl.longest_silence(replies, 0.5, 1.0) is None  # nothing before it
+    assert bl.longest_silence([1.0], 1.0, 1.0) == 0.0
+
+
+def test_drain_cell():
+    assert bl.drain_cell(bl.Result("twopeer", "t", drain_none="nothing moves it")) \
+        == "n/a (nothing moves it)"
+    assert bl.drain_cell(bl.Result("fast", "f", drain="cited figure")) == "cited figure"
+    assert bl.drain_cell(bl.Result("x", "x")) == "-"
+    one = bl.Result("keepalived", "k", timeout=30, drain="stop keepalived", drain_gaps=[15.1])
+    assert bl.drain_cell(one) == "stop keepalived: gap 15.1 s"
+    many = bl.Result("control", "c", timeout=60, drain="ctl drain",
+                     drain_gaps=[0.012, 0.02, 0.011], drain_lost=[0, 1, 0])
+    assert bl.drain_cell(many) == "ctl drain: gap p50 12 ms, max 20 ms over 3, 1 echoes lost"
+    stuck = bl.Result("control", "c", timeout=60, drain="ctl drain", drain_gaps=[0.01, None])
+    assert bl.drain_cell(stuck) == "ctl drain: never (>60 s) in 1 of 2"
+
+
+def test_fmt_load():
+    assert bl.fmt_load([]) == "-"
+    assert bl.fmt_load([1.21, 1.24]) == "1.2"
+    assert bl.fmt_load([2.1, 0.8, 1.5]) == "0.8-2.1"
+
+
+def test_table_has_the_control_path_its_ratio_load_and_drains():
+    results = [bl.Result("fast", "wg-failover fast path", gaps=[0.4], timeout=10, load=[0.5]),
+               bl.Result("control", "wg-failover control path", gaps=[10.0, 12.0], timeout=60,
+                         drain="ctl drain", drain_gaps=[0.01], drain_lost=[0], load=[1.0, 2.0]),
+               bl.Result("article", "article", gaps=[3.0], timeout=24, drain_none="a kill")]
+    table = bl.render_table(results)
+    head, _rule, fast, control, article = table.splitlines()[:5]
+    assert "load 1m" in head and "drain (planned maintenance)" in head
+    assert "30.0x" in control  # 12 s / 400 ms: the control path's p50 against the fast path's
+    assert "1.0-2.0" in control and "ctl drain: gap 10 ms, 0 echoes lost" in control
+    assert article.endswith("n/a (a kill)")
+    assert fast.split()[-1] == "-"  # no drain figure given
+    data = json.loads(bl.to_json(results))
+    assert data[1]["drain_cost"] == "ctl drain: gap 10 ms, 0 echoes lost"
+    assert data[1]["p50_vs_fast"] == "30.0x" and data[1]["load"] == [1.0, 2.0]
