@@ -16,7 +16,14 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from wg_failover.wire import MAX_VERSION, Assignment, AssignmentError, Epoch, parse_assignment
+from wg_failover.wire import (
+    MAX_VERSION,
+    Assignment,
+    AssignmentError,
+    ClientView,
+    Epoch,
+    parse_assignment,
+)
 
 DEFAULT_STATE_DIR = "/var/lib/wg-failover"
 
@@ -54,6 +61,11 @@ def _version(value: Any) -> int:
 
 def cache_path(state_dir: str | os.PathLike[str], client: str) -> Path:
     return Path(state_dir) / f"switcher-{client}.json"
+
+
+def view_path(state_dir: str | os.PathLike[str], client: str) -> Path:
+    """The client's last view from the responder (when it follows one: no fleet file)."""
+    return Path(state_dir) / f"switcher-{client}.view.json"
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -105,3 +117,17 @@ def load(path: Path, client: str) -> CachedState | None:
         pending=pending,
         epoch=epoch,
     )
+
+
+def save_view(path: Path, view: ClientView) -> None:
+    atomic_write(path, view.model_dump_json(indent=1) + "\n")
+
+
+def load_view(path: Path, client: str) -> ClientView | None:
+    """The cached view, or None when there is none, it is another client's, or it does not
+    parse (then the switcher asks the responder, as on a first start)."""
+    try:
+        view = ClientView.model_validate_json(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return view if view.client == client else None

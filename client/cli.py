@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
 import ssl
 import sys
 from pathlib import Path
 
 from wg_failover import tls, wg
 from wg_failover.cli import CliError, fleet_argument
-from wg_failover.fleet import load_fleet, parse_host_port
+from wg_failover.fleet import FLEET_ENV, Client, Fleet, load_fleet, parse_host_port
 from wg_failover.tls import TlsError, client_context
 
-from .bounds import MAX_BODY, MAX_EVENT, MAX_LINE
-from .cache import DEFAULT_STATE_DIR, cache_path
+from .bounds import MAX_BODY, MAX_EVENT, MAX_LINE, WireInputError
+from .cache import DEFAULT_STATE_DIR, cache_path, load_view, save_view, view_path
 from .metrics import SwitcherMetrics
 from .probe import ProbeError
 from .reporter import Reporter
-from .sources import HttpAssignmentSource
+from .sources import AuthError, HttpAssignmentSource, describe
 from .switcher import Options, Switcher
+from .view import HttpViewSource, ViewFollower, first_view, view_fleet
+
+log = logging.getLogger("wg_failover.switcher")
 
 _KIB = {"line": MAX_LINE // 1024, "event": MAX_EVENT // 1024, "body": MAX_BODY // 1024}
 
@@ -35,6 +40,12 @@ restart, no new handshake), then tells the responder. It also follows the respon
 (SSE, long-poll fallback) and applies each new version, unless its probes see that worker dead.
 The last state is cached in --state-dir, so a restart resumes without the responder and without
 touching a healthy active peer. Needs root or CAP_NET_ADMIN (wg) and CAP_NET_RAW (ICMP).
+
+Without a fleet file (no --fleet, no $WG_FAILOVER_FLEET) and with --responder and --token-file,
+the switcher follows its view instead: the workers it may use and its own routes, from the
+responder (SSE, long-poll fallback), cached in --state-dir beside the assignment. A worker that
+joins becomes a warm peer; one that leaves loses its peer (the routes leave it first). Its name
+is --client, else the `name` in --state-dir/node.json (written by `wg-failover join`).
 
 Versions only grow within one responder store; the store's epoch (sent with every assignment and
 cached) tells a replaced store (its versions start again at 1) from an old message: the switcher
@@ -73,11 +84,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "switcher", help="on a client: probe the tunnels, follow the assignment, switch peers",
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     fleet_argument(p)
-    p.add_argument("--client", required=True, metavar="NAME", help="this client's fleet name")
+    p.add_argument("--client", metavar="NAME",
+                   help="this client's fleet name (default: `name` in --state-dir/node.json, "
+                   "as `wg-failover join` writes it)")
     p.add_argument("--interface", required=True, metavar="IFACE",
                    help="the client's WireGuard interface (e.g. wg0)")
     p.add_argument("--responder", metavar="URL",
-                   help="responder base URL (default: responder.url from the fleet file)")
+                   help="responder base URL (default: responder.url from the fleet file; "
+                   "without a fleet file the switcher follows its view from here)")
     p.add_argument("--token-file", metavar="FILE",
                    help="file holding this client's API token (sent as a bearer token)")
     p.add_argument("--ca-file", metavar="FILE",
@@ -165,20 +179,53 @@ def tls_context(args: argparse.Namespace) -> ssl.SSLContext:
         raise CliError(text) from None
 
 
+def node_name(state_dir: str) -> str:
+    """The client's name from --state-dir/node.json (`wg-failover join`), for a missing --client."""
+    path = Path(state_dir) / "node.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CliError(f"--client is required (no {path} from `wg-failover join` either)") from None
+    except (OSError, ValueError) as exc:
+        raise CliError(f"{path}: cannot read: {exc.__class__.__name__}") from None
+    name = data.get("name") if isinstance(data, dict) else None
+    if not isinstance(name, str) or not name:
+        raise CliError(f"{path}: name: is required (or give --client)")
+    if data.get("kind", "client") != "client":
+        raise CliError(f"{path}: kind: {data.get('kind')!r} is not a client; the switcher runs "
+                       "on clients")
+    return name
+
+
+def follows_view(args: argparse.Namespace) -> bool:
+    """No fleet file named (--fleet, $WG_FAILOVER_FLEET) and a responder given: follow the view."""
+    return args.fleet is None and not os.environ.get(FLEET_ENV) and bool(args.responder)
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
         format="%(asctime)s.%(msecs)03d %(levelname)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its request lines carry no decisions
-    fleet = load_fleet(args.fleet)
-    try:
-        client = fleet.client(args.client)
-    except KeyError as exc:
-        raise CliError(exc.args[0]) from None
-    if not fleet.preferences(client):
-        raise CliError(f"client {client.name} has no workers")
+    name = args.client or node_name(args.state_dir)
+    fleet = client = None
+    if follows_view(args):
+        url = args.responder
+        if not args.token_file:
+            raise CliError("without a fleet file the switcher follows its view from the "
+                           "responder: --token-file is required (or give --fleet)")
+        if args.mqtt:
+            raise CliError("--mqtt needs a fleet file (--fleet); following the view is HTTP")
+    else:
+        fleet = load_fleet(args.fleet)
+        try:
+            client = fleet.client(name)
+        except KeyError as exc:
+            raise CliError(exc.args[0]) from None
+        if not fleet.preferences(client):
+            raise CliError(f"client {client.name} has no workers")
+        url = args.responder or fleet.responder.url
     token = read_token(args.token_file)
-    url = args.responder or fleet.responder.url
     check_responder_url(url, insecure_http=args.insecure_http,
                         tls_files=bool(args.ca_file or args.tls_cert or args.tls_key))
     verify = tls_context(args)
@@ -188,10 +235,68 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise CliError(f"--metrics-listen: {exc}") from None
     try:
-        wg.show_dump(args.interface)
+        dump = wg.show_dump(args.interface)
+    except wg.WgError as exc:
+        raise CliError(f"interface {args.interface}: {exc}") from None
+    try:
+        if fleet is None:
+            device = dump.devices.get(args.interface)
+            return asyncio.run(_follow_view(args, name, url, token, verify,
+                                            device.public_key if device else None))
+        assert client is not None
+        return _run(args, fleet, client, url, token, verify)
+    except ProbeError as exc:
+        raise CliError(str(exc)) from None
     except wg.WgError as exc:
         raise CliError(f"interface {args.interface}: {exc}") from None
 
+
+async def _follow_view(args: argparse.Namespace, name: str, url: str, token: str | None,
+                       verify: ssl.SSLContext, public_key: str | None) -> int:
+    """Get the view (cache first: the responder may be away), then run on it and follow it."""
+    source = HttpViewSource(url, name, token, verify=verify, ca_file=args.ca_file)
+    path = view_path(args.state_dir, name)
+    view = load_view(path, name)
+    if args.once:
+        import httpx
+
+        try:
+            async with source.http_client() as http:
+                view = await source.fetch_current(http) or view  # type: ignore[assignment]
+        except (AuthError, WireInputError, httpx.HTTPError, OSError) as exc:
+            log.warning("once: no view from the responder (%s); using the cache",
+                        describe(exc, args.ca_file))
+    if view is not None:
+        log.info("view: v%d from %s: %s", view.version, path,
+                 ", ".join(w.name for w in view.workers) or "no workers")
+    elif args.once:
+        log.error("once: no view from the responder and none cached in %s", path)
+        return 1
+    else:
+        log.info("view: none cached in %s; asking the responder", path)
+        view = await first_view(source)
+        if view is None:
+            return 1
+        save_view(path, view)
+    try:
+        fleet, client = view_fleet(view, public_key, url)
+    except ValueError as exc:
+        raise CliError(f"view v{view.version} of {name}: {exc}") from None
+    switcher = _switcher(args, fleet, client, url, token, verify)
+    switcher.follower = ViewFollower(switcher, view, path, None if args.once else source)
+    return await (switcher.run_once() if args.once else switcher.run())
+
+
+def _run(args: argparse.Namespace, fleet: Fleet, client: Client, url: str, token: str | None,
+         verify: ssl.SSLContext) -> int:
+    switcher = _switcher(args, fleet, client, url, token, verify)
+    if args.once:
+        return asyncio.run(switcher.run_once())
+    return asyncio.run(switcher.run())
+
+
+def _switcher(args: argparse.Namespace, fleet: Fleet, client: Client, url: str,
+              token: str | None, verify: ssl.SSLContext) -> Switcher:
     opts = Options(interface=args.interface, interval=args.interval, k=args.k,
                    hold_down=args.hold_down, probe_timeout=args.probe_timeout,
                    keepalive=args.keepalive, report_every=args.report_every,
@@ -217,14 +322,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         source = HttpAssignmentSource(url, client.name, token, on_connected=on_connected,
                                       verify=verify, ca_file=args.ca_file)
-    switcher = Switcher(fleet, client, opts, cache_path(args.state_dir, client.name),
-                        source=source, reporter=Reporter(url, client.name, token, verify=verify),
-                        metrics=metrics)
-    try:
-        if args.once:
-            return asyncio.run(switcher.run_once())
-        return asyncio.run(switcher.run())
-    except ProbeError as exc:
-        raise CliError(str(exc)) from None
-    except wg.WgError as exc:
-        raise CliError(f"interface {args.interface}: {exc}") from None
+    return Switcher(fleet, client, opts, cache_path(args.state_dir, client.name),
+                    source=source, reporter=Reporter(url, client.name, token, verify=verify),
+                    metrics=metrics)

@@ -161,6 +161,12 @@ def _check_encoding(r: httpx.Response) -> None:
 
 
 class HttpAssignmentSource:
+    # What the stream's events are called; `client.view.HttpViewSource` follows the client's
+    # view the same way, with its own event, URLs and parser.
+    EVENT = "assignment"
+    # Appended to "responder refused the token": what a refused token means for this source.
+    AUTH_HINT = ""
+
     def __init__(self, base_url: str, client: str, token: str | None, *,
                  longpoll_wait: float = 25.0, read_timeout: float = 45.0,
                  backoff: Backoff | None = None,
@@ -193,6 +199,20 @@ class HttpAssignmentSource:
         """An HTTP client that verifies the responder as configured (--ca-file, --tls-cert)."""
         return httpx.AsyncClient(timeout=httpx.Timeout(timeout), verify=self.verify)
 
+    def _auth_error(self, status: int) -> AuthError:
+        return AuthError(f"responder refused the token ({status}){self.AUTH_HINT}")
+
+    def _stream_request(self, version: int, epoch: str | None) -> tuple[dict, dict]:
+        """(query, headers) that resume the stream after `version` of store `epoch`."""
+        headers = {"Last-Event-ID": str(version)} if version > 0 else {}
+        return ({"epoch": epoch} if epoch else {}), headers
+
+    def _poll_params(self, version: int, epoch: str | None) -> dict:
+        params = {"after": str(version), "wait": f"{self.longpoll_wait:g}"}
+        if epoch:
+            params["epoch"] = epoch
+        return params
+
     def _parse(self, data: bytes | str) -> Assignment | None:
         try:
             return parse_assignment(loads_json(data, "assignment"), self.client)
@@ -205,7 +225,7 @@ class HttpAssignmentSource:
         """The current assignment, without waiting (for `--once`)."""
         async with http.stream("GET", self.poll_url, headers=self.headers, timeout=5.0) as r:
             if r.status_code in (401, 403):
-                raise AuthError(f"responder refused the token ({r.status_code})")
+                raise self._auth_error(r.status_code)
             if r.status_code != 200:
                 return None
             return self._parse(await read_body(r))
@@ -260,17 +280,13 @@ class HttpAssignmentSource:
 
     async def _sse(self, http: httpx.AsyncClient, deliver: Deliver,
                    after: Callable[[], int], epoch_of: EpochOf) -> None:
-        headers = dict(self.headers, Accept="text/event-stream")
-        version = after()
-        if version > 0:
-            headers["Last-Event-ID"] = str(version)
-        epoch = epoch_of()
-        params = {"epoch": epoch} if epoch else None
+        params, resume = self._stream_request(after(), epoch_of())
+        headers = dict(self.headers, Accept="text/event-stream", **resume)
         timeout = httpx.Timeout(10.0, read=self.read_timeout)
-        async with http.stream("GET", self.stream_url, params=params, headers=headers,
+        async with http.stream("GET", self.stream_url, params=params or None, headers=headers,
                                timeout=timeout) as r:
             if r.status_code in (401, 403):
-                raise AuthError(f"responder refused the token ({r.status_code})")
+                raise self._auth_error(r.status_code)
             ctype = r.headers.get("content-type", "")
             if r.status_code in (404, 405, 406, 501) or (
                     r.status_code == 200 and not ctype.startswith("text/event-stream")):
@@ -289,7 +305,7 @@ class HttpAssignmentSource:
                     if first:
                         text, first = text.removeprefix("\ufeff"), False
                     ev = parser.feed(text)
-                    if ev is None or ev.event != "assignment":
+                    if ev is None or ev.event != self.EVENT:
                         continue
                     a = self._parse(ev.data)
                     if a is not None:
@@ -299,15 +315,13 @@ class HttpAssignmentSource:
                         after: Callable[[], int], epoch_of: EpochOf) -> None:
         loop = asyncio.get_running_loop()
         before = (after(), epoch_of())
-        params = {"after": str(before[0]), "wait": f"{self.longpoll_wait:g}"}
-        if before[1]:
-            params["epoch"] = before[1]
+        params = self._poll_params(*before)
         timeout = httpx.Timeout(10.0, read=self.longpoll_wait + 15)
         started = loop.time()
         async with http.stream("GET", self.poll_url, params=params, headers=self.headers,
                                timeout=timeout) as r:
             if r.status_code in (401, 403):
-                raise AuthError(f"responder refused the token ({r.status_code})")
+                raise self._auth_error(r.status_code)
             if r.status_code in (204, 304):
                 self.on_connected(True)
                 body = None

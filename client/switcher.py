@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wg_failover import wg
 from wg_failover.fleet import Client, Fleet
@@ -18,11 +18,14 @@ from wg_failover.wire import Assignment, RejectedEvent
 
 from . import cache, wgctl
 from .bounds import WireInputError
-from .decisions import DOWN, Action, Decider, Note, Report, Settings, Switch
+from .decisions import DOWN, Action, Decider, GraySettings, Note, Report, Settings, Switch
 from .metrics import SwitcherMetrics
 from .probe import IcmpProber
 from .reporter import Reporter
 from .sources import AssignmentSource, AuthError, HttpAssignmentSource, describe
+
+if TYPE_CHECKING:
+    from .view import ViewFollower
 
 log = logging.getLogger("wg_failover.switcher")
 
@@ -38,6 +41,9 @@ class Options:
     report_every: float = 5.0
     check_every: float = 2.0  # how often the interface is checked for drift
     fast_path: bool = True  # False: --no-fast-path, move only on the responder's assignment
+    burst_interval: float = 0.02  # probe the active worker this fast after a miss (0: off)
+    burst_misses: int = 3  # then down after this many burst misses in a row
+    gray: GraySettings | None = field(default_factory=GraySettings)  # None: --no-gray
 
 
 class Switcher:
@@ -54,6 +60,11 @@ class Switcher:
         self.prober: IcmpProber | None = None
         self.switches = 0
         self.failed_at = -1e9
+        # Set when the switcher follows its view (no fleet file): `client.view`.
+        self.follower: ViewFollower | None = None
+        # An assignment to a worker the view does not have yet (the assignment stream can be
+        # ahead of the view stream when a worker joins): delivered once the view has it.
+        self.held: Assignment | None = None
 
     # ------------------------------------------------------------------ start
     def resume(self) -> Decider:
@@ -88,7 +99,10 @@ class Switcher:
             log.info("reconcile: %s matches the fleet (%d worker peers)", iface, len(self.prefs))
         self.decider = Decider(
             self.prefs, Settings(k=self.opts.k, hold_down=self.opts.hold_down,
-                                 fast_path=self.opts.fast_path), active=active,
+                                 fast_path=self.opts.fast_path,
+                                 burst_interval=self.opts.burst_interval,
+                                 burst_misses=self.opts.burst_misses,
+                                 gray=self.opts.gray), active=active,
             version=version, pending=cached.pending if cached and version else None,
             epoch=epoch,
         )
@@ -153,11 +167,25 @@ class Switcher:
 
     def deliver(self, a: Assignment) -> None:
         assert self.decider is not None
+        if self.follower is not None and a.worker not in self.decider.health:
+            if self.held is None or self.held.version != a.version:
+                log.info("assignment v%d to %s: not in this client's view (v%d) yet; waiting "
+                         "for the view", a.version, a.worker, self.follower.view.version)
+            self.held = a
+            return
+        self.held = None
         before = (self.decider.version, self.decider.epoch)
         actions = self.decider.on_assignment(a, asyncio.get_running_loop().time())
         self.handle(actions)
         if (self.decider.version, self.decider.epoch) != before:
             self.save()
+
+    def view_changed(self) -> None:
+        """The workers changed: an assignment held for a worker the view now has goes in."""
+        assert self.decider is not None
+        held = self.held
+        if held is not None and held.worker in self.decider.health:
+            self.deliver(held)
 
     def _on_reply(self, worker: str, rtt: float, now: float) -> None:
         assert self.decider is not None
@@ -167,23 +195,30 @@ class Switcher:
         assert self.decider is not None
         self.handle(self.decider.on_miss(worker, now))
 
+    def probe_targets(self) -> dict[str, str]:
+        """Worker name -> the tunnel address its probes go to."""
+        targets = {}
+        for w in self.fleet.preferences(self.client):
+            targets[w.name] = w.tunnel_address  # ICMP or ICMPv6, by the address
+        return targets
+
     def make_prober(self) -> IcmpProber:
         assert self.decider is not None
         decider = self.decider
-        targets = {}
-        for w in self.fleet.preferences(self.client):
-            if ipaddress.ip_address(w.tunnel_address).version == 4:
-                targets[w.name] = w.tunnel_address
-            else:
-                # ICMPv6 probes are not written yet: such a worker never counts as answering.
-                log.warning("probe: %s has an IPv6 tunnel address; it is not probed", w.name)
+        targets = self.probe_targets()
         floor = self.opts.probe_timeout
+        if floor is None and self.opts.burst_interval > 0:
+            floor = self.opts.interval / 2  # a first miss only starts the burst: judge it early
 
         def timeout(worker: str) -> float:
+            burst = decider.probe_interval(worker)
+            if burst is not None:
+                return decider.health[worker].timeout(burst, burst)
             return decider.health[worker].timeout(self.opts.interval, floor)
 
         self.prober = IcmpProber(targets, self.opts.interval, self._on_reply, self._on_miss,
-                                 timeout, interface=self.opts.interface)
+                                 timeout, interface=self.opts.interface,
+                                 interval_for=decider.probe_interval)
         self.prober.open()
         return self.prober
 
@@ -203,7 +238,7 @@ class Switcher:
         noted = False
         while True:
             await asyncio.sleep(self.opts.check_every)
-            switches = self.switches
+            moves = (self.switches, self.fleet)  # a view change replaces the fleet
             try:
                 dump = await asyncio.to_thread(wg.show_dump, iface)
             except wg.WgError as exc:
@@ -214,7 +249,7 @@ class Switcher:
             if noted:
                 log.info("interface %s is back", iface)
                 noted = False
-            if switches == self.switches:  # else the dump predates our own move
+            if moves == (self.switches, self.fleet):  # else the dump predates our own move
                 self.check_drift(dump)
 
     def check_drift(self, dump: wg.Dump) -> None:
@@ -261,6 +296,8 @@ class Switcher:
             tasks.append(asyncio.create_task(
                 self.source.run(self.deliver, lambda: decider.version, lambda: decider.epoch),
                 name="assignments"))
+        if self.follower is not None and self.follower.source is not None:
+            tasks.append(asyncio.create_task(self.follower.run(), name="view"))
         log.info("switcher %s on %s: probing %s every %g ms, K=%d, hold-down %g s%s",
                  self.client.name, self.opts.interface, ", ".join(self.prefs),
                  self.opts.interval * 1000, self.opts.k, self.opts.hold_down,
