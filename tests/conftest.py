@@ -12,9 +12,10 @@ from tests.helpers.tools import require_netns
 from wg_failover.lab import netns
 from wg_failover.lab.gen import generate_fleet
 
-# The responder fixtures (`responder`, `responder_factory`) for every test, registered once here
-# instead of imported (with a `noqa`) into each module that uses them.
-pytest_plugins = ["tests.helpers.responder"]
+# The responder fixtures (`responder`, `responder_factory`) and the PostgreSQL ones (`pg_server`,
+# `pg_url`, `store_backend`) for every test, registered once here instead of imported (with a
+# `noqa`) into each module that uses them.
+pytest_plugins = ["tests.helpers.responder", "tests.helpers.postgres"]
 
 # Kept importable from here for the tests that import it from tests.conftest.
 __all__ = ["require_netns"]

@@ -1,5 +1,6 @@
 """ResponderState over a store that fails, in process: memory and metrics change only after a
-commit, the epoch reaches every notifier, retention prunes on the state's clock."""
+commit, the epoch reaches every notifier, retention prunes on the state's clock. On every store
+backend (`store_backend`: SQLite and a real PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from wg_failover.responder.upkeep import PRUNE_BATCH
 
 
 class FlakyStore:
-    """A real SQLite store whose commits fail with `fail` (a StoreError reason) when set."""
+    """A real store whose commits fail with `fail` (a StoreError reason) when set."""
 
     def __init__(self, path: str):
         self.real = open_store(path)
@@ -65,12 +66,12 @@ def down(name: str):
     return build
 
 
-def test_every_notified_assignment_carries_the_epoch(tmp_path):
+def test_every_notified_assignment_carries_the_epoch(store_backend):
     rec = Recorder()
     notify.register_factory("recorder-epoch", lambda fleet, settings: rec)
     try:
         async def run() -> None:
-            store = FlakyStore(str(tmp_path / "db"))
+            store = FlakyStore(store_backend.location)
             st = ResponderState(make_fleet(2, 3).fleet, store)
             await st.start()
             await st.change(down("w1"))
@@ -85,9 +86,9 @@ def test_every_notified_assignment_carries_the_epoch(tmp_path):
         notify.unregister_factory("recorder-epoch")
 
 
-def test_a_refused_commit_changes_neither_memory_nor_metrics(tmp_path):
+def test_a_refused_commit_changes_neither_memory_nor_metrics(store_backend):
     async def run() -> None:
-        store = FlakyStore(str(tmp_path / "db"))
+        store = FlakyStore(store_backend.location)
         st = ResponderState(make_fleet(2, 3).fleet, store)
         await st.start()
         assert st.readiness() == (True, None)
@@ -119,9 +120,9 @@ def test_a_refused_commit_changes_neither_memory_nor_metrics(tmp_path):
     asyncio.run(run())
 
 
-def test_a_start_that_cannot_commit_serves_what_the_store_holds(tmp_path):
+def test_a_start_that_cannot_commit_serves_what_the_store_holds(store_backend):
     async def run() -> None:
-        path = str(tmp_path / "db")
+        path = store_backend.location
         first = ResponderState(make_fleet(2, 3).fleet, open_store(path))
         await first.start()
         await first.change(down("w1"))
@@ -150,14 +151,14 @@ def test_a_start_that_cannot_commit_serves_what_the_store_holds(tmp_path):
     asyncio.run(run())
 
 
-def test_retention_prunes_old_events_on_the_states_clock_and_keeps_assignments(tmp_path):
+def test_retention_prunes_old_events_on_the_states_clock_and_keeps_assignments(store_backend):
     async def run() -> None:
         now = [1_000_000.0]
         gen = make_fleet(2, 3)
         settings = gen.fleet.responder.model_copy(update={"events_max_age_seconds": 3600,
                                                           "events_max_rows": 5000})
         fleet = gen.fleet.model_copy(update={"responder": settings})
-        store = open_store(str(tmp_path / "db"))
+        store = open_store(store_backend.location)
         st = ResponderState(fleet, store, clock=lambda: now[0])
         await st.start()
         await st.upkeep.stop()  # prune by hand below, not in the background at the same time

@@ -1,10 +1,12 @@
-"""The responder's SQLite store on its own: the epoch, damaged files, a full disk, pruning."""
+"""The responder's store on its own: the epoch, damaged files, a full disk, pruning.
+
+Tests that take `store_backend` run on every backend (SQLite and a real PostgreSQL,
+tests/helpers/postgres.py); the others are about SQLite's file (byte flips, a full disk)."""
 
 from __future__ import annotations
 
 import logging
 import re
-import sqlite3
 import subprocess
 import sys
 
@@ -27,6 +29,7 @@ HEX16 = re.compile(r"^[0-9a-f]{16}$")
 
 
 def some_state(path, clients: int = 3, events: int = 0, ts: float = 1000.0) -> None:
+    """Commit a worker and `clients` assignments (over any rows of the same names)."""
     store = open_store(str(path))
     tx = Tx(workers={"w1": WorkerRow("w1", "up", ts)},
             assignments={f"c{i}": AssignmentRow(f"c{i}", "w1", [], 1, "initial", ts)
@@ -39,18 +42,18 @@ def some_state(path, clients: int = 3, events: int = 0, ts: float = 1000.0) -> N
 # --------------------------------------------------------------------------- the epoch
 
 
-def test_a_new_store_has_an_epoch_kept_in_it_and_says_so_once(tmp_path, caplog):
-    path = tmp_path / "r.db"
+def test_a_new_store_has_an_epoch_kept_in_it_and_says_so_once(store_backend, caplog):
+    path = store_backend.location
     with caplog.at_level(logging.INFO, logger="wg_failover.responder"):
-        store = open_store(str(path))
+        store = open_store(path)
     assert HEX16.match(store.epoch) and store.created
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert warnings == [f"starting a new store at {path}: epoch {store.epoch}; "
+    assert warnings == [f"starting a new store at {store_backend.shown}: epoch {store.epoch}; "
                         "followers will re-sync"]
     store.close()
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="wg_failover.responder"):
-        again = open_store(str(path))
+        again = open_store(path)
     assert again.epoch == store.epoch and not again.created
     assert not caplog.records
     again.close()
@@ -71,13 +74,10 @@ def test_a_zero_byte_file_is_a_new_store_with_a_new_epoch(tmp_path):
     store.close()
 
 
-def test_a_store_from_before_epochs_gets_one_and_keeps_it(tmp_path, caplog):
-    path = tmp_path / "r.db"
+def test_a_store_from_before_epochs_gets_one_and_keeps_it(store_backend, caplog):
+    path = store_backend.location
     some_state(path)
-    db = sqlite3.connect(path)
-    db.execute("DELETE FROM meta")
-    db.commit()
-    db.close()
+    store_backend.sql("DELETE FROM meta")
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="wg_failover.responder"):
         store = open_store(str(path))
@@ -88,15 +88,13 @@ def test_a_store_from_before_epochs_gets_one_and_keeps_it(tmp_path, caplog):
     assert open_store(str(path)).epoch == store.epoch
 
 
-def test_a_damaged_epoch_is_a_damaged_store(tmp_path):
-    path = tmp_path / "r.db"
+def test_a_damaged_epoch_is_a_damaged_store(store_backend):
+    path = store_backend.location
     some_state(path)
-    db = sqlite3.connect(path)
-    db.execute("UPDATE meta SET value = 'not hex!' WHERE key = 'epoch'")
-    db.commit()
-    db.close()
-    with pytest.raises(StoreCorrupt, match="epoch"):
-        open_store(str(path))
+    store_backend.sql("UPDATE meta SET value = 'not hex!' WHERE key = 'epoch'")
+    with pytest.raises(StoreCorrupt, match="epoch") as info:
+        open_store(path)
+    assert_clear(info.value, store_backend.shown)
 
 
 # --------------------------------------------------------------------------- damaged files
@@ -127,24 +125,18 @@ def test_a_truncated_database_is_one_clear_error(tmp_path):
     assert_clear(info.value, path)
 
 
-def test_a_row_no_commit_could_write_is_a_damaged_store(tmp_path):
-    path = tmp_path / "r.db"
-    some_state(path)
-    for bad in ("UPDATE assignments SET backups = '[\"w1' WHERE client = 'c1'",
-                "UPDATE assignments SET version = 9007199254740993 WHERE client = 'c1'",
-                "UPDATE assignments SET worker = 'w' || char(10) WHERE client = 'c1'",
-                "UPDATE workers SET state = 'uq'"):
-        some_state(path)
-        db = sqlite3.connect(path)
-        db.execute(bad)
-        db.commit()
-        db.close()
+def test_a_row_no_commit_could_write_is_a_damaged_store(store_backend):
+    path = store_backend.location
+    for bad, args in (("UPDATE assignments SET backups = '[\"w1' WHERE client = 'c1'", ()),
+                      ("UPDATE assignments SET version = 9007199254740993 WHERE client = 'c1'",
+                       ()),
+                      ("UPDATE assignments SET worker = ? WHERE client = 'c1'", ("w\n",)),
+                      ("UPDATE workers SET state = 'uq'", ())):
+        some_state(path)  # writes over the row the last round damaged
+        store_backend.sql(bad, args)
         with pytest.raises(StoreCorrupt) as info:
-            check_store(str(path))
-        assert_clear(info.value, path)
-        path.unlink()
-        for extra in ("-wal", "-shm"):
-            (tmp_path / f"r.db{extra}").unlink(missing_ok=True)
+            check_store(path)
+        assert_clear(info.value, store_backend.shown)
 
 
 def test_every_byte_flip_is_a_clear_error_or_a_working_store(tmp_path):
@@ -169,34 +161,25 @@ def test_every_byte_flip_is_a_clear_error_or_a_working_store(tmp_path):
     assert outcomes["damaged"] >= 5, outcomes  # the header, the schema, b-tree pages
 
 
-def test_a_damaged_event_row_is_a_store_error_not_a_crash(tmp_path):
-    path = tmp_path / "r.db"
+def test_a_damaged_event_row_is_a_store_error_not_a_crash(store_backend):
+    path = store_backend.location
     some_state(path, events=3)
-    db = sqlite3.connect(path)
-    db.execute("UPDATE events SET data = '{\"n\": ' WHERE id = 2")
-    db.commit()
-    db.close()
-    store = open_store(str(path))
+    store_backend.sql("UPDATE events SET data = '{\"n\": ' WHERE id = 2")
+    store = open_store(path)
     with pytest.raises(StoreCorrupt, match="event 2"):
         store.events(0, 10)
     assert [e["id"] for e in store.events(2, 10)] == [3]
     store.close()
 
 
-def test_a_locked_database_is_a_store_error_with_its_reason(tmp_path):
-    path = tmp_path / "r.db"
+def test_a_locked_database_is_a_store_error_with_its_reason(store_backend):
+    path = store_backend.location
     some_state(path)
-    store = open_store(str(path))
-    store.busy_timeout_ms = 100
-    other = sqlite3.connect(path, isolation_level=None, timeout=5)
-    other.execute("BEGIN IMMEDIATE")
-    try:
+    store = open_store(path)
+    with store_backend.write_lock():  # another writer holds it past the store's lock wait
         with pytest.raises(StoreError) as info:
             store.commit(Tx(events=[Event("x")]))
         assert info.value.reason == LOCKED
-    finally:
-        other.execute("ROLLBACK")
-        other.close()
     store.commit(Tx(events=[Event("x")]))
     store.close()
 
@@ -259,10 +242,10 @@ def test_a_new_store_on_a_full_disk_is_one_clear_error(tmp_path):
 # --------------------------------------------------------------------------- pruning
 
 
-def test_pruning_takes_old_events_in_batches_and_never_assignments(tmp_path):
-    path = tmp_path / "r.db"
+def test_pruning_takes_old_events_in_batches_and_never_assignments(store_backend):
+    path = store_backend.location
     some_state(path, events=1000, ts=1000.0)  # ts 1000 .. 1999
-    store = open_store(str(path))
+    store = open_store(path)
     assert store.prune_events(before=1100.0, keep_rows=10**6, limit=30) == 30  # one batch
     assert store.prune_events(before=1100.0, keep_rows=10**6, limit=1000) == 70
     assert store.prune_events(before=1100.0, keep_rows=10**6, limit=1000) == 0
