@@ -86,9 +86,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fleet_argument(p)
     p.add_argument("--client", metavar="NAME",
                    help="this client's fleet name (default: `name` in --state-dir/node.json, "
-                   "as `wg-failover join` writes it)")
-    p.add_argument("--interface", required=True, metavar="IFACE",
-                   help="the client's WireGuard interface (e.g. wg0)")
+                   "as `wg-failover join` writes it; its responder, token_file and ca_file "
+                   "are defaults for those flags too)")
+    p.add_argument("--interface", metavar="IFACE",
+                   help="the client's WireGuard interface (e.g. wg0; default: `interface` in "
+                   "--state-dir/node.json)")
     p.add_argument("--responder", metavar="URL",
                    help="responder base URL (default: responder.url from the fleet file; "
                    "without a fleet file the switcher follows its view from here)")
@@ -179,22 +181,38 @@ def tls_context(args: argparse.Namespace) -> ssl.SSLContext:
         raise CliError(text) from None
 
 
-def node_name(state_dir: str) -> str:
-    """The client's name from --state-dir/node.json (`wg-failover join`), for a missing --client."""
-    path = Path(state_dir) / "node.json"
+def node_defaults(args: argparse.Namespace) -> None:
+    """Fill --client, --interface, --responder, --token-file and --ca-file, where not given, from
+    --state-dir/node.json (what `wg-failover join` writes); CliError when the name is still
+    missing or the file is not a client's."""
+    path = Path(args.state_dir) / "node.json"
+    wanted = ("client", "interface", "responder", "token_file", "ca_file")
+    given = bool(args.client and args.interface)
+    if all(getattr(args, k) for k in wanted) or given and not path.exists():
+        return
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CliError(f"--client is required (no {path} from `wg-failover join` either)") from None
+        raise CliError(f"--client and --interface are required (no {path} from "
+                       "`wg-failover join` either)") from None
     except (OSError, ValueError) as exc:
         raise CliError(f"{path}: cannot read: {exc.__class__.__name__}") from None
-    name = data.get("name") if isinstance(data, dict) else None
-    if not isinstance(name, str) or not name:
-        raise CliError(f"{path}: name: is required (or give --client)")
+    if not isinstance(data, dict):
+        raise CliError(f"{path}: not a node.json from `wg-failover join`")
     if data.get("kind", "client") != "client":
-        raise CliError(f"{path}: kind: {data.get('kind')!r} is not a client; the switcher runs "
-                       "on clients")
-    return name
+        if given:
+            return  # another node's file in a shared directory: the flags say all
+        raise CliError(f"{path}: kind: {str(data.get('kind'))[:20]!r} is not a client; the "
+                       "switcher runs on clients")
+    for key, field in zip(wanted, ("name", "interface", "responder", "token_file", "ca_file"),
+                          strict=True):
+        value = data.get(field)
+        if not getattr(args, key) and isinstance(value, str) and value:
+            setattr(args, key, value)
+    for key in wanted[:2]:
+        if not getattr(args, key):
+            raise CliError(f"{path}: {'name' if key == 'client' else key}: is required (or "
+                           f"give --{key})")
 
 
 def follows_view(args: argparse.Namespace) -> bool:
@@ -207,7 +225,8 @@ def run(args: argparse.Namespace) -> int:
         level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
         format="%(asctime)s.%(msecs)03d %(levelname)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its request lines carry no decisions
-    name = args.client or node_name(args.state_dir)
+    node_defaults(args)
+    name = args.client
     fleet = client = None
     if follows_view(args):
         url = args.responder

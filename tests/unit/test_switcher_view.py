@@ -11,7 +11,7 @@ import pytest
 from wg_failover import wg
 from wg_failover.cli import CliError
 from wg_failover.client import cache
-from wg_failover.client.cli import follows_view, node_name
+from wg_failover.client.cli import follows_view, node_defaults
 from wg_failover.client.decisions import DOWN, UP, Decider
 from wg_failover.client.view import HttpViewSource, is_news, plan_view, view_fleet
 from wg_failover.client.wgctl import plan_reconcile
@@ -125,18 +125,34 @@ def test_the_view_source_parses_only_this_clients_views():
     assert src._poll_params(5, None) == {"version": "5", "wait": "25"}
 
 
-def test_the_name_comes_from_node_json_when_not_given(tmp_path, monkeypatch):
-    with pytest.raises(CliError, match="--client is required"):
-        node_name(str(tmp_path))
-    (tmp_path / "node.json").write_text(json.dumps({"kind": "client", "name": "c9"}))
-    assert node_name(str(tmp_path)) == "c9"
+def _args(tmp_path, **kw) -> argparse.Namespace:
+    base = {"state_dir": str(tmp_path), "client": None, "interface": None, "responder": None,
+            "token_file": None, "ca_file": None, "fleet": None}
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_node_json_gives_the_name_and_what_join_wrote(tmp_path, monkeypatch):
+    with pytest.raises(CliError, match="--client and --interface are required"):
+        node_defaults(_args(tmp_path))
+    given = _args(tmp_path, client="c1", interface="wg0")
+    node_defaults(given)  # no node.json needed when the flags say it all
+    assert given.responder is None
+    (tmp_path / "node.json").write_text(json.dumps({
+        "kind": "client", "name": "c9", "interface": "wg7", "responder": "https://r:8443",
+        "token_file": "/d/token", "ca_file": None}))
+    args = _args(tmp_path, interface="wg0")
+    node_defaults(args)
+    assert (args.client, args.interface, args.responder, args.token_file, args.ca_file) == (
+        "c9", "wg0", "https://r:8443", "/d/token", None)
     (tmp_path / "node.json").write_text(json.dumps({"kind": "worker", "name": "w9"}))
     with pytest.raises(CliError, match="not a client"):
-        node_name(str(tmp_path))
+        node_defaults(_args(tmp_path))
+    (tmp_path / "node.json").write_text("[]")
+    with pytest.raises(CliError, match="not a node.json"):
+        node_defaults(_args(tmp_path))
     monkeypatch.delenv("WG_FAILOVER_FLEET", raising=False)
-    ns = argparse.Namespace(fleet=None, responder="https://r:8443")
-    assert follows_view(ns)
-    assert not follows_view(argparse.Namespace(fleet="f.yaml", responder="https://r:8443"))
-    assert not follows_view(argparse.Namespace(fleet=None, responder=None))
+    assert follows_view(_args(tmp_path, responder="https://r:8443"))
+    assert not follows_view(_args(tmp_path, fleet="f.yaml", responder="https://r:8443"))
+    assert not follows_view(_args(tmp_path))
     monkeypatch.setenv("WG_FAILOVER_FLEET", "/etc/f.yaml")
-    assert not follows_view(ns)
+    assert not follows_view(_args(tmp_path, responder="https://r:8443"))
