@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
+from collections.abc import Sequence
 from pathlib import Path
 
 from .fleet import Client, Fleet, Worker
+from .wire import ClientView, PeerEntry
 
 PRIVATE_KEY_PLACEHOLDER = "<REPLACE WITH THIS HOST'S PRIVATE KEY: wg genkey>"
 DEFAULT_KEEPALIVE = 25
@@ -123,3 +126,50 @@ def strip(config: str) -> str:
             continue
         out.append(line)
     return "\n".join(out) + "\n"
+
+
+# ------------------------------------------------------------------ the live fleet (`join`)
+# A node that joined at run time has no fleet file: its config comes from what the responder
+# answered (wire.ClientView, wire.WorkerPeers); the same layout as render_client/render_worker.
+def render_client_view(view: ClientView, private_key: str | None = None,
+                       active: str | None = None, keepalive: int = DEFAULT_KEEPALIVE) -> str:
+    """A client's interface from its view: every worker it may use is a warm peer with its
+    tunnel /32; the routes sit on `active` only (default: the first worker of the view)."""
+    names = [w.name for w in view.workers]
+    active_name = active or (names[0] if names else None)
+    if active_name is not None and active_name not in names:
+        raise KeyError(f"worker {active_name!r} is not among client {view.client}'s workers")
+    lines = [
+        f"# wg-failover client {view.client}: written by `wg-failover join` from its view.",
+        "# Every worker is a peer; the routes sit on the active one only, and",
+        "# `wg-failover switcher` moves them with one `wg set` when a worker fails.",
+        "[Interface]",
+        f"Address = {view.address}",
+        f"PrivateKey = {private_key or PRIVATE_KEY_PLACEHOLDER}",
+    ]
+    for w in view.workers:
+        is_active = w.name == active_name
+        ip = ipaddress.ip_address(w.tunnel_address)
+        _peer(lines, f"worker {w.name}{' (active)' if is_active else ' (backup)'}",
+              w.public_key, ([*view.routes] if is_active else []) + [f"{ip}/{ip.max_prefixlen}"],
+              endpoint=w.endpoint, keepalive=keepalive)
+    return "\n".join(lines) + "\n"
+
+
+def render_worker_interface(name: str, tunnel_address: str, listen_port: int,
+                            private_key: str | None = None,
+                            peers: Sequence[PeerEntry] = ()) -> str:
+    """A worker's interface that joined at run time: its tunnel address and listen port, and the
+    clients it serves as they were when it joined (`wg-failover agent` keeps them current)."""
+    ip = ipaddress.ip_address(tunnel_address)
+    lines = [
+        f"# wg-failover worker {name}: written by `wg-failover join`; `wg-failover agent` keeps",
+        "# its peers equal to the fleet's clients at run time (peers here are only a start).",
+        "[Interface]",
+        f"Address = {ip}/{ip.max_prefixlen}",
+        f"ListenPort = {listen_port}",
+        f"PrivateKey = {private_key or PRIVATE_KEY_PLACEHOLDER}",
+    ]
+    for p in peers:
+        _peer(lines, f"client {p.name}", p.public_key, list(p.allowed_ips))
+    return "\n".join(lines) + "\n"

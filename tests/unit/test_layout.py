@@ -19,7 +19,8 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PACKAGE_DIR: dict[str, str] = PYPROJECT["tool"]["setuptools"]["package-dir"]
 
 CORE = "wg_failover"
-COMPONENTS = ("wg_failover.exporter", "wg_failover.responder", "wg_failover.client")
+COMPONENTS = ("wg_failover.exporter", "wg_failover.responder", "wg_failover.client",
+              "wg_failover.agent")
 LAB = "wg_failover.lab"
 PRODUCT = (CORE, *COMPONENTS)  # what runs on workers, clients and the master
 NOT_IN_PRODUCT = (LAB, "tests", "bench")

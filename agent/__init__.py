@@ -1,0 +1,1 @@
+"""The worker agent (`wg-failover agent`) and node enrollment (`wg-failover join`)."""

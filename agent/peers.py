@@ -1,0 +1,118 @@
+"""The agent's one decision, pure: the peers a worker's interface should have (wire.WorkerPeers)
+against those it has (`wg show IFACE dump`) -> the fewest `wg set` operations that make them equal.
+
+A peer whose key and allowed-ips are already right is never named in an operation: `wg set` on
+it would not break its session, but leaving it out keeps the cost of a change proportional to
+the change, not to the fleet. Endpoints and keepalives are the clients' to set (they connect
+to the worker), so they are never touched either. Operations are batched: wg(8) takes any number
+of `peer` clauses in one `wg set`, so a change of a thousand peers is a handful of calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from wg_failover.wg import Peer, normalize_networks
+from wg_failover.wire import PeerEntry
+
+# One `wg set` call carries at most this many argument bytes: Linux caps one argument at 128 KiB
+# and all of them (with the environment) at a quarter of the stack limit (2 MiB by default).
+MAX_ARG_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class PeerOp:
+    """Set one peer's allowed-ips (adding the peer when it is missing), or remove it."""
+
+    public_key: str
+    allowed_ips: tuple[str, ...] | None  # None: remove the peer
+    name: str = ""  # the client's name, for log lines only
+
+    @property
+    def remove(self) -> bool:
+        return self.allowed_ips is None
+
+    def args(self) -> list[str]:
+        if self.allowed_ips is None:
+            return ["peer", self.public_key, "remove"]
+        return ["peer", self.public_key, "allowed-ips", ",".join(self.allowed_ips)]
+
+
+@dataclass
+class Plan:
+    add: list[PeerOp] = field(default_factory=list)
+    change: list[PeerOp] = field(default_factory=list)
+    remove: list[PeerOp] = field(default_factory=list)
+    kept: int = 0  # peers already right, left alone
+    duplicates: list[str] = field(default_factory=list)  # desired names whose key came twice
+
+    def empty(self) -> bool:
+        return not (self.add or self.change or self.remove)
+
+    def ops(self) -> list[PeerOp]:
+        # Removals first: an address that moves from a removed client to a new one is then free
+        # before it is given (wg would otherwise take it from the old peer anyway, but a failed
+        # batch in between would leave the old one without it and the new one not yet there).
+        return [*self.remove, *self.change, *self.add]
+
+    def summary(self) -> str:
+        return (f"+{len(self.add)} ~{len(self.change)} -{len(self.remove)} "
+                f"(={self.kept} untouched)")
+
+
+def _sorted_ips(ips: Iterable[str]) -> tuple[str, ...]:
+    return tuple(sorted(normalize_networks(ips)))
+
+
+def plan(desired: Sequence[PeerEntry], current: Sequence[Peer]) -> Plan:
+    """What makes `current` equal to `desired`: peers missing are added, peers whose allowed-ips
+    differ (as sets of networks, in any spelling) are changed, peers not desired are removed."""
+    out = Plan()
+    want: dict[str, PeerEntry] = {}
+    for entry in desired:
+        if entry.public_key in want:
+            out.duplicates.append(entry.name)  # the responder never sends one; keep the first
+            continue
+        want[entry.public_key] = entry
+    have = {p.public_key: p for p in current}
+    for key, entry in want.items():
+        ips = _sorted_ips(entry.allowed_ips)
+        peer = have.get(key)
+        if peer is None:
+            out.add.append(PeerOp(key, ips, entry.name))
+        elif _sorted_ips(peer.allowed_ips) != ips:
+            out.change.append(PeerOp(key, ips, entry.name))
+        else:
+            out.kept += 1
+    out.remove = [PeerOp(key, None) for key in have if key not in want]
+    return out
+
+
+def wg_set_argvs(interface: str, ops: Sequence[PeerOp],
+                 max_bytes: int = MAX_ARG_BYTES) -> list[list[str]]:
+    """The `wg` argument lists (without `wg` itself) that apply `ops` in order, each at most
+    `max_bytes` long: `set IFACE peer K1 ... peer K2 ...`."""
+    head = ["set", interface]
+    out: list[list[str]] = []
+    argv: list[str] = []
+    size = 0
+    for op in ops:
+        args = op.args()
+        n = sum(len(a) + 1 for a in args)
+        if argv and size + n > max_bytes:
+            out.append(head + argv)
+            argv, size = [], 0
+        argv += args
+        size += n
+    if argv:
+        out.append(head + argv)
+    return out
+
+
+def as_current(entries: Sequence[PeerEntry], device: str = "") -> list[Peer]:
+    """Peers as `plan` reads them, from what was applied last: the next change is then planned
+    from memory (its cost grows with the change, not with the fleet), and only the periodic
+    reconcile reads the interface's dump."""
+    return [Peer(device, e.public_key, None, tuple(e.allowed_ips), 0, 0, 0, None)
+            for e in entries]
