@@ -51,6 +51,7 @@ class SwitcherLab:
     master: Host | None = None
     client_config: str = ""
     responder_url: str | None = None
+    responder_proc: subprocess.Popen | None = None
 
     @property
     def fleet(self) -> Fleet:
@@ -129,16 +130,18 @@ class SwitcherLab:
     def start_responder(self, address: str = "198.18.0.2", port: int = 8080,
                         timeout: float = 30) -> Host:
         """The real `wg-failover responder` in a `master` namespace on the lab's underlay, so
-        the switcher in the client's namespace reaches it the way a real client would."""
+        the switcher in the client's namespace reaches it the way a real client would. Called
+        again after the responder was stopped, it starts it again on the same database."""
         assert self.fleet_file is not None
-        master = self.lab.add_host("master", address=address)
-        log = open(self.workdir / "responder.log", "w")  # noqa: SIM115 - the child owns it
+        master = self.master or self.lab.add_host("master", address=address)
+        log = open(self.workdir / "responder.log", "a")  # noqa: SIM115 - the child owns it
         # --insecure-http: the underlay is this machine's private namespaces; a deployment
         # serves TLS (the responder refuses plain HTTP off loopback without the flag).
-        master.popen([*wgfo_argv("responder"), "--fleet", str(self.fleet_file),
-                      "--db", str(self.workdir / "responder.db"), "--listen",
-                      f"{address}:{port}", "--log-level", "warning", "--insecure-http"],
-                     stdout=log, stderr=subprocess.STDOUT)
+        self.responder_proc = master.popen(
+            [*wgfo_argv("responder"), "--fleet", str(self.fleet_file),
+             "--db", str(self.workdir / "responder.db"), "--listen",
+             f"{address}:{port}", "--log-level", "warning", "--insecure-http"],
+            stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.master = master
         self.responder_url = f"http://{address}:{port}"
