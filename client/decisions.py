@@ -10,100 +10,21 @@ validates against.
 from __future__ import annotations
 
 import logging
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from wg_failover.wire import (
     AppliedEvent,
     Assignment,
     ProbeEvent,
-    ProbeResult,
     RejectedEvent,
     SwitchEvent,
 )
 
-UP, DOWN, UNKNOWN = "up", "down", "unknown"
+from .health import DOWN, UNKNOWN, UP, GraySettings, WorkerHealth, gray_verdict
 
-
-# --------------------------------------------------------------------------- probe health
-
-
-@dataclass
-class WorkerHealth:
-    """What the probes say about one worker: state, RTT (EWMA), loss over a window."""
-
-    name: str
-    window: int = 50
-    alpha: float = 0.125  # RFC 6298's gain for the smoothed RTT
-    srtt: float | None = None  # seconds
-    rttvar: float = 0.0
-    last_rtt: float | None = None
-    consecutive_misses: int = 0
-    state: str = UNKNOWN
-    up_since: float | None = None  # when it last came up (after being unknown or down)
-    down_since: float | None = None
-    last_reply: float | None = None  # monotonic time of the last answer
-    flapped: bool = False  # it was down at least once since the switcher started
-    results: deque = field(default_factory=deque)
-
-    def _push(self, ok: bool) -> None:
-        self.results.append(ok)
-        while len(self.results) > self.window:
-            self.results.popleft()
-
-    @property
-    def loss(self) -> float:
-        """Share of the last `window` probes that went unanswered (0 when nothing is known)."""
-        return (self.results.count(False) / len(self.results)) if self.results else 0.0
-
-    def record_reply(self, rtt: float, now: float) -> bool:
-        """An answered probe. Returns True when the state changed."""
-        self._push(True)
-        self.last_rtt = rtt
-        self.last_reply = now
-        if self.state != UP:
-            # The first answer after a silence usually waited for a WireGuard handshake: it says
-            # nothing about the path's RTT, and would stretch every deadline for a while.
-            self.consecutive_misses = 0
-            self.state, self.up_since, self.down_since = UP, now, None
-            return True
-        if self.srtt is None:
-            self.srtt, self.rttvar = rtt, rtt / 2
-        else:
-            self.rttvar += 0.25 * (abs(self.srtt - rtt) - self.rttvar)
-            self.srtt += self.alpha * (rtt - self.srtt)
-        self.consecutive_misses = 0
-        return False
-
-    def record_miss(self, now: float, k: int) -> bool:
-        """A probe whose deadline passed unanswered. Returns True when the state changed."""
-        self._push(False)
-        self.consecutive_misses += 1
-        if self.consecutive_misses >= k and self.state != DOWN:
-            if self.state == UP:
-                self.flapped = True
-            self.state, self.down_since, self.up_since = DOWN, now, None
-            return True
-        return False
-
-    def held_down(self, now: float, hold_down: float) -> bool:
-        """A worker that went down must answer for `hold_down` seconds before we return to it."""
-        return (self.flapped and self.state == UP and self.up_since is not None
-                and now - self.up_since < hold_down)
-
-    def timeout(self, interval: float, floor: float | None = None, cap: float = 2.0) -> float:
-        """How long to wait for a probe's answer: at least one interval, more on slow paths."""
-        base = interval if floor is None else floor
-        if self.srtt is None:
-            return max(base, 0.001)
-        return min(cap, max(base, self.srtt + 4 * self.rttvar))
-
-    def summary(self) -> ProbeResult:
-        # A dead worker has no round trip: reporting the last smoothed one would draw a flat,
-        # healthy-looking RTT line for a worker that answers nothing.
-        rtt = None if self.srtt is None or self.state != UP else round(self.srtt * 1000, 3)
-        return ProbeResult(up=self.state == UP, rtt_ms=rtt, loss=round(self.loss, 4))
+__all__ = ["DOWN", "UNKNOWN", "UP", "Action", "Decider", "GraySettings", "Note", "Report",
+           "Settings", "Switch", "WorkerHealth", "check_version"]
 
 
 # --------------------------------------------------------------------------- actions
@@ -119,6 +40,7 @@ class Switch:
     reason: str
     elapsed_ms: int | None = None
     version: int | None = None
+    cause: str | None = None  # why the fast path left: "dead", "gray-loss", "gray-rtt"
 
 
 @dataclass(frozen=True)
@@ -186,6 +108,12 @@ class Settings:
     # Off: a dead active worker is only left on the responder's assignment (the control path
     # alone, as bench/baselines.py measures it); probes still guard what assignments apply.
     fast_path: bool = True
+    # The BFD-like burst: after the active worker's first missed probe, probe it every
+    # `burst_interval` seconds (0: off); it is down after that miss and `burst_misses` more in a
+    # row. The shell asks `probe_interval` what to use.
+    burst_interval: float = 0.0
+    burst_misses: int = 3
+    gray: GraySettings | None = None  # None: no gray-failure rule (it needs the burst's trials)
 
 
 class Decider:
@@ -215,6 +143,8 @@ class Decider:
         if pending is not None:
             self._set_order(pending)
         self.active_stuck_noted = False
+        self.gray_at = -1e9  # when the fast path last left a worker for a gray failure
+        self.gray_stuck_noted = False
 
     # ------------------------------------------------------------------ probe input
     def on_reply(self, worker: str, rtt: float, now: float) -> list[Action]:
@@ -222,6 +152,7 @@ class Decider:
         if h is None:
             return []
         changed = h.record_reply(rtt, now)
+        self._trial_step(h)
         out: list[Action] = []
         if changed:
             out.append(Note(f"probe: {worker} is up (first answer in {rtt * 1000:.1f} ms)"))
@@ -232,7 +163,12 @@ class Decider:
         h = self.health.get(worker)
         if h is None:
             return []
-        changed = h.record_miss(now, self.settings.k)
+        bursting = self.settings.burst_interval > 0 and worker == self.active
+        k = self.settings.burst_misses + 1 if bursting else self.settings.k
+        changed = h.record_miss(now, k)
+        if bursting and not h.trial and h.state == UP:
+            h.start_trial()  # after recording: the miss that starts a trial is not in it
+        self._trial_step(h)
         out: list[Action] = []
         if changed:
             ago = ("" if h.last_reply is None
@@ -240,6 +176,25 @@ class Decider:
             out.append(Note(f"probe: {worker} is down ({h.consecutive_misses} missed{ago})"))
             out.append(self.probe_report())
         return out + self.evaluate(now)
+
+    def _trial_step(self, h: WorkerHealth) -> None:
+        """End a burst when it has done its job: without the gray rule, at the first answer; with
+        it, after its `samples` probes unless they failed (then `evaluate` gives the verdict)."""
+        if not h.trial:
+            return
+        g = self.settings.gray
+        if h.name != self.active or (g is None and h.consecutive_misses == 0) or (
+                g is not None and h.trial_n >= g.samples and h.trial_lost < g.loss_count):
+            h.end_trial()
+
+    def probe_interval(self, worker: str) -> float | None:
+        """The burst interval while `worker` is the active one in a burst; else None (the
+        shell's normal interval)."""
+        h = self.health.get(worker)
+        if self.settings.burst_interval > 0 and worker == self.active and h is not None \
+                and h.trial and h.state != DOWN:
+            return self.settings.burst_interval
+        return None
 
     def probe_report(self) -> Report:
         return Report.of(ProbeEvent(workers={w: self.health[w].summary() for w in self.workers}))
@@ -273,10 +228,12 @@ class Decider:
                 reason = (f"{self.active} missed {active_h.consecutive_misses} probes"
                           + (f" (last reply {elapsed} ms ago)" if elapsed is not None else "")
                           + f"; {to} answers")
-                out.append(self._switch_to(to, "failover", reason, elapsed))
+                out.append(self._switch_to(to, "failover", reason, elapsed, cause="dead"))
                 out.append(Report.of(SwitchEvent(
                     from_worker=active_h.name, to_worker=to, reason=reason,
-                    elapsed_ms=elapsed if elapsed is not None else 0)))
+                    elapsed_ms=elapsed if elapsed is not None else 0, cause="dead")))
+        elif self.settings.fast_path and active_h is not None and active_h.state == UP:
+            out += self._gray(active_h, now)
         if self.pending is not None and self.pending.version == self.version:
             out += self._try_pending(now)
         if self.active is None:
@@ -286,16 +243,50 @@ class Decider:
                 out.append(self._switch_to(to, "initial", f"routes were on no peer; {to} answers"))
         return out
 
+    def _gray(self, active_h: WorkerHealth, now: float) -> list[Action]:
+        """Leave an active worker that answers far worse than a clean backup (gray failure)."""
+        g = self.settings.gray
+        if g is None or now - self.gray_at < g.hold:
+            return []
+        verdict = None
+        for w in self.order:
+            h = self.health[w]
+            if w != self.active and not h.held_down(now, self.settings.hold_down):
+                verdict = gray_verdict(active_h, h, g)
+                if verdict is not None:
+                    break
+        if verdict is None:
+            out: list[Action] = []
+            if active_h.trial and active_h.trial_lost >= g.loss_count:
+                if not self.gray_stuck_noted:
+                    self.gray_stuck_noted = True
+                    out.append(Note(f"active {active_h.name} lost {active_h.trial_lost} of "
+                                    f"{active_h.trial_n} probes, but no backup is clean; "
+                                    "keeping it", logging.WARNING))
+                active_h.end_trial()  # the next miss starts a new one
+            return out
+        cause, reason = verdict
+        self.gray_at = now
+        self.gray_stuck_noted = False
+        active_h.left_gray_at = now
+        active_h.end_trial()
+        return [self._switch_to(w, "gray", reason, cause=cause),
+                Report.of(SwitchEvent(from_worker=active_h.name, to_worker=w, reason=reason,
+                                      cause=cause))]
+
     def _first_up(self, now: float) -> str | None:
         ups = [(self.health[w].held_down(now, self.settings.hold_down), i, w)
                for i, w in enumerate(self.order) if self.health[w].state == UP]
         return min(ups)[2] if ups else None
 
     def _switch_to(self, to: str, kind: str, reason: str, elapsed_ms: int | None = None,
-                   version: int | None = None) -> Switch:
+                   version: int | None = None, cause: str | None = None) -> Switch:
         """Decide a move (the routes count as on `to` from now); the shell carries it out."""
         act = Switch(to=to, from_=self.active, kind=kind, reason=reason, elapsed_ms=elapsed_ms,
-                     version=version)
+                     version=version, cause=cause)
+        old = self.health.get(self.active) if self.active else None
+        if old is not None:
+            old.end_trial()  # bursts are for the active worker only
         self.active = to
         self.active_stuck_noted = False
         return act
@@ -303,6 +294,9 @@ class Decider:
     def switch_failed(self, act: Switch) -> None:
         """The shell could not carry out `act`: the routes stayed where they were."""
         self.active = act.from_
+        if act.kind == "gray" and act.from_ is not None:
+            self.gray_at = -1e9  # retried when the next trial fails, not after the hold
+            self.health[act.from_].left_gray_at = None
         a = self.assignment
         if act.kind == "assignment" and a is not None and a.version == act.version:
             self.pending, self.pending_rejected = a, True  # retried on the next evaluation

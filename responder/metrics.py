@@ -70,6 +70,10 @@ class Metrics:
         self.switches = Counter("wgfo_client_switches_total",
                                 "Fast-path switches reported by the client", ["client"],
                                 registry=r)
+        self.switch_causes = Counter(
+            "wgfo_client_switch_causes_total",
+            "Fast-path switches reported by clients, by why the old worker was left (dead, "
+            "gray-loss, gray-rtt; unknown from switchers that do not say)", ["cause"], registry=r)
         self.client_events = Counter("wgfo_client_events_total",
                                      "Client event reports by type", ["type"], registry=r)
         # The limits and the store's health (hardening findings 5 and 6).

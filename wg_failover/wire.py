@@ -144,6 +144,9 @@ class SwitchEvent(_Wire):
     to_worker: WorkerName
     reason: Text = ""
     elapsed_ms: Millis | None = None
+    # Why the old worker was left: it stopped answering ("dead"), or answers badly (gray failure:
+    # "gray-loss", "gray-rtt"). None from switchers older than the field.
+    cause: Literal["dead", "gray-loss", "gray-rtt"] | None = None
 
 
 class AppliedEvent(_Wire):
@@ -313,7 +316,7 @@ class EnrollKeyRequest(_Wire):
     model_config = ConfigDict(extra="forbid")
     kind: NodeKind
     reusable: bool = False
-    expires_seconds: StrictInt = Field(default=86400, ge=60, le=365 * 86400)
+    expires_seconds: StrictInt = Field(default=86400, ge=1, le=365 * 86400)
     # A one-time key may fix the node's name and (clients) address.
     name: Name | None = None
     address: Cidr | None = None

@@ -156,7 +156,7 @@ def test_reports_are_the_wire_schema_with_the_keys_the_responder_always_got():
     acts += miss(decider, "w2", 3, 0.6) + decider.on_assignment(a(2, "w2"), 0.7)  # rejected
     acts += decider.on_assignment(a(3, "nope"), 0.8)  # rejected: not a worker of this client
     keys = {"probe": {"type", "workers"},
-            "switch": {"type", "from_worker", "to_worker", "reason", "elapsed_ms"},
+            "switch": {"type", "from_worker", "to_worker", "reason", "elapsed_ms", "cause"},
             "applied": {"type", "version", "worker"},
             "rejected": {"type", "version", "worker", "reason"}}
     events = [act.event for act in acts if isinstance(act, Report)]
