@@ -36,7 +36,9 @@ _HEADERS: dict[int, dict[str, Any]] = {
 _DESCRIPTIONS: dict[int, str] = {
     400: "malformed request: not JSON, a bad Content-Length or header",
     401: "missing or wrong bearer token",
+    403: "the enrollment key cannot be used (revoked, expired, used, or for another node)",
     404: "no such worker or client",
+    409: "a conflict with the fleet (a name, public key or address taken; the pool full)",
     413: "body larger than 1 MiB",
     422: "well-formed but not what the schema allows (the input is never echoed back)",
     429: "too many requests; retry after Retry-After seconds",

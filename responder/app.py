@@ -7,8 +7,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,14 +22,15 @@ from pydantic import TypeAdapter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
 
-from wg_failover.fleet import Fleet
+from wg_failover.fleet import Fleet, FleetError, fleet_data, load_fleet
 
 from . import apidoc
 from .http import ApiError, error_response, validation_detail
+from .intake.fleet import apply_fleet
 from .models import AMPayload
 from .routers import ROUTERS
 from .state import ResponderState
-from .store import StoreError, open_store
+from .store import StoreError, describe_location, open_store
 from .stream import openapi as stream_openapi
 from .stream.front import StreamFront
 
@@ -38,9 +41,23 @@ TOKENS = ("alert (POST /v1/alerts), admin (everything but the webhook), read (GE
           "/readyz need none.")
 
 
-def create_app(fleet: Fleet, db: str) -> FastAPI:
+async def reload_fleet(state: ResponderState, path: str) -> None:
+    """SIGHUP: apply the fleet file again; an invalid file is logged and changes nothing."""
+    try:
+        fleet = load_fleet(path)
+        diff = await apply_fleet(state, fleet_data(fleet), path)
+    except FleetError as exc:
+        log.error("SIGHUP: %s; the served fleet is unchanged", exc.render())
+    except (StoreError, ApiError) as exc:
+        log.error("SIGHUP: cannot apply %s: %s; the served fleet is unchanged", path, exc)
+    else:
+        log.info("SIGHUP: applied %s: %s", path, diff.model_dump_json(exclude_defaults=True))
+
+
+def create_app(fleet: Fleet, db: str, fleet_path: str | None = None) -> FastAPI:
     """The responder for `fleet`, its state in store `db`; the state starts with the app's
-    lifespan and is `app.state.responder` from then on."""
+    lifespan and is `app.state.responder` from then on. With `fleet_path`, SIGHUP applies that
+    file again."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -48,11 +65,23 @@ def create_app(fleet: Fleet, db: str) -> FastAPI:
         state = ResponderState(fleet, store)
         app.state.responder = state
         await state.start()
-        log.info("responder ready: %d workers, %d clients, db %s", len(fleet.workers),
-                 len(fleet.clients), db)
+        log.info("responder ready: %d workers, %d clients (fleet version %d), db %s",
+                 len(state.fleet.workers), len(state.fleet.clients), state.fleet_doc.version,
+                 describe_location(db))
+        loop = asyncio.get_running_loop()
+        tasks: set[asyncio.Task[None]] = set()
+        if fleet_path is not None:
+            def hup() -> None:
+                task = asyncio.ensure_future(reload_fleet(state, fleet_path))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            with contextlib.suppress(RuntimeError, ValueError):  # not the main thread (tests)
+                loop.add_signal_handler(signal.SIGHUP, hup)
         try:
             yield
         finally:
+            with contextlib.suppress(RuntimeError, ValueError):
+                loop.remove_signal_handler(signal.SIGHUP)
             await state.stop()
             store.close()
 

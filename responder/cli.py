@@ -8,7 +8,7 @@ import logging
 import resource
 
 from wg_failover.cli import CliError, fleet_argument
-from wg_failover.fleet import load_fleet, parse_host_port
+from wg_failover.fleet import load_fleet, parse_host_port, resolve_fleet_path
 from wg_failover.tls import TlsError, check_listen, is_loopback, server_tls
 
 from . import limits as L
@@ -30,8 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         ),
     )
     fleet_argument(p)
-    p.add_argument("--db", metavar="PATH", default=DEFAULT_DB,
-                   help=f"SQLite state file (default {DEFAULT_DB}); created if missing")
+    p.add_argument("--db", metavar="PATH|URL", default=DEFAULT_DB,
+                   help=f"SQLite state file (default {DEFAULT_DB}; created if missing), or a "
+                   "postgresql://USER@HOST:PORT/DB URL (docs/deploy.md, PostgreSQL)")
     p.add_argument("--listen", metavar="HOST:PORT", default=DEFAULT_LISTEN,
                    help=f"address to serve on (default {DEFAULT_LISTEN})")
     p.add_argument("--log-level", default="info",
@@ -67,6 +68,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     lim.add_argument("--report-burst", type=int, metavar="N", default=L.REPORT_BURST,
                      help="client reports one client may send at once (default %(default)d)")
     p.set_defaults(func=run)
+    sub = p.add_subparsers(dest="responder_command", metavar="COMMAND")
+    m = sub.add_parser("migrate", help="copy a SQLite store into an empty PostgreSQL database",
+                       description="Copy the responder's SQLite store (stop the responder first) "
+                       "into an empty PostgreSQL database: epoch, workers, assignments with "
+                       "their versions, alerts, the event log with its ids, de-duplication "
+                       "keys, the webhooks' delivery log, the live fleet and its keys.")
+    m.add_argument("--from-sqlite", metavar="PATH", required=True, help="the SQLite state file")
+    m.add_argument("--db", metavar="URL", required=True,
+                   help="postgresql://USER@HOST:PORT/DB (a password may come from PGPASSWORD "
+                   "or ~/.pgpass instead of the URL)")
+    m.set_defaults(func=run_migrate)
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    from .store import StoreError, describe_location, is_postgres
+    from .store.migrate import MigrateError, migrate_sqlite_to_postgres
+
+    logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s: %(message)s")
+    # The summary says what the target holds; the store's start-up notes (a new database, a new
+    # epoch that the migration replaces) would only mislead here.
+    logging.getLogger("wg_failover.responder").setLevel(logging.ERROR)
+    if not is_postgres(args.db):
+        raise CliError(f"--db {describe_location(args.db)}: must be a postgresql:// URL")
+    try:
+        done = migrate_sqlite_to_postgres(args.from_sqlite, args.db)
+    except (MigrateError, StoreError) as exc:
+        raise CliError(f"migrate: {exc}") from None
+    print(done.summary())
+    return 0
 
 
 def _raise_nofile() -> int:
@@ -108,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .app import create_app
     from .server import ConnectionLimiter, Server, protocol_class
-    from .store import StoreError, check_store
+    from .store import StoreError, check_store, describe_location
 
     fleet = load_fleet(args.fleet)
     listen = args.listen
@@ -135,8 +165,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_store(args.db)
     except StoreError as exc:  # StoreCorrupt's message says what to do
-        raise CliError(f"cannot open --db {args.db}: {exc}") from None
-    app = create_app(fleet, args.db)
+        raise CliError(f"cannot open --db {describe_location(args.db)}: {exc}") from None
+    app = create_app(fleet, args.db, fleet_path=str(resolve_fleet_path(args.fleet)))
     app.state.limits = limits  # read by the stream front (stream/front.py)
     limiter = ConnectionLimiter(max_connections, limits.request_timeout, limits.write_timeout)
     config = uvicorn.Config(

@@ -44,6 +44,23 @@ def check_client(state: ResponderState, token: str | None, name: str) -> None:
         raise unauthorized()
 
 
+def check_worker(state: ResponderState, token: str | None, name: str) -> None:
+    """Raise unless `token` may read worker `name`'s peers (its agent's token, or admin)."""
+    if token_matches(token, state.settings.admin_token_sha256):
+        if name not in state.worker_by_name:
+            raise ApiError(404, f"no worker named {name!r}")
+        return
+    w = state.worker_by_name.get(name)
+    if w is None or not token_matches(token, w.token_sha256):
+        raise unauthorized()
+
+
+async def require_worker(name: str, request: Request, state: State) -> str:
+    """The path's worker `name`, once the caller may read its peers."""
+    check_worker(state, bearer_token(request.headers.get("authorization")), name)
+    return name
+
+
 async def require_admin(request: Request, state: State) -> None:
     token = bearer_token(request.headers.get("authorization"))
     if not token_matches(token, state.settings.admin_token_sha256):

@@ -61,23 +61,24 @@ def bearer_token(authorization: str | None) -> str | None:
     return token
 
 
-async def read_json_body(receive: Receive, content_length: str | None) -> Any:
-    """Read the request body (at most MAX_BODY bytes) from ASGI `receive` and parse it."""
+async def read_json_body(receive: Receive, content_length: str | None,
+                         limit: int = MAX_BODY) -> Any:
+    """Read the request body (at most `limit` bytes) from ASGI `receive` and parse it."""
     if content_length is not None:
         try:
             length = int(content_length)
         except ValueError:
             raise ApiError(400, "bad Content-Length") from None
-        if length > MAX_BODY:
-            raise ApiError(413, f"body larger than {MAX_BODY} bytes")
+        if length > limit:
+            raise ApiError(413, f"body larger than {limit} bytes")
     body = bytearray()
     while True:
         msg = await receive()
         if msg["type"] == "http.disconnect":
             raise ApiError(400, "the client went away mid-body")
         body += msg.get("body", b"")
-        if len(body) > MAX_BODY:
-            raise ApiError(413, f"body larger than {MAX_BODY} bytes")
+        if len(body) > limit:
+            raise ApiError(413, f"body larger than {limit} bytes")
         if not msg.get("more_body", False):
             return parse_json(body)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from . import alerts, clients, ops, workers
+from . import alerts, clients, fleet, ops, views, workers
 
-ROUTERS: tuple[APIRouter, ...] = (ops.router, alerts.router, workers.router, clients.router)
+ROUTERS: tuple[APIRouter, ...] = (ops.router, alerts.router, workers.router, clients.router,
+                                  fleet.router, views.router)

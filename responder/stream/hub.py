@@ -103,6 +103,11 @@ class Hub:
             if not subs:
                 del self.subs[s.client]
 
+    def drop_client(self, client: str) -> None:
+        """End every stream of a client that left the fleet (revoked): it may not read on."""
+        for s in list(self.subs.pop(client, {})):
+            s.close()
+
     def assignment_changed(self, assignment: dict[str, Any]) -> None:
         subs = self.subs.get(assignment["client"])
         if subs:

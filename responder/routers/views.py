@@ -1,0 +1,114 @@
+"""Each node's own view of the live fleet, for its follower: `GET /v1/workers/{name}/peers` (the
+worker's agent token, or admin) and `GET /v1/clients/{name}/view` (the client's token, or admin),
+each as JSON with a long-poll (`?version=V&wait=S`) and as a stream of server-sent events
+(`.../stream`: one event at once, then one per fleet change that changes the view).
+
+A view holds nothing about other nodes but what its follower needs: a worker's peers (clients'
+names, public keys, addresses), a client's workers. A node that leaves the fleet gets 401 on its
+next request and its open streams end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from wg_failover.wire import ClientView, WorkerPeers
+
+from .. import fleetdoc
+from ..apidoc import errors
+from ..deps import State, require_client, require_worker
+from ..http import ApiError
+from ..state import ResponderState
+
+router = APIRouter(tags=["views"])
+
+KEEPALIVE = 15.0  # seconds between SSE comments on a quiet stream (proxies close idle ones)
+MAX_WAIT = 60.0
+
+
+def worker_peers(state: ResponderState, name: str) -> WorkerPeers:
+    w = state.worker_by_name.get(name)
+    if w is None:
+        raise ApiError(404, f"no worker named {name!r}")
+    return fleetdoc.peers_of(state.fleet, w, state.fleet_doc.version, state.epoch)
+
+
+def client_view(state: ResponderState, name: str) -> ClientView:
+    c = state.client_by_name.get(name)
+    if c is None:
+        raise ApiError(404, f"no client named {name!r}")
+    return fleetdoc.view_of(state.fleet, c, state.fleet_doc.version, state.epoch)
+
+
+async def _long_poll(state: ResponderState, make: Callable[[], BaseModel],
+                     version: int | None, wait: float) -> BaseModel:
+    """The view once the fleet version differs from `version` (or after `wait` seconds)."""
+    if version is not None and version == state.fleet_doc.version and wait > 0:
+        changed = state.fleet_changed
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), min(wait, MAX_WAIT))
+    return make()
+
+
+def _sse(state: ResponderState, make: Callable[[], BaseModel], event: str) -> StreamingResponse:
+    async def events() -> AsyncIterator[str]:
+        last = None
+        while True:
+            changed = state.fleet_changed  # taken before reading: no change is missed
+            try:
+                view = make()
+            except ApiError:
+                return  # the node left the fleet: its stream ends
+            body = view.model_dump_json()
+            if body != last:
+                last = body
+                yield f"event: {event}\nid: {state.epoch}:{state.fleet_doc.version}\n" \
+                      f"data: {body}\n\n"
+            try:
+                await asyncio.wait_for(changed.wait(), KEEPALIVE)
+            except TimeoutError:
+                yield ": keepalive\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+Version = Annotated[int | None, Query(ge=0, le=2**53 - 1)]
+Wait = Annotated[float, Query(ge=0, le=MAX_WAIT)]
+
+
+@router.get("/v1/workers/{name}/peers", responses=errors(401, 404, 422))
+async def get_peers(state: State, name: Annotated[str, Depends(require_worker)],
+                    version: Version = None, wait: Wait = 0) -> WorkerPeers:
+    """Every client allowed on the worker, as its interface's peers."""
+    return await _long_poll(state, lambda: worker_peers(state, name), version, wait)  # type: ignore[return-value]
+
+
+@router.get("/v1/workers/{name}/peers/stream", responses=errors(401, 404),
+            response_class=StreamingResponse)
+async def stream_peers(state: State, name: Annotated[str, Depends(require_worker)]
+                       ) -> StreamingResponse:
+    """Server-sent events `peers` (data: WorkerPeers), one per change of the worker's peers."""
+    return _sse(state, lambda: worker_peers(state, name), "peers")
+
+
+@router.get("/v1/clients/{name}/view", responses=errors(401, 404, 422))
+async def get_view(state: State, name: Annotated[str, Depends(require_client)],
+                   version: Version = None, wait: Wait = 0) -> ClientView:
+    """The client's address, routes and workers (preference order); nothing of other clients."""
+    return await _long_poll(state, lambda: client_view(state, name), version, wait)  # type: ignore[return-value]
+
+
+@router.get("/v1/clients/{name}/view/stream", responses=errors(401, 404),
+            response_class=StreamingResponse)
+async def stream_view(state: State, name: Annotated[str, Depends(require_client)]
+                      ) -> StreamingResponse:
+    """Server-sent events `view` (data: ClientView), one per change of the client's view."""
+    return _sse(state, lambda: client_view(state, name), "view")
