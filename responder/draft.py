@@ -17,7 +17,7 @@ from wg_failover.fleet import Client, Fleet, ResponderSettings, Worker
 from wg_failover.wire import ProbeResult
 
 from . import planner
-from .store import AssignmentRow, Event, Tx, WorkerRow
+from .store import AssignmentRow, Event, FleetDoc, Tx, WorkerRow
 
 
 class ProbeRecord(NamedTuple):
@@ -45,6 +45,8 @@ class Committed(Protocol):
     @property
     def assignments(self) -> Mapping[str, AssignmentRow]: ...
     @property
+    def retired(self) -> Mapping[str, AssignmentRow]: ...  # clients that left the fleet
+    @property
     def alerts(self) -> Mapping[str, tuple[str, str]]: ...
     @property
     def unusable(self) -> Mapping[str, set[str]]: ...
@@ -65,6 +67,13 @@ class AfterCommit:
     switches: list[str] = field(default_factory=list)  # clients that switched on their own
     alert_delays: list[float] = field(default_factory=list)  # startsAt -> delivered, seconds
     apply_latencies: list[float] = field(default_factory=list)  # commit -> `applied`, seconds
+    applied: dict[str, int] = field(default_factory=dict)  # client -> version it applied
+
+
+def prefs_of(fleet: Fleet) -> dict[str, tuple[str, ...]]:
+    """Every client's workers in preference order (its list, else every worker in fleet order)."""
+    names = tuple(w.name for w in fleet.workers)
+    return {c.name: tuple(c.workers) if c.workers is not None else names for c in fleet.clients}
 
 
 def worker_views(fleet: Fleet, row_of: Callable[[str], WorkerRow],
@@ -87,6 +96,10 @@ class Draft:
         self.committed = committed
         self.fleet = committed.fleet
         self.settings = committed.settings
+        self.worker_by_name = committed.worker_by_name
+        self.client_by_name = committed.client_by_name
+        self.prefs = committed.prefs
+        self.fleet_changed = False
         self.tx = Tx()
         self.after = AfterCommit()
         self.worker_changed: set[str] = set()
@@ -96,7 +109,7 @@ class Draft:
     # ----------------------------------------------------------------- reads
 
     def knows_worker(self, name: str | None) -> bool:
-        return name in self.committed.worker_by_name
+        return name in self.worker_by_name
 
     def worker(self, name: str) -> WorkerRow:
         return self.tx.workers.get(name) or self.committed.workers[name]
@@ -126,7 +139,7 @@ class Draft:
         return worker_views(self.fleet, self.worker, self.alerts())
 
     def client_view(self, name: str) -> planner.ClientView:
-        return planner.ClientView(name, self.committed.prefs[name],
+        return planner.ClientView(name, self.prefs[name],
                                   frozenset(self.unusable(name)))
 
     def last_probe(self, client: str) -> ProbeRecord | None:
@@ -136,9 +149,24 @@ class Draft:
         t = self.tx
         return bool(t.workers or t.alerts_add or t.alerts_del or t.unusable_add
                     or t.unusable_del or t.assignments or self.assign_reason
-                    or self.worker_changed)
+                    or self.worker_changed or self.fleet_changed)
 
     # ----------------------------------------------------------------- writes
+
+    def set_fleet(self, fleet: Fleet, doc: FleetDoc) -> None:
+        """Serve `fleet` (stored as `doc`) from this change on. A worker new to the served fleet
+        starts up and undrained, even if it was in it before (its old row is history)."""
+        self.fleet = fleet
+        self.settings = fleet.responder
+        self.worker_by_name = {w.name: w for w in fleet.workers}
+        self.client_by_name = {c.name: c for c in fleet.clients}
+        self.prefs = prefs_of(fleet)
+        self.tx.fleet = doc
+        self.fleet_changed = True
+        for w in fleet.workers:
+            if w.name not in self.committed.worker_by_name:
+                self.set_worker(WorkerRow(w.name, planner.UP, self.now))
+                self.event("worker-added", worker=w.name)
 
     def set_worker(self, row: WorkerRow) -> None:
         self.tx.workers[row.name] = row
@@ -180,7 +208,8 @@ def replan(d: Draft) -> planner.Plan:
     plan = planner.plan(views, client_views, current, preempt=d.settings.preempt,
                         preempt_batch=d.settings.preempt_batch_size)
     for cv in client_views:
-        old = d.assignment(cv.name)
+        # A client that comes back continues its versions (its switcher may remember them).
+        old = d.assignment(cv.name) or d.committed.retired.get(cv.name)
         move = plan.moves.get(cv.name)
         worker = move.to_worker if move else current[cv.name]
         backups = planner.backups(cv, worker, views)

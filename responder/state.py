@@ -23,12 +23,20 @@ from typing import Any, TypeVar
 
 from wg_failover.fleet import Fleet
 
-from . import planner
-from .draft import Draft, ProbeRecord, replan, worker_views
+from . import fleetdoc, planner
+from .draft import Draft, ProbeRecord, prefs_of, replan, worker_views
 from .limits import LogLimiter, store_errors
 from .metrics import Metrics, Snapshot
 from .notify import Notifiers, build_notifiers, load_plugins
-from .store import PERSISTENT, AssignmentRow, Store, StoreError, WorkerRow
+from .store import (
+    PERSISTENT,
+    AssignmentRow,
+    EnrollKeyRow,
+    FleetDoc,
+    Store,
+    StoreError,
+    WorkerRow,
+)
 from .stream.hub import Hub
 from .upkeep import Upkeep
 from .views import assignment_json, worker_json
@@ -44,15 +52,21 @@ T = TypeVar("T")
 
 class ResponderState:
     def __init__(self, fleet: Fleet, store: Store, clock: Callable[[], float] = time.time):
-        self.fleet = fleet
-        self.settings = fleet.responder
+        self.file_fleet = fleet  # the fleet file given at start (applied over the stored fleet)
         self.store = store
         self.epoch = store.epoch
         self.clock = clock  # unix time for drafts and pruning (bench/retention.py fakes it)
+        # The served fleet and what is derived from it; replaced only by _serve_fleet.
+        self.fleet = fleet
+        self.settings = fleet.responder
         self.client_by_name = {c.name: c for c in fleet.clients}
         self.worker_by_name = {w.name: w for w in fleet.workers}
-        self.prefs = {c.name: tuple(c.workers) if c.workers is not None
-                      else tuple(self.worker_by_name) for c in fleet.clients}
+        self.prefs = prefs_of(fleet)
+        self.fleet_doc = FleetDoc(0, {}, [])  # version 0 until the start-up change commits
+        self.fleet_changed = asyncio.Event()  # set and replaced at every fleet change
+        self.keys: dict[str, EnrollKeyRow] = {}  # enrollment keys by id
+        self.applied: dict[str, int] = {}  # the newest version each client said it applied
+        self._start_doc: FleetDoc | None = None  # the fleet the start-up change commits
         self.metrics = Metrics()
         self.metrics.known_labels(list(self.worker_by_name), list(self.client_by_name))
         self.metrics.watch(self.metrics_snapshot)
@@ -195,6 +209,10 @@ class ResponderState:
         for c, w in tx.unusable_add:
             self.unusable.setdefault(c, set()).add(w)
         self.assignments.update(tx.assignments)
+        self.keys.update(tx.keys)
+        self.applied.update({c: v for c, v in after.applied.items() if v > self.applied.get(c, 0)})
+        if tx.fleet is not None:
+            self._serve_fleet(d.fleet, tx.fleet)
         self.probes.update(after.probes)
         if plan is not None:
             self.unplaceable = list(plan.unplaceable)
@@ -221,6 +239,24 @@ class ResponderState:
             self._schedule_holddown(name)
         if plan is not None and any(mv.reason == planner.R_PREEMPT for mv in plan.moves.values()):
             self._schedule_preempt()
+
+    def _serve_fleet(self, fleet: Fleet, doc: FleetDoc) -> None:
+        """Serve a committed fleet: clients that left keep their rows aside (a client that comes
+        back continues its versions), their streams end, and every view follower wakes."""
+        self.fleet, self.fleet_doc, self.settings = fleet, doc, fleet.responder
+        self.client_by_name = {c.name: c for c in fleet.clients}
+        self.worker_by_name = {w.name: w for w in fleet.workers}
+        self.prefs = prefs_of(fleet)
+        for c in [c for c in self.assignments if c not in self.client_by_name]:
+            self.retired[c] = self.assignments.pop(c)
+            self.probes.pop(c, None)
+            self.hub.drop_client(c)
+        for c in self.client_by_name:
+            if c not in self.assignments and c in self.retired:
+                self.assignments[c] = self.retired.pop(c)
+        self.metrics.known_labels(list(self.worker_by_name), list(self.client_by_name))
+        self.fleet_changed.set()
+        self.fleet_changed = asyncio.Event()
 
     def store_failed(self, exc: StoreError) -> None:
         """Note a failed commit: a lasting reason makes the responder unready until upkeep.py
@@ -280,6 +316,14 @@ class ResponderState:
 
     async def start(self) -> None:
         loaded = self.store.load()
+        self.keys = loaded.keys
+        fleet, served, self._start_doc, problem = fleetdoc.start_fleet(self.file_fleet,
+                                                                        loaded.fleet)
+        if problem:
+            # Never drop joined nodes silently: the stored fleet stands until the file is fixed.
+            log.error("%s; serving the stored fleet (version %d) instead", problem,
+                      served.version)
+        self._serve_fleet(fleet, served)
         self.workers = loaded.workers
         # Rows of clients no longer in the fleet stay in the store (a client that comes back
         # continues where it was, versions included) but out of the served and counted state.
@@ -326,6 +370,9 @@ class ResponderState:
         """Under the write lock: the start-up change (fleet workers not seen before, hold-downs
         that ended while the responder was away, a plan, the `start` event)."""
         d = Draft(self)
+        if self._start_doc is not None:
+            d.tx.fleet = self._start_doc
+            d.event("fleet-applied", version=self._start_doc.version, cause="start")
         for w in self.fleet.workers:
             if w.name not in self.workers:
                 d.set_worker(WorkerRow(w.name, planner.UP, d.now))
@@ -339,6 +386,7 @@ class ResponderState:
         d.event("start", workers=len(self.fleet.workers), clients=len(self.fleet.clients))
         await self._commit_and_apply(d, plan, True, t0)
         self.start_pending = False
+        self._start_doc = None
 
     async def stop(self) -> None:
         self.ready = False

@@ -57,6 +57,7 @@ def client_report(d: Draft, name: str, ev: ClientReport) -> None:
         if a is not None and a.version == ev.version:
             d.after.apply_latencies.append(max(0.0, d.now - a.since))
         d.event("client-applied", worker=ev.worker, client=name, version=ev.version)
+        d.after.applied[name] = ev.version
     elif isinstance(ev, RejectedEvent):
         d.event("client-rejected", worker=ev.worker, client=name, version=ev.version,
                 reason=ev.reason[:500])
