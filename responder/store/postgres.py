@@ -148,6 +148,13 @@ class PostgresStore:
             return damaged(self.path, detail)
         return StoreError(f"{what} {self.path}: {detail}", reason)
 
+    @contextlib.contextmanager
+    def transaction(self, what: str) -> Iterator[psycopg.Connection]:
+        """One transaction on a pooled connection, for writers beside `commit` (migrate.py);
+        psycopg errors become StoreErrors."""
+        with self._conn(what) as conn, conn.transaction():
+            yield conn
+
     def close(self) -> None:
         pool = getattr(self, "pool", None)
         if pool is not None:
