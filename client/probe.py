@@ -221,6 +221,31 @@ class IcmpProber:
         finally:
             self._remove_readers(loop)
 
+    def set_targets(self, targets: dict[str, str]) -> None:
+        """The workers changed (a switcher following its view): a new one is probed at once, a
+        departed one no more, and its probes in flight are dropped, not counted as misses."""
+        self.targets = {w: _norm(addr) for w, addr in targets.items()}
+        self.by_address = {addr: w for w, addr in self.targets.items()}
+        self.v6 = {w for w, addr in self.targets.items() if ":" in addr}
+        for seq, item in list(self.outstanding.items()):
+            if item.worker not in self.targets:
+                item.timer.cancel()
+                del self.outstanding[seq]
+        self.last_sent = {w: t for w, t in self.last_sent.items() if w in self.targets}
+        if self.wake is None:
+            return  # not running: `run` schedules every target and opens what they need
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self.next_due = {w: self.next_due.get(w, now) for w in self.targets}
+        # A new worker may be the first of its address family: its socket is opened now.
+        if self.v6 and self.sock6 is None:
+            self.sock6, self.raw6 = open_icmp_socket(self.interface, v6=True)
+            loop.add_reader(self.sock6.fileno(), self._readable, self.sock6, True)
+        if len(self.v6) < len(self.targets) and self.sock is None:
+            self.sock, self.raw = open_icmp_socket(self.interface)
+            loop.add_reader(self.sock.fileno(), self._readable, self.sock, False)
+        self.wake.set()
+
     def _interval(self, worker: str) -> float:
         fast = self.interval_for(worker)
         return self.interval if fast is None else min(fast, self.interval)

@@ -28,6 +28,7 @@ from wg_failover.wire import ClientView
 
 from . import cache, wgctl
 from .bounds import WireInputError, loads_json, shown
+from .probe import ProbeError
 from .sources import AuthError, HttpAssignmentSource, describe
 
 if TYPE_CHECKING:
@@ -222,9 +223,10 @@ class ViewFollower:
             log.info("switch %s -> %s (view): %s left this client's workers", was, target, was)
             sw.switches += 1
         if sw.prober is not None:
-            targets = sw.probe_targets()
-            sw.prober.targets = targets
-            sw.prober.by_address = {addr: w for w, addr in targets.items()}
+            try:
+                sw.prober.set_targets(sw.probe_targets())
+            except ProbeError as exc:
+                log.error("view: probing the new workers: %s", exc)
         if sw.metrics is not None:
             for name in plan.removed:
                 for gauge in (sw.metrics.rtt, sw.metrics.loss, sw.metrics.up,

@@ -1,0 +1,140 @@
+"""The switcher follows its view (no fleet file) against the real responder, on real
+wireguard-go in namespaces: it starts from the responder's view, a worker added to the fleet
+becomes a warm peer, a removed one loses its peer without costing a client on another worker a
+packet, with the responder gone it still fails over from its cached view, and a revoked client's
+switcher says so and keeps its last view instead of exiting.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from wg_failover import wg
+from wg_failover.client.cache import view_path
+from wg_failover.fleet import Fleet, dump_fleet
+from wg_failover.lab import kit
+from wg_failover.lab.procs import poll_until, stop_process, wgfo_argv
+
+
+def _fleet(full: Fleet, workers: list[str]) -> Fleet:
+    """The lab's fleet with only `workers`, the client allowed on those in that order."""
+    ws = [w for w in full.workers if w.name in workers]
+    cs = [c.model_copy(update={"workers": list(workers)}) for c in full.clients]
+    return full.model_copy(update={"workers": ws, "clients": cs})
+
+
+def _put(sl: kit.SwitcherLab, fleet: Fleet) -> dict:
+    status, body = sl.http("PUT", "/v1/fleet?dry_run=false", "admin",
+                           yaml.safe_load(dump_fleet(fleet)))
+    assert status == 200, body
+    assert isinstance(body, dict) and body["applied"], body
+    return body
+
+
+def _start(sl: kit.SwitcherLab, state: Path) -> kit.SwitcherProc:
+    """The switcher with only --responder, --token-file and --interface (and its name)."""
+    assert sl.client_host and sl.client_iface and sl.token_file and sl.responder_url
+    log = sl.workdir / f"switcher-{time.monotonic_ns()}.log"
+    argv = [*wgfo_argv("switcher"), "--client", sl.client.name,
+            "--interface", sl.client_iface.name, "--responder", sl.responder_url,
+            "--token-file", str(sl.token_file), "--state-dir", str(state), "--insecure-http"]
+    with open(log, "w") as fh:
+        proc = sl.client_host.popen(argv, stdout=fh, stderr=fh)
+    return kit.SwitcherProc(proc, log)
+
+
+def _handshaken(sl: kit.SwitcherLab, worker: str) -> bool:
+    assert sl.client_iface is not None
+    key = sl.fleet.worker(worker).public_key
+    return any(p.public_key == key and p.latest_handshake > 0
+               for p in sl.client_iface.dump().peers)
+
+
+def _has_peer(sl: kit.SwitcherLab, worker: str) -> bool:
+    assert sl.client_iface is not None
+    key = sl.fleet.worker(worker).public_key
+    return any(p.public_key == key for p in sl.client_iface.dump().peers)
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(150)
+def test_switcher_follows_its_view_without_a_fleet_file(netlab, tmp_path, monkeypatch):
+    monkeypatch.delenv("WG_FAILOVER_FLEET", raising=False)
+    sl = kit.build(netlab, tmp_path / "lab")
+    full = sl.fleet
+    # The responder starts with w1 and w2; w3 runs already (its config has the client as a
+    # peer) but is not in the fleet yet, and the client's interface does not have it.
+    assert sl.fleet_file and sl.client_iface
+    sl.fleet_file.write_text(dump_fleet(_fleet(full, ["w1", "w2"])))
+    wg.set_peer(sl.client_iface.name, full.worker("w3").public_key, remove=True)
+    sl.start_responder()
+    state = tmp_path / "state"
+    sw = _start(sl, state)
+    assert sw.wait_for(r"view: none cached", 15), sw.text()
+    assert sw.wait_for(r"assignment v\d+: w1 is already active", 20), sw.text()
+    cached = json.loads(view_path(state, "c1").read_text())
+    assert [w["name"] for w in cached["workers"]] == ["w1", "w2"]
+    assert set(cached) >= {"client", "address", "routes", "workers"}
+    assert not _has_peer(sl, "w3")
+
+    ping = sl.start_ping(0.01)
+    try:
+        assert poll_until(lambda: len(ping.snapshot()) > 20, 10)
+
+        # A worker joins: a warm peer (handshake) on the switcher within seconds.
+        t0 = time.monotonic()
+        _put(sl, _fleet(full, ["w1", "w2", "w3"]))
+        assert sw.wait_for(r"view v\d+ \(was v\d+\): added w3", 10), sw.text()
+        assert poll_until(lambda: _handshaken(sl, "w3"), 10, 0.05), sw.text()
+        warm = time.monotonic() - t0
+        assert warm < 5, f"w3 warm after {warm:.1f} s"
+        assert sw.wait_for(r"probe: w3 is up", 5), sw.text()
+
+        # A worker leaves (not the active one): its peer goes, the traffic on w1 loses nothing.
+        t1 = time.time()
+        _put(sl, _fleet(full, ["w1", "w3"]))
+        assert sw.wait_for(r"removed w2", 10), sw.text()
+        assert poll_until(lambda: not _has_peer(sl, "w2"), 5), sl.client_peers()
+        n = len(ping.snapshot())
+        assert poll_until(lambda: len(ping.snapshot()) > n + 50, 10)
+        answered, lost = ping.lost_between(t1, time.time())
+        assert answered > 50 and lost == 0, (answered, lost)
+        assert sl.route_holder() == "w1"
+        assert [w["name"] for w in json.loads(view_path(state, "c1").read_text())["workers"]] \
+            == ["w1", "w3"]
+
+        # The responder goes away; a restarted switcher runs on its cached view and still
+        # fails over on its own.
+        assert sw.stop() == 0
+        assert sl.responder_proc is not None
+        stop_process(sl.responder_proc, 5)
+        sw = _start(sl, state)
+        assert sw.wait_for(r"view: v\d+ from .*: w1, w3", 15), sw.text()
+        assert sw.wait_for(r"probe: w3 is up", 15), sw.text()
+        sl.kill_worker("w1")
+        assert sw.wait_for(r"switch w1 -> w3 \(failover\)", 10), sw.text()
+        assert sl.route_holder() == "w3"
+        n = len(ping.snapshot())
+        assert poll_until(lambda: len(ping.snapshot()) > n + 20, 10), "no traffic via w3"
+
+        # Revoked: its token gets 401; the switcher says so and keeps its last view running.
+        sl.fleet_file.write_text(dump_fleet(_fleet(full, ["w1", "w3"])))
+        sl.start_responder()
+        status, _ = sl.http("DELETE", "/v1/clients/c1", "admin")
+        assert status in (200, 204), status
+        status, _ = sl.http("GET", "/v1/clients/c1/view", "c1")
+        assert status == 401, status
+        assert sw.wait_for(r"refused the token \(401\)", 40), sw.text()
+        time.sleep(1)
+        assert sw.proc.poll() is None, sw.text()
+        assert [w["name"] for w in json.loads(view_path(state, "c1").read_text())["workers"]] \
+            == ["w1", "w3"]
+        assert "Traceback" not in sw.text()
+        assert sw.stop() == 0
+    finally:
+        ping.stop()
