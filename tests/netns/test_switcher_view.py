@@ -7,15 +7,19 @@ switcher says so and keeps its last view instead of exiting.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
 from wg_failover import wg
+from wg_failover.backoff import Backoff
 from wg_failover.client.cache import view_path
+from wg_failover.client.view import HttpViewSource
 from wg_failover.fleet import Fleet, dump_fleet
 from wg_failover.lab import kit
 from wg_failover.lab.procs import poll_until, stop_process, wgfo_argv
@@ -59,6 +63,62 @@ def _has_peer(sl: kit.SwitcherLab, worker: str) -> bool:
     assert sl.client_iface is not None
     key = sl.fleet.worker(worker).public_key
     return any(p.public_key == key for p in sl.client_iface.dump().peers)
+
+
+async def _views(src: HttpViewSource, got: list, want: int, timeout: float,
+                 after: int = 0) -> None:
+    task = asyncio.create_task(src.run(got.append, lambda: max([after, *(v.version for v in got)]),
+                                       lambda: got[-1].epoch if got else None))
+    try:
+        async with asyncio.timeout(timeout):
+            while len(got) < want:
+                await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.timeout(60)
+def test_view_source_streams_long_polls_and_names_a_revoked_token(responder, caplog):
+    token = responder.tokens["c1"]
+    admin = responder.headers("admin")
+
+    async def scenario() -> None:
+        got: list = []
+        await _views(HttpViewSource(responder.url, "c1", token), got, 1, 10)
+        first = got[0]
+        assert first.client == "c1" and [w.name for w in first.workers] == ["w1", "w2", "w3"]
+        assert "c2" not in first.model_dump_json()  # nothing about other clients
+
+        # Long-poll (the fallback) answers the next fleet version that changes the view.
+        lp = HttpViewSource(responder.url, "c1", token, longpoll_wait=5)
+        lp.mode = "longpoll"
+        polled: list = []
+        waiter = asyncio.create_task(_views(lp, polled, 1, 15, after=first.version))
+        await asyncio.sleep(0.5)
+        fleet = responder.fleet
+        c1 = fleet.client("c1").model_copy(update={"workers": ["w2", "w1"]})
+        fleet = fleet.model_copy(update={"clients": [c1, *fleet.clients[1:]]})
+        async with httpx.AsyncClient() as http:
+            r = await http.put(f"{responder.url}/v1/fleet", headers=admin, timeout=10,
+                               json=yaml.safe_load(dump_fleet(fleet)))
+            assert r.status_code == 200, r.text
+        await waiter
+        assert polled[0].version > first.version
+        assert [w.name for w in polled[0].workers] == ["w2", "w1"]
+
+        # Revoked: the stream ends, the next request gets 401, and the log says what it means.
+        async with httpx.AsyncClient() as http:
+            r = await http.delete(f"{responder.url}/v1/clients/c1", headers=admin, timeout=10)
+            assert r.status_code == 200, r.text
+        src = HttpViewSource(responder.url, "c1", token, backoff=Backoff(base=0.05, cap=0.1))
+        with pytest.raises(TimeoutError):
+            await _views(src, [], 1, 1.5)
+
+    caplog.set_level("INFO", logger="wg_failover.switcher")
+    asyncio.run(scenario())
+    assert "refused the token (401): the client was revoked" in caplog.text
+    assert token not in caplog.text
 
 
 @pytest.mark.netns
