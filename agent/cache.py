@@ -48,7 +48,7 @@ def atomic_write(path: Path, text: str) -> None:
 
 
 def save(path: Path, peers: WorkerPeers) -> None:
-    atomic_write(path, json.dumps(peers.model_dump(mode="json"), separators=(",", ":")) + "\n")
+    atomic_write(path, peers.model_dump_json() + "\n")
 
 
 def load(path: Path, worker: str) -> tuple[WorkerPeers | None, str | None]:

@@ -10,7 +10,7 @@ of `peer` clauses in one `wg set`, so a change of a thousand peers is a handful 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from wg_failover.wg import Peer, normalize_networks
@@ -68,6 +68,17 @@ def _sorted_ips(ips: Iterable[str]) -> tuple[str, ...]:
 def plan(desired: Sequence[PeerEntry], current: Sequence[Peer]) -> Plan:
     """What makes `current` equal to `desired`: peers missing are added, peers whose allowed-ips
     differ (as sets of networks, in any spelling) are changed, peers not desired are removed."""
+    return _plan(desired, {p.public_key: p.allowed_ips for p in current})
+
+
+def plan_from_applied(desired: Sequence[PeerEntry], applied: Sequence[PeerEntry]) -> Plan:
+    """`plan` against what was applied last rather than a dump: the next change is then planned
+    from memory (its cost grows with the change, not with the fleet), and only the periodic
+    reconcile reads the interface."""
+    return _plan(desired, {e.public_key: e.allowed_ips for e in applied})
+
+
+def _plan(desired: Sequence[PeerEntry], have: Mapping[str, Sequence[str]]) -> Plan:
     out = Plan()
     want: dict[str, PeerEntry] = {}
     for entry in desired:
@@ -75,14 +86,14 @@ def plan(desired: Sequence[PeerEntry], current: Sequence[Peer]) -> Plan:
             out.duplicates.append(entry.name)  # the responder never sends one; keep the first
             continue
         want[entry.public_key] = entry
-    have = {p.public_key: p for p in current}
     for key, entry in want.items():
-        ips = _sorted_ips(entry.allowed_ips)
-        peer = have.get(key)
-        if peer is None:
-            out.add.append(PeerOp(key, ips, entry.name))
-        elif _sorted_ips(peer.allowed_ips) != ips:
-            out.change.append(PeerOp(key, ips, entry.name))
+        ips = have.get(key)
+        if ips is None:
+            out.add.append(PeerOp(key, _sorted_ips(entry.allowed_ips), entry.name))
+        elif list(ips) == list(entry.allowed_ips) or sorted(ips) == sorted(entry.allowed_ips):
+            out.kept += 1  # the common case, without parsing a single address
+        elif _sorted_ips(ips) != (new := _sorted_ips(entry.allowed_ips)):
+            out.change.append(PeerOp(key, new, entry.name))
         else:
             out.kept += 1
     out.remove = [PeerOp(key, None) for key in have if key not in want]
@@ -109,10 +120,3 @@ def wg_set_argvs(interface: str, ops: Sequence[PeerOp],
         out.append(head + argv)
     return out
 
-
-def as_current(entries: Sequence[PeerEntry], device: str = "") -> list[Peer]:
-    """Peers as `plan` reads them, from what was applied last: the next change is then planned
-    from memory (its cost grows with the change, not with the fleet), and only the periodic
-    reconcile reads the interface's dump."""
-    return [Peer(device, e.public_key, None, tuple(e.allowed_ips), 0, 0, 0, None)
-            for e in entries]

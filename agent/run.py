@@ -25,7 +25,7 @@ from wg_failover.wire import WorkerPeers
 
 from . import cache
 from .follow import PeersFollower
-from .peers import Plan, as_current, plan, wg_set_argvs
+from .peers import Plan, plan, plan_from_applied, wg_set_argvs
 
 log = logging.getLogger("wg_failover.agent")
 
@@ -79,10 +79,9 @@ class Agent:
             self.saved = (d.epoch, d.version)
         if full or self.applied is None:
             self.applied = None
-            current = wg.show_dump(self.interface).peers
+            p = plan(d.peers, wg.show_dump(self.interface).peers)
         else:
-            current = as_current(self.applied.peers, self.interface)
-        p = plan(d.peers, current)
+            p = plan_from_applied(d.peers, self.applied.peers)
         for argv in wg_set_argvs(self.interface, p.ops()):
             wg.run_wg(argv, timeout=30.0)
         self.applied = d

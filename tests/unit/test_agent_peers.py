@@ -14,7 +14,7 @@ import pytest
 
 from tests.helpers.tools import WG_FAILOVER
 from wg_failover.agent import cache, keys
-from wg_failover.agent.peers import PeerOp, as_current, plan, wg_set_argvs
+from wg_failover.agent.peers import PeerOp, plan, plan_from_applied, wg_set_argvs
 from wg_failover.agent.run import Agent
 from wg_failover.sse import SseReader, SseTooLarge
 from wg_failover.wg import Peer, parse_dump
@@ -87,7 +87,7 @@ def test_a_change_planned_from_memory_equals_one_planned_from_the_dump():
     dump = "\n".join("\t".join([e.public_key, "(none)", "(none)", ",".join(e.allowed_ips), "0",
                                 "0", "0", "off"]) for e in old)
     from_dump = plan(new, parse_dump(dump, "wg0").peers)
-    from_memory = plan(new, as_current(old))
+    from_memory = plan_from_applied(new, old)
     assert from_dump.ops() == from_memory.ops() and len(from_dump.remove) == 9
 
 

@@ -1,0 +1,317 @@
+"""Benchmark the live fleet's worker side: what one change costs the agent, how long a full
+reconcile of 10,000 peers takes, and (with the responder) add/remove -> applied on every worker.
+
+    .venv/bin/python bench/fleet_changes.py [--peers 10000] [--changes 200] [--clients 200]
+                                            [--rounds 40] [--no-fleet]
+
+Runs as root; everything lives in network namespaces named after a prefix of its own (removed at
+the end, also after Ctrl-C). Prints:
+  1. peers only, on a real wireguard-go interface with --peers peers (random keys, no clients
+     behind them): the agent's full reconcile from an empty interface and with nothing to do;
+     the agent's cost per change (one client added, changed or removed with all the others
+     present: wall time and CPU, the wg calls included, cache write included), p50/p99 over
+     --changes changes; beside it the baseline a re-rendered config costs (`wg syncconf` of the
+     whole interface per change), and the ratio.
+  2. unless --no-fleet: the real responder, 3 workers (each a namespace with wireguard-go and a
+     real `wg-failover agent` process following the responder), --clients clients enrolled with
+     `POST /v1/enroll` (peers only: keys made here, no client interfaces); then per round one
+     client enrolled and one revoked (`DELETE /v1/clients/NAME`); from the API's answer to the
+     peer present on (absent from) all 3 workers' `wg show` dumps, p50/p99; and the agents'
+     CPU per change.
+Goals (issue 14): add/remove applied on every worker p99 < 1 s; 10,000-peer full reconcile < 5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import os
+import resource
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from wg_failover import wg  # noqa: E402
+from wg_failover.agent.run import Agent  # noqa: E402
+from wg_failover.lab.netns import NetLab, unique_prefix  # noqa: E402
+from wg_failover.wire import PeerEntry, WorkerPeers  # noqa: E402
+
+EPOCH = "0123abcd"
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(p / 100 * len(s)) - 1))]
+
+
+def rand_key() -> str:
+    return base64.b64encode(os.urandom(32)).decode()
+
+
+def peer_entry(i: int) -> PeerEntry:
+    return PeerEntry(name=f"p{i}", public_key=rand_key(),
+                     allowed_ips=[f"10.{100 + i // 65536}.{i // 256 % 256}.{i % 256}/32"])
+
+
+def cpu_now() -> float:
+    """CPU seconds of this process and its finished children (the wg calls)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ms(x: float) -> str:
+    return f"{x * 1000:8.1f} ms"
+
+
+# ------------------------------------------------------------------------ 1. peers only
+def peers_only(lab: NetLab, n: int, changes: int, work: Path) -> dict:
+    host = lab.add_host("w")
+    iface = lab.wireguard(host, "a0", f"[Interface]\nPrivateKey = {wg.genkey()}\n"
+                          "ListenPort = 51820\n", ["10.66.0.1/32"]).name
+    agent = Agent("w1", iface, work / "agent-w1.json", None)
+    entries = [peer_entry(i) for i in range(n)]
+    out: dict = {"peers": n}
+
+    def step(version: int, peers: list[PeerEntry], full: bool) -> tuple[float, float]:
+        agent.desired = WorkerPeers(worker="w1", version=version, epoch=EPOCH, peers=peers)
+        t0, c0 = time.perf_counter(), cpu_now()
+        agent.step(full)
+        return time.perf_counter() - t0, cpu_now() - c0
+
+    version = 1
+    full_times = []
+    for _ in range(3):
+        wall, _cpu = step(version, entries, True)
+        full_times.append(wall)
+        assert len(wg.show_dump(iface).peers) == n
+        version += 1
+        step(version, [], True)  # empty again for the next round
+        version += 1
+    out["full_from_empty"] = full_times
+    step(version, entries, True)
+    version += 1
+    noop = [step(version, entries, True)[0] for _ in range(3)]
+    out["full_nothing_to_do"] = noop
+
+    # Changes with every other peer present: add one, change one, remove one, in turn.
+    current = list(entries)
+    walls, cpus = [], []
+    extra = n
+    for k in range(changes):
+        kind = k % 3
+        if kind == 0:
+            current.append(peer_entry(extra))
+            extra += 1
+        elif kind == 1:
+            e = current[k % len(current)]
+            ip = f"10.{200 + k // 65536}.{k // 256 % 256}.{k % 256}/32"
+            current[k % len(current)] = PeerEntry(name=e.name, public_key=e.public_key,
+                                                  allowed_ips=[ip])
+        else:
+            current.pop(k % len(current))
+        version += 1
+        wall, cpu = step(version, list(current), False)
+        walls.append(wall)
+        cpus.append(cpu)
+    out["change_wall"], out["change_cpu"] = walls, cpus
+    # Each change reaches the agent as the worker's whole WorkerPeers: parsing it is part of
+    # the agent's cost per change at this size too.
+    text = WorkerPeers(worker="w1", version=version, epoch=EPOCH, peers=current).model_dump_json()
+    parse = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        WorkerPeers.model_validate_json(text)
+        parse.append(time.perf_counter() - t0)
+    out["parse_event"], out["event_bytes"] = parse, len(text)
+    dump = {p.public_key: p.allowed_ips for p in wg.show_dump(iface).peers}
+    out["consistent"] = dump == {e.public_key: tuple(e.allowed_ips) for e in current}
+
+    # Baseline: what a config re-rendered per change costs to apply without a diff.
+    base = []
+    conf = work / "syncconf.conf"
+    for k in range(min(changes, 30)):
+        current.append(peer_entry(extra + k))
+        lines = ["[Interface]", "ListenPort = 51820"]
+        for e in current:
+            lines += ["[Peer]", f"PublicKey = {e.public_key}",
+                      f"AllowedIPs = {', '.join(e.allowed_ips)}"]
+        t0 = time.perf_counter()
+        conf.write_text("\n".join(lines) + "\n")
+        wg.run_wg(["syncconf", iface, str(conf)], timeout=60)
+        base.append(time.perf_counter() - t0)
+    out["baseline_syncconf"] = base
+    return out
+
+
+def print_peers_only(r: dict) -> None:
+    n = r["peers"]
+    print(f"\n1. peers only: one wireguard-go interface, {n} peers (random keys)")
+    full = r["full_from_empty"]
+    print(f"   full reconcile from empty ({n} added):  best {ms(min(full))}  "
+          f"worst {ms(max(full))}   goal < 5 s: {'MET' if max(full) < 5 else 'MISSED'}")
+    print(f"   full reconcile, nothing to do (dump + plan): median "
+          f"{ms(statistics.median(r['full_nothing_to_do']))}")
+    w, c = r["change_wall"], r["change_cpu"]
+    print(f"   one change with {n} peers present ({len(w)} changes: add/change/remove in turn)")
+    print(f"     wall p50 {ms(pct(w, 50))}  p99 {ms(pct(w, 99))}   CPU per change "
+          f"p50 {ms(pct(c, 50))}  p99 {ms(pct(c, 99))}   interface == desired: "
+          f"{r['consistent']}")
+    print(f"     + parsing the {r['event_bytes'] // 1024} KiB WorkerPeers event that carries "
+          f"it: median {ms(statistics.median(r['parse_event']))}")
+    b = r["baseline_syncconf"]
+    print(f"   baseline, whole config re-synced per change (wg syncconf, {len(b)} changes): "
+          f"p50 {ms(pct(b, 50))}  -> agent is {pct(b, 50) / pct(w, 50):.0f}x cheaper per change")
+
+
+# ------------------------------------------------------------------------ 2. with the responder
+def with_responder(lab: NetLab, work: Path, clients: int, rounds: int) -> dict | None:
+    import httpx
+
+    from tests.helpers.responder import ResponderProc, make_fleet
+    from wg_failover.fleet import Fleet, Worker
+    from wg_failover.lab.gen import Generated, sha256_hex
+    from wg_failover.lab.procs import stop_process, wgfo_argv
+
+    gen = make_fleet(workers=3, clients=0)
+    wtokens = {f"w{i + 1}": base64.urlsafe_b64encode(os.urandom(18)).decode() for i in range(3)}
+    privs = {name: wg.keypair() for name in wtokens}
+    ws = [Worker(name=w.name, public_key=privs[w.name][1], endpoint=w.endpoint,
+                 tunnel_address=w.tunnel_address, exporter=w.exporter, region="lab",
+                 token_sha256=sha256_hex(wtokens[w.name])) for w in gen.fleet.workers]
+    rs = gen.fleet.responder.model_copy(update={"client_pool": "10.80.0.0/16"})
+    fleet = Fleet(workers=ws, clients=[], responder=rs)
+    p = ResponderProc.start(work / "responder", Generated(fleet, {}, gen.tokens), timeout=60)
+    admin = p.headers("admin")
+    procs = []
+    try:
+        with httpx.Client(base_url=p.url, timeout=30) as http:
+            r = http.post("/v1/enroll-keys", headers=admin,
+                          json={"kind": "client", "reusable": True, "expires_seconds": 3600})
+            if r.status_code == 404:
+                return None
+            r.raise_for_status()
+            ekey = {"Authorization": f"Bearer {r.json()['key']}"}
+            ifaces = {}
+            for i, (name, (priv, _pub)) in enumerate(privs.items()):
+                host = lab.add_host(f"r{i}")
+                ifaces[name] = lab.wireguard(host, f"r{i}", f"[Interface]\nPrivateKey = "
+                                             f"{priv}\nListenPort = 51820\n",
+                                             [f"10.66.0.{i + 1}/32"]).name
+                tok = work / f"{name}.token"
+                tok.write_text(wtokens[name] + "\n")
+                log = (work / f"agent-{name}.log").open("w")
+                # The agent runs in the root namespace: the responder is on its loopback, and
+                # wg reaches the worker's wireguard-go through the shared control socket.
+                procs.append(__import__("subprocess").Popen(
+                    wgfo_argv("agent", "--worker", name, "--interface", ifaces[name],
+                              "--responder", p.url, "--token-file", str(tok), "--state-dir",
+                              str(work / f"state-{name}")), stdout=log, stderr=log))
+
+            def enroll(k: int) -> tuple[str, float]:
+                name = f"b{k}"
+                body = {"name": name, "public_key": rand_key()}
+                r = http.post("/v1/enroll", headers=ekey, json=body)
+                t = time.perf_counter()
+                r.raise_for_status()
+                return body["public_key"], t
+
+            for k in range(clients):
+                enroll(k)
+
+            def on_all(key: str, present: bool, timeout: float = 10.0) -> float | None:
+                deadline = time.perf_counter() + timeout
+                while time.perf_counter() < deadline:
+                    if all((key in {q.public_key for q in wg.show_dump(i).peers}) == present
+                           for i in ifaces.values()):
+                        return time.perf_counter()
+                    time.sleep(0.005)
+                return None
+
+            # All the initial clients on all workers before measuring.
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not all(
+                    len(wg.show_dump(i).peers) >= clients for i in ifaces.values()):
+                time.sleep(0.1)
+            cpu0 = sum(proc_cpu(pr.pid) for pr in procs)
+            adds, removes, lost = [], [], 0
+            for k in range(clients, clients + rounds):
+                key, t = enroll(k)
+                done = on_all(key, True)
+                adds.append(done - t if done else float("inf"))
+                lost += done is None
+                r = http.delete(f"/v1/clients/b{k}", headers=admin)
+                t = time.perf_counter()
+                r.raise_for_status()
+                done = on_all(key, False)
+                removes.append(done - t if done else float("inf"))
+                lost += done is None
+            cpu = sum(proc_cpu(pr.pid) for pr in procs) - cpu0
+        return {"clients": clients, "adds": adds, "removes": removes, "missed": lost,
+                "agent_cpu_per_change": cpu / (2 * rounds) / len(procs)}
+    finally:
+        for pr in procs:
+            stop_process(pr)
+        p.stop()
+
+
+def print_with_responder(r: dict | None) -> None:
+    if r is None:
+        print("\n2. responder: no enrollment routes in this responder yet: skipped")
+        return
+    both = r["adds"] + r["removes"]
+    print(f"\n2. responder + 3 workers (wireguard-go, real agents), {r['clients']} clients "
+          f"(peers only)")
+    for what, v in (("add (POST /v1/enroll)", r["adds"]),
+                    ("remove (DELETE /v1/clients)", r["removes"])):
+        print(f"   {what:30s} -> on all 3 workers: p50 {ms(pct(v, 50))}  p99 {ms(pct(v, 99))}"
+              f"  max {ms(max(v))}  (n={len(v)})")
+    print(f"   agent CPU per change (each agent): {ms(r['agent_cpu_per_change'])}   "
+          f"missed (not applied in 10 s): {r['missed']}")
+    print(f"   goal p99 < 1 s: {'MET' if pct(both, 99) < 1 else 'MISSED'}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--peers", type=int, default=10_000)
+    ap.add_argument("--changes", type=int, default=200)
+    ap.add_argument("--clients", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=40)
+    ap.add_argument("--no-fleet", action="store_true", help="only part 1 (no responder)")
+    ap.add_argument("--json", action="store_true", help="print the raw figures as JSON too")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("fleet_changes.py: must run as root (namespaces, wireguard-go)", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind through the cleanup
+    print(f"fleet_changes.py: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="wgfo-fc-") as tmp, \
+            NetLab(unique_prefix("fc")) as lab:
+        work = Path(tmp)
+        results["peers_only"] = peers_only(lab, args.peers, args.changes, work)
+        print_peers_only(results["peers_only"])
+        if not args.no_fleet:
+            with contextlib.suppress(KeyboardInterrupt):
+                results["fleet"] = with_responder(lab, work, args.clients, args.rounds)
+                print_with_responder(results["fleet"])
+    if args.json:
+        print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
