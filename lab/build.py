@@ -376,6 +376,11 @@ def down(state: LabState, say: Say = print, keep_logs: bool = False) -> list[str
     with contextlib.suppress(Exception):
         # Deleting one end of a veth deletes both; the hub's deletion usually did it already.
         subprocess.run(["ip", "link", "del", state.root_ifname], capture_output=True, timeout=10)
+    # A tmpfs mounted under the state directory (lab.faults: the responder's small disk) goes
+    # first, or it would outlive the directory.
+    from .faults import unmount_under
+
+    unmount_under(state.dir)
     if not keep_logs:
         shutil.rmtree(state.dir, ignore_errors=True)
     say(f"lab {state.prefix} down: {len(state.processes)} processes stopped, "
