@@ -13,14 +13,22 @@ and the current assignments, and returns the moves to make. The rules, in order:
    can take stays where it is (never black-holed) and is reported as unplaceable.
 5. Deterministic: the same input gives the same output (clients are visited in fleet order, ties
    broken by preference order).
+6. Latency placement (`latency=` given): a moving client takes its fastest usable worker with room
+   (its smoothed RTTs; a worker it has no figure for counts as fast as a measured one in its
+   region, else comes after them in preference order). A client moves for latency alone only
+   when the gain is large (both bounds of the rule), lasting (the better worker has beaten the
+   current one for the rule's sustain time) and its last latency move is an interval ago; at
+   most `rule.batch` such moves per plan, never onto a full worker. A suspect worker is treated
+   like a down one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 UP, DOWN, RECOVERING = "up", "down", "recovering"
+INF = float("inf")
 
 # Reasons an assignment changes; they label wgfo_client_moves_total and appear in the API.
 R_INITIAL = "initial"
@@ -31,7 +39,10 @@ R_CAPACITY = "capacity"
 R_PREEMPT = "preempt"
 R_SWITCH = "client-switch"
 R_FLEET = "fleet-change"  # its worker left the fleet or its preference list
-REASONS = (R_INITIAL, R_FAILOVER, R_DRAIN, R_UNUSABLE, R_CAPACITY, R_PREEMPT, R_SWITCH, R_FLEET)
+R_SUSPECT = "suspect"  # several of its worker's clients switched away from it (intake/suspect.py)
+R_LATENCY = "latency"
+REASONS = (R_INITIAL, R_FAILOVER, R_DRAIN, R_UNUSABLE, R_CAPACITY, R_PREEMPT, R_SWITCH, R_FLEET,
+           R_SUSPECT, R_LATENCY)
 
 
 @dataclass(frozen=True)
@@ -40,11 +51,13 @@ class WorkerView:
     state: str = UP  # up | down | recovering
     draining: bool = False
     capacity: int | None = None  # None: unlimited
+    suspect: bool = False  # treated as unavailable until an alert confirms it or the mark expires
+    region: str | None = None
 
     @property
     def healthy(self) -> bool:
-        """Takes clients: up and not draining."""
-        return self.state == UP and not self.draining
+        """Takes clients: up, not draining, not suspect."""
+        return self.state == UP and not self.draining and not self.suspect
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,33 @@ class ClientView:
     name: str
     prefs: tuple[str, ...]  # worker names, most preferred first
     unusable: frozenset[str] = frozenset()  # workers this client's probes reject
+
+
+@dataclass(frozen=True)
+class LatencyRule:
+    """When a client moves for latency alone (fleet file `responder.latency_*`)."""
+
+    min_gain_ms: float = 20.0
+    min_gain_ratio: float = 0.25
+    sustain_seconds: float = 60.0
+    move_interval_seconds: float = 600.0
+    batch: int = 10  # latency moves per plan
+
+
+@dataclass(frozen=True)
+class ClientLatency:
+    """One client's latency figures, derived from its probe reports (responder/latency.py)."""
+
+    rtt: Mapping[str, float]  # smoothed RTT in ms, for the workers it has figures for
+    against: str | None = None  # the worker `better_since` compares with
+    better_since: Mapping[str, float] = field(default_factory=dict)  # worker -> since, `now` clock
+    last_move: float | None = None  # its last latency move
+
+
+def gain_enough(cur_ms: float, new_ms: float, rule: LatencyRule) -> bool:
+    """Is `new_ms` better than `cur_ms` by both bounds of the rule?"""
+    gain = cur_ms - new_ms
+    return gain >= rule.min_gain_ms and gain >= rule.min_gain_ratio * cur_ms
 
 
 @dataclass(frozen=True)
@@ -94,6 +134,8 @@ def _why(c: ClientView, cur: str | None, workers: Mapping[str, WorkerView]) -> s
     w = workers[cur]
     if w.state != UP:
         return R_FAILOVER
+    if w.suspect:
+        return R_SUSPECT
     if w.draining:
         return R_DRAIN
     if cur in c.unusable:
@@ -108,11 +150,18 @@ def plan(
     *,
     preempt: bool = False,
     preempt_batch: int = 10,
+    latency: Mapping[str, ClientLatency] | None = None,
+    rule: LatencyRule | None = None,
+    now: float = 0.0,
 ) -> Plan:
-    """The moves that bring `assignments` in line with the rules in the module docstring."""
+    """The moves that bring `assignments` in line with the rules in the module docstring.
+
+    `latency` (client -> figures) turns on latency placement; `now` is the clock of its
+    `better_since` and `last_move`."""
     assign = {c.name: assignments.get(c.name) for c in clients}
     load = loads(assign)
     out = Plan()
+    rank = _ranker(workers, latency)
 
     movers = [(c, why) for c in clients if (why := _why(c, assign[c.name], workers))]
     # Free capacity at the start of the batch sets each worker's share when many move at once.
@@ -139,28 +188,94 @@ def plan(
                     _record_move(out, assign, load, c.name, cur, fallback, why)
             out.unplaceable.append(c.name)
             continue
+        key = rank(c)
         if spread:
-            def score(item: tuple[int, WorkerView]) -> tuple[float, int]:
+            def score(item: tuple[int, WorkerView],
+                      key: Callable[[int, str], tuple[float, int]] = key
+                      ) -> tuple[float, tuple[float, int]]:
                 i, w = item
                 weight = free0.get(w.name, 0)
                 if weight == float("inf"):
                     weight = unlimited_weight
-                return ((incoming.get(w.name, 0) + 1) / max(weight, 1e-9), i)
+                return ((incoming.get(w.name, 0) + 1) / max(weight, 1e-9), key(i, w.name))
 
             _, best = min(cands, key=score)
         else:
-            _, best = cands[0]
+            _, best = min(cands, key=lambda item: key(item[0], item[1].name))
         incoming[best.name] = incoming.get(best.name, 0) + 1
         _record_move(out, assign, load, c.name, cur, best.name, why)
 
-    _rebalance_capacity(workers, clients, assign, load, out)
+    _rebalance_capacity(workers, clients, assign, load, out, rank)
     if preempt:
-        _preempt(workers, clients, assign, load, out, preempt_batch)
+        # With latency placement a client with figures returns by the latency rule instead.
+        _preempt(workers, clients, assign, load, out, preempt_batch, latency or {})
+    if latency is not None:
+        _latency_moves(workers, clients, assign, load, out, latency, rule or LatencyRule(), now)
+    if out.moves and (preempt or latency is not None):
         # A client returning home frees room: a client that found every usable worker full a
         # moment ago, and an over-full worker's clients, may now take it.
         _retry_unplaceable(workers, clients, assign, load, out)
-        _rebalance_capacity(workers, clients, assign, load, out)
+        _rebalance_capacity(workers, clients, assign, load, out, rank)
     return out
+
+
+Rank = Callable[[ClientView], Callable[[int, str], tuple[float, int]]]
+
+
+def _ranker(workers: Mapping[str, WorkerView],
+            latency: Mapping[str, ClientLatency] | None) -> Rank:
+    """Per client, the sort key of a candidate worker (its index in the client's preferences,
+    its name): preference order, or with latency figures fastest first."""
+    def by_preference(i: int, _n: str) -> tuple[float, int]:
+        return (0.0, i)
+
+    def rank(c: ClientView) -> Callable[[int, str], tuple[float, int]]:
+        info = latency.get(c.name) if latency else None
+        if info is None or not info.rtt:
+            return by_preference
+        est = estimates(info.rtt, workers)
+        return lambda i, n: (est.get(n, INF), i)
+
+    return rank
+
+
+def estimates(rtt: Mapping[str, float], workers: Mapping[str, WorkerView]) -> dict[str, float]:
+    """Measured RTTs, and for an unmeasured worker the best measured one in its region."""
+    best: dict[str, float] = {}
+    for n, ms in rtt.items():
+        region = workers[n].region if n in workers else None
+        if region is not None and ms < best.get(region, INF):
+            best[region] = ms
+    out = dict(rtt)
+    for n, w in workers.items():
+        if n not in out and w.region in best:
+            out[n] = best[w.region]
+    return out
+
+
+def _latency_moves(workers: Mapping[str, WorkerView], clients: Sequence[ClientView],
+                   assign: dict[str, str | None], load: dict[str, int], out: Plan,
+                   latency: Mapping[str, ClientLatency], rule: LatencyRule, now: float) -> None:
+    """Up to `rule.batch` clients to a worker whose gain is large, lasting and allowed now."""
+    moved = 0
+    for c in clients:
+        if moved >= rule.batch:
+            return
+        info, cur = latency.get(c.name), assign[c.name]
+        if info is None or cur is None or c.name in out.moves or info.against != cur \
+                or cur not in info.rtt:
+            continue
+        if info.last_move is not None and now - info.last_move < rule.move_interval_seconds:
+            continue
+        cands = [(info.rtt[n], i, n) for i, n in enumerate(c.prefs)
+                 if n != cur and n in workers and n in info.rtt and _usable(c, workers[n])
+                 and _room(workers[n], load.get(n, 0)) > 0
+                 and gain_enough(info.rtt[cur], info.rtt[n], rule)
+                 and (since := info.better_since.get(n)) is not None
+                 and now - since >= rule.sustain_seconds]
+        if cands:
+            _record_move(out, assign, load, c.name, cur, min(cands)[2], R_LATENCY)
+            moved += 1
 
 
 def _retry_unplaceable(workers: Mapping[str, WorkerView], clients: Sequence[ClientView],
@@ -209,7 +324,8 @@ def _record_move(out: Plan, assign: dict[str, str | None], load: dict[str, int],
 
 
 def _rebalance_capacity(workers: Mapping[str, WorkerView], clients: Sequence[ClientView],
-                        assign: dict[str, str | None], load: dict[str, int], out: Plan) -> None:
+                        assign: dict[str, str | None], load: dict[str, int], out: Plan,
+                        rank: Rank) -> None:
     """Move clients off over-full workers while another usable worker has room.
 
     The last clients (fleet order) leave first, so the same ones move every time.
@@ -221,23 +337,25 @@ def _rebalance_capacity(workers: Mapping[str, WorkerView], clients: Sequence[Cli
         w = workers[cur]
         if w.capacity is None or load.get(cur, 0) <= w.capacity:
             continue
-        for n in c.prefs:
-            if n != cur and n in workers and _usable(c, workers[n]) \
-                    and _room(workers[n], load.get(n, 0)) > 0:
-                _record_move(out, assign, load, c.name, cur, n, R_CAPACITY)
-                break
+        cands = [(i, n) for i, n in enumerate(c.prefs)
+                 if n != cur and n in workers and _usable(c, workers[n])
+                 and _room(workers[n], load.get(n, 0)) > 0]
+        if cands:
+            key = rank(c)
+            _, n = min(cands, key=lambda item: key(*item))
+            _record_move(out, assign, load, c.name, cur, n, R_CAPACITY)
 
 
 def _preempt(workers: Mapping[str, WorkerView], clients: Sequence[ClientView],
              assign: dict[str, str | None], load: dict[str, int], out: Plan,
-             batch: int) -> None:
+             batch: int, latency: Mapping[str, ClientLatency]) -> None:
     """Return up to `batch` clients to a worker they prefer over their current one."""
     moved = 0
     for c in clients:
         if moved >= batch:
             return
         cur = assign[c.name]
-        if cur is None or c.name in out.moves:
+        if cur is None or c.name in out.moves or (c.name in latency and latency[c.name].rtt):
             continue
         for n in c.prefs:
             if n == cur:

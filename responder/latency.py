@@ -1,0 +1,132 @@
+"""What latency placement knows about each client: smoothed RTTs and how long a better worker has
+been better. Plain data, no I/O, no clock of its own (every call takes `now`).
+
+Fed by the client's probe reports (intake/clients.py) and read by `replan` (draft.py), which
+hands `inputs()` to the pure planner. It lives in the responder's memory only: it is derived
+from reports, so after a restart it re-learns, and the first latency move then waits the
+sustain time again. Per client it keeps one float per worker it probes and one timestamp per
+worker that beats its current one, so 10,000 clients of 5 workers take a few MB.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from wg_failover.fleet import ResponderSettings
+from wg_failover.wire import ProbeResult
+
+from .planner import ClientLatency, LatencyRule, gain_enough
+
+ALPHA = 0.2  # weight of a new report in the smoothed RTT (reports come every ~5 s)
+CLIP = 1.5  # a report counts as at most this factor off the smoothed figure
+STALE_AFTER = 120.0  # seconds without a report before a client's figures are set aside
+RETRY_AFTER = 30.0  # seconds before a due move that did not happen (no room) asks again
+
+
+def rule_of(settings: ResponderSettings) -> LatencyRule:
+    return LatencyRule(settings.latency_min_gain_ms, settings.latency_min_gain_ratio,
+                       settings.latency_sustain_seconds, settings.latency_move_interval_seconds,
+                       settings.latency_batch_size)
+
+
+@dataclass
+class ClientMemory:
+    rtt: dict[str, float] = field(default_factory=dict)  # smoothed ms
+    at: float = 0.0  # its last report
+    against: str | None = None  # its worker when better_since was last updated
+    better_since: dict[str, float] = field(default_factory=dict)
+    last_move: float | None = None  # its last latency move
+    asked: float | None = None  # when it last asked for a plan (a due move)
+
+
+class LatencyMemory:
+    def __init__(self) -> None:
+        self.clients: dict[str, ClientMemory] = {}
+        # Scheduling of latency plans (intake/clients.py): at most one pending, one a second.
+        self.plan_pending = False
+        self.next_plan = 0.0  # time.monotonic()
+        self.tasks: set[Any] = set()
+
+    def observe(self, client: str, results: Mapping[str, ProbeResult], current: str | None,
+                now: float, rule: LatencyRule, latency_move_at: float | None = None) -> None:
+        """Fold one probe report in. `current`: the client's worker now; `latency_move_at`: when
+        its assignment was last changed for latency, if its current one was."""
+        m = self.clients.get(client)
+        if m is None:
+            m = self.clients[client] = ClientMemory()
+        for w in [w for w in m.rtt if w not in results]:
+            del m.rtt[w]  # no longer probed: no figure
+        for w, p in results.items():
+            if not p.up or p.rtt_ms is None:
+                m.rtt.pop(w, None)  # a figure comes back only from fresh replies
+                continue
+            old = m.rtt.get(w)
+            if old is None:
+                m.rtt[w] = float(p.rtt_ms)
+            else:
+                # A spike moves the figure by at most ALPHA * (CLIP - 1), so a few slow replies
+                # never make a worker look slow; a lasting change still shows within the
+                # sustain time (x3 in about 12 reports).
+                ms = min(max(p.rtt_ms, old / CLIP), old * CLIP)
+                m.rtt[w] = old + ALPHA * (ms - old)
+        m.at = now
+        if latency_move_at is not None and (m.last_move is None or latency_move_at > m.last_move):
+            m.last_move = latency_move_at
+        if current != m.against:
+            m.against, m.asked = current, None
+            m.better_since.clear()
+        cur_ms = m.rtt.get(current) if current is not None else None
+        if cur_ms is None:
+            m.better_since.clear()
+            return
+        for w, ms in m.rtt.items():
+            if w != current and gain_enough(cur_ms, ms, rule):
+                m.better_since.setdefault(w, now)
+            else:
+                m.better_since.pop(w, None)
+        for w in [w for w in m.better_since if w not in m.rtt]:
+            del m.better_since[w]
+
+    def due(self, client: str, now: float, rule: LatencyRule) -> bool:
+        """Might a plan now move this client for latency (room aside)? Then it asks once, and
+        again only RETRY_AFTER later if it is still due (its better worker was full)."""
+        m = self.clients.get(client)
+        if m is None or not m.better_since:
+            return False
+        if m.last_move is not None and now - m.last_move < rule.move_interval_seconds:
+            return False
+        if m.asked is not None and now - m.asked < RETRY_AFTER:
+            return False
+        if min(m.better_since.values()) > now - rule.sustain_seconds:
+            return False
+        m.asked = now
+        return True
+
+    def inputs(self, clients: Iterable[str], now: float) -> dict[str, ClientLatency]:
+        """The planner's latency input for these clients (fresh figures only); forgets clients
+        that are not among them (they left the fleet)."""
+        out = {}
+        names = set()
+        for name in clients:
+            names.add(name)
+            m = self.clients.get(name)
+            if m is not None and m.rtt and now - m.at <= STALE_AFTER:
+                out[name] = ClientLatency(m.rtt, m.against, m.better_since, m.last_move)
+        if len(self.clients) > len(names):
+            for name in [n for n in self.clients if n not in names]:
+                del self.clients[name]
+        return out
+
+
+_BY_STATE: weakref.WeakKeyDictionary[Any, LatencyMemory] = weakref.WeakKeyDictionary()
+
+
+def memory_of(state: Any) -> LatencyMemory:
+    """The latency memory of a responder state (kept beside it, created at first use)."""
+    m = _BY_STATE.get(state)
+    if m is None:
+        m = _BY_STATE[state] = LatencyMemory()
+    return m

@@ -1,0 +1,271 @@
+"""Latency placement and suspect workers in the planner (issue 18), and the latency memory that
+feeds it: examples, then hypothesis properties (pure functions, no I/O)."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.unit.test_planner import apply, room, scenarios
+from wg_failover.responder import planner
+from wg_failover.responder.intake.suspect import quorum
+from wg_failover.responder.latency import LatencyMemory
+from wg_failover.responder.planner import ClientLatency, ClientView, LatencyRule, WorkerView
+from wg_failover.wire import ProbeResult
+
+RULE = LatencyRule(min_gain_ms=20, min_gain_ratio=0.25, sustain_seconds=60,
+                   move_interval_seconds=600, batch=10)
+NOW = 10_000.0
+
+
+def lat(rtt, against=None, better=(), since=NOW - 61, last_move=None):
+    return ClientLatency(dict(rtt), against, {w: since for w in better}, last_move)
+
+
+def plan(ws, cs, assign, figures, **kw):
+    return planner.plan(ws, cs, assign, latency=figures, rule=kw.pop("rule", RULE), now=NOW,
+                        **kw)
+
+
+# --------------------------------------------------------------------------- examples
+
+
+def test_mover_takes_its_fastest_worker_not_its_first_preference():
+    ws = {n: WorkerView(n) for n in ("w1", "w2", "w3")}
+    cs = [ClientView("a", ("w1", "w2", "w3"))]
+    p = plan(ws, cs, {}, {"a": lat({"w1": 80, "w2": 30, "w3": 10})})
+    assert p.moves["a"].to_worker == "w3"
+    # Without figures: preference order.
+    assert plan(ws, cs, {}, {}).moves["a"].to_worker == "w1"
+
+
+def test_unmeasured_worker_counts_as_fast_as_a_measured_one_in_its_region():
+    ws = {"w1": WorkerView("w1", region="eu"), "w2": WorkerView("w2", region="us"),
+          "w3": WorkerView("w3", region="us")}
+    cs = [ClientView("a", ("w1", "w2", "w3"))]
+    # w2 (us) is down for the move and w3 (us) has no figure: it ranks as fast as w2.
+    ws["w2"] = WorkerView("w2", planner.DOWN, region="us")
+    p = plan(ws, cs, {"a": "w2"}, {"a": lat({"w1": 90, "w2": 12})})
+    assert p.moves["a"].to_worker == "w3"
+
+
+def test_latency_move_needs_large_lasting_gain_and_the_interval():
+    ws = {n: WorkerView(n) for n in ("w1", "w2")}
+    cs = [ClientView("a", ("w1", "w2"))]
+    assign = {"a": "w1"}
+    good = lat({"w1": 100, "w2": 50}, "w1", ["w2"])
+    m = plan(ws, cs, assign, {"a": good}).moves["a"]
+    assert (m.to_worker, m.reason) == ("w2", planner.R_LATENCY)
+    # Not sustained long enough.
+    assert plan(ws, cs, assign, {"a": lat({"w1": 100, "w2": 50}, "w1", ["w2"],
+                                         since=NOW - 59)}).moves == {}
+    # Gain under either bound: 15 ms (< 20), or 30 ms of 150 (20 % < 25 %).
+    assert plan(ws, cs, assign, {"a": lat({"w1": 40, "w2": 25}, "w1", ["w2"])}).moves == {}
+    assert plan(ws, cs, assign, {"a": lat({"w1": 150, "w2": 120}, "w1", ["w2"])}).moves == {}
+    # Moved for latency 5 minutes ago.
+    assert plan(ws, cs, assign, {"a": lat({"w1": 100, "w2": 50}, "w1", ["w2"],
+                                         last_move=NOW - 300)}).moves == {}
+    # Figures measured against another worker than its current one.
+    assert plan(ws, cs, assign, {"a": lat({"w1": 100, "w2": 50}, "w2", ["w2"])}).moves == {}
+    # Sticky without latency figures: nothing.
+    assert plan(ws, cs, assign, {}).moves == {}
+
+
+def test_latency_moves_respect_capacity_and_the_batch():
+    ws = {"w1": WorkerView("w1"), "w2": WorkerView("w2", capacity=3)}
+    cs = [ClientView(f"c{i}", ("w1", "w2")) for i in range(6)]
+    assign = {c.name: "w1" for c in cs}
+    figures = {c.name: lat({"w1": 100, "w2": 10}, "w1", ["w2"]) for c in cs}
+    p = plan(ws, cs, assign, figures)
+    assert [m.client for m in p.moves.values()] == ["c0", "c1", "c2"]  # w2 full
+    p = plan(ws, cs, assign, figures, rule=LatencyRule(batch=2))
+    assert len(p.moves) == 2
+
+
+def test_failover_batch_still_spreads_when_one_worker_is_fastest_for_all():
+    ws = {"w1": WorkerView("w1", planner.DOWN), "w2": WorkerView("w2"), "w3": WorkerView("w3")}
+    cs = [ClientView(f"c{i}", ("w1", "w2", "w3")) for i in range(6)]
+    assign = {c.name: "w1" for c in cs}
+    figures = {c.name: lat({"w1": 5, "w2": 10, "w3": 80}, "w1") for c in cs}
+    after = apply(assign, plan(ws, cs, assign, figures))
+    assert sorted(after.values()) == ["w2", "w2", "w2", "w3", "w3", "w3"]  # no stampede
+
+
+def test_preempt_leaves_clients_with_figures_to_the_latency_rule():
+    ws = {n: WorkerView(n) for n in ("w1", "w2")}
+    cs = [ClientView("a", ("w1", "w2")), ClientView("b", ("w1", "w2"))]
+    assign = {"a": "w2", "b": "w2"}
+    p = plan(ws, cs, assign, {"a": lat({"w1": 50, "w2": 40}, "w2")}, preempt=True)
+    assert list(p.moves) == ["b"]  # a is faster where it is
+
+
+def test_suspect_worker_is_left_like_a_down_one_by_capacity():
+    ws = {"w1": WorkerView("w1", suspect=True), "w2": WorkerView("w2", capacity=1),
+          "w3": WorkerView("w3", capacity=3)}
+    cs = [ClientView(f"c{i}", ("w1", "w2", "w3")) for i in range(4)]
+    assign = {c.name: "w1" for c in cs}
+    p = planner.plan(ws, cs, assign)
+    after = apply(assign, p)
+    assert sorted(after.values()) == ["w2", "w3", "w3", "w3"]
+    assert {m.reason for m in p.moves.values()} == {planner.R_SUSPECT}
+    assert not ws["w1"].healthy
+    assert planner.backups(cs[0], "w3", ws) == ["w2"]
+    assert not planner.accept_switch(cs[0], "w1", "w3", ws, after)
+
+
+def test_quorum():
+    assert quorum(0, 2, 0.3) == 2
+    assert quorum(3, 2, 0.3) == 2  # one client alone never
+    assert quorum(10, 2, 0.3) == 3
+    assert quorum(100, 2, 0.3) == 30
+
+
+# --------------------------------------------------------------------------- the memory
+
+
+def probe(**rtts):
+    return {w: ProbeResult(up=ms is not None, rtt_ms=ms) for w, ms in rtts.items()}
+
+
+def test_memory_smooths_and_needs_the_gain_to_last():
+    m = LatencyMemory()
+    m.observe("a", probe(w1=100, w2=40), "w1", 0, RULE)
+    assert m.clients["a"].better_since == {"w2": 0}
+    m.observe("a", probe(w1=100, w2=400), "w1", 5, RULE)  # a spike counts as 60 ms: 44 ms
+    assert m.clients["a"].rtt["w2"] == 44.0
+    assert m.clients["a"].better_since == {"w2": 0}
+    for t in range(10, 40, 5):  # a lasting change shows, and the gain ends
+        m.observe("a", probe(w1=100, w2=95), "w1", t, RULE)
+    assert m.clients["a"].better_since == {}
+    for t in range(40, 160, 5):
+        m.observe("a", probe(w1=100, w2=40), "w1", t, RULE)
+    since = m.clients["a"].better_since["w2"]
+    assert not m.due("a", since + 59, RULE)
+    assert m.due("a", since + 60, RULE)
+    assert not m.due("a", since + 61, RULE)  # asked already: again only after RETRY_AFTER
+    # Its worker changed: the sustain time starts again.
+    m.observe("a", probe(w1=100, w2=40), "w2", 200, RULE)
+    assert m.clients["a"].better_since == {}
+    # A worker that stops answering loses its figure.
+    m.observe("a", probe(w1=None, w2=40), "w2", 205, RULE)
+    assert "w1" not in m.clients["a"].rtt
+    ins = m.inputs(["a"], 205)
+    assert ins["a"].against == "w2" and set(ins["a"].rtt) == {"w2"}
+    assert m.inputs(["a"], 205 + 121) == {}  # stale
+    assert m.inputs([], 0) == {} and m.clients == {}  # left the fleet: forgotten
+
+
+# --------------------------------------------------------------------------- properties
+
+
+@st.composite
+def latency_scenarios(draw):
+    workers, clients, assign, preempt = draw(scenarios())
+    workers = {n: WorkerView(w.name, w.state, w.draining, w.capacity,
+                             suspect=draw(st.integers(0, 6)) == 0,
+                             region=draw(st.sampled_from([None, "eu", "us"])))
+               for n, w in workers.items()}
+    figures = {}
+    for c in clients:
+        if draw(st.integers(0, 4)) == 0:
+            continue
+        rtt = {n: float(draw(st.integers(1, 300))) for n in c.prefs
+               if draw(st.integers(0, 5)) > 0}
+        against = assign[c.name] if draw(st.integers(0, 5)) > 0 else None
+        better = {n: NOW - draw(st.integers(0, 200)) for n in rtt if draw(st.booleans())}
+        last = draw(st.one_of(st.none(), st.integers(0, 1200).map(lambda s: NOW - s)))
+        figures[c.name] = ClientLatency(rtt, against, better, last)
+    rule = LatencyRule(batch=draw(st.integers(1, 5)))
+    return workers, clients, assign, preempt, figures, rule
+
+
+@settings(max_examples=300, deadline=None)
+@given(latency_scenarios())
+def test_property_never_over_capacity_while_another_worker_has_room(s):
+    workers, clients, assign, preempt, figures, rule = s
+    after = apply(assign, planner.plan(workers, clients, assign, preempt=preempt,
+                                       latency=figures, rule=rule, now=NOW))
+    load = planner.loads(after)
+    for c in clients:
+        cur = after[c.name]
+        assert cur is not None
+        w = workers[cur]
+        if (w.capacity is not None and load[cur] > w.capacity) or not w.healthy \
+                or cur in c.unusable:
+            for n in c.prefs:
+                o = workers[n]
+                if n != cur and o.healthy and n not in c.unusable:
+                    assert not room(o, load), (c.name, cur, n, after)
+
+
+@settings(max_examples=300, deadline=None)
+@given(latency_scenarios())
+def test_property_no_latency_move_under_the_threshold(s):
+    workers, clients, assign, preempt, figures, rule = s
+    p = planner.plan(workers, clients, assign, preempt=preempt, latency=figures, rule=rule,
+                     now=NOW)
+    lat_moves = [m for m in p.moves.values() if m.reason == planner.R_LATENCY]
+    assert len(lat_moves) <= rule.batch
+    for m in lat_moves:
+        f = figures[m.client]
+        assert f.against == m.from_worker == assign[m.client]
+        assert planner.gain_enough(f.rtt[m.from_worker], f.rtt[m.to_worker], rule)
+        assert NOW - f.better_since[m.to_worker] >= rule.sustain_seconds
+        assert f.last_move is None or NOW - f.last_move >= rule.move_interval_seconds
+        assert workers[m.to_worker].healthy
+
+
+@settings(max_examples=200, deadline=None)
+@given(latency_scenarios())
+def test_property_deterministic(s):
+    workers, clients, assign, preempt, figures, rule = s
+    a = planner.plan(workers, clients, assign, preempt=preempt, latency=figures, rule=rule,
+                     now=NOW)
+    b = planner.plan(dict(reversed(list(workers.items()))), list(clients), dict(assign),
+                     preempt=preempt, latency=dict(reversed(list(figures.items()))), rule=rule,
+                     now=NOW)
+    assert a.moves == b.moves and a.unplaceable == b.unplaceable
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(2, 5), st.integers(5, 20),
+       st.floats(0.0, 0.6), st.booleans())
+def test_property_no_oscillation_under_jitter(seed, n_workers, n_clients, jitter, capped):
+    """A long random RTT series (3 simulated hours, a report every 5 s) with jitter of up to
+    `jitter` of the base RTT on every report and a spike now and then, through the real memory
+    and planner: no client ever returns to a worker it left for latency, and none moves more
+    often than the rule allows."""
+    rng = random.Random(seed)
+    names = [f"w{i}" for i in range(n_workers)]
+    cap = -(-2 * n_clients // n_workers) if capped else None
+    ws = {n: WorkerView(n, capacity=cap) for n in names}
+    cs = [ClientView(f"c{i}", tuple(rng.sample(names, n_workers))) for i in range(n_clients)]
+    base = {c.name: {n: rng.uniform(5, 200) for n in names} for c in cs}
+    mem = LatencyMemory()
+    assign = apply({}, planner.plan(ws, cs, {}))
+    left: dict[str, set[str]] = {c.name: set() for c in cs}
+    moves = {c.name: [] for c in cs}
+    for step in range(3 * 3600 // 5):
+        now = step * 5.0
+        for c in cs:
+            results = {}
+            for n in names:
+                ms = base[c.name][n] * (1 + rng.uniform(-jitter, jitter))
+                if rng.random() < 0.02:
+                    ms *= 5  # a spike
+                results[n] = ProbeResult(up=True, rtt_ms=ms)
+            last = moves[c.name][-1] if moves[c.name] else None
+            mem.observe(c.name, results, assign[c.name], now, RULE, last)
+        p = planner.plan(ws, cs, assign, latency=mem.inputs(assign, now), rule=RULE, now=now)
+        for m in p.moves.values():
+            assert m.reason == planner.R_LATENCY, m
+            assert m.to_worker not in left[m.client], (m, left[m.client])
+            left[m.client].add(m.from_worker)
+            if moves[m.client]:
+                assert now - moves[m.client][-1] >= RULE.move_interval_seconds
+            moves[m.client].append(now)
+        assign = apply(assign, p)
+    for c in cs:
+        assert len(moves[c.name]) <= n_workers - 1
