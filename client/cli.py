@@ -18,6 +18,7 @@ from wg_failover.tls import TlsError, client_context
 
 from .bounds import MAX_BODY, MAX_EVENT, MAX_LINE, WireInputError
 from .cache import DEFAULT_STATE_DIR, cache_path, load_view, save_view, view_path
+from .health import GraySettings
 from .metrics import SwitcherMetrics
 from .probe import ProbeError
 from .reporter import Reporter
@@ -79,6 +80,17 @@ def _ms(text: str) -> float:
     return _positive(float)(text) / 1000.0
 
 
+def _ms_or_off(text: str) -> float:
+    return 0.0 if text.strip() in ("0", "0.0") else _ms(text)
+
+
+def _ratio(text: str) -> float:
+    value = _positive(float)(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be below 1 (a share: 0.10 is 10 %)")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "switcher", help="on a client: probe the tunnels, follow the assignment, switch peers",
@@ -119,6 +131,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--hold-down", type=float, default=10.0, metavar="SECONDS",
                    help="a worker that went down must answer this long before the fast path "
                    "returns to it (default 10)")
+    p.add_argument("--burst-interval", type=_ms_or_off, default=0.02, metavar="MS",
+                   help="after the active worker misses a probe, probe it this often (default "
+                   "20; 0: off, K misses at --interval)")
+    p.add_argument("--burst-misses", type=_positive(int), default=3, metavar="N",
+                   help="burst probes missed in a row, after the first miss, that make the "
+                   "active worker down (default 3)")
+    p.add_argument("--gray-loss", type=_ratio, default=0.10, metavar="RATIO",
+                   help="leave the active worker when a burst of 100 probes loses this share "
+                   "and a backup is clean (default 0.10)")
+    p.add_argument("--gray-rtt-factor", type=_positive(float), default=5.0, metavar="X",
+                   help="leave the active worker when its median RTT is X times a clean "
+                   "backup's and 20 ms more (default 5)")
+    p.add_argument("--no-gray", dest="gray", action="store_false",
+                   help="leave the active worker only when it is dead, not when it answers badly")
     p.add_argument("--no-fast-path", dest="fast_path", action="store_false",
                    help="never move on the probes alone: a dead active worker is left only on "
                    "the responder's assignment (the control path alone; for measuring it). "
@@ -319,7 +345,10 @@ def _switcher(args: argparse.Namespace, fleet: Fleet, client: Client, url: str,
     opts = Options(interface=args.interface, interval=args.interval, k=args.k,
                    hold_down=args.hold_down, probe_timeout=args.probe_timeout,
                    keepalive=args.keepalive, report_every=args.report_every,
-                   fast_path=args.fast_path)
+                   fast_path=args.fast_path, burst_interval=args.burst_interval,
+                   burst_misses=args.burst_misses,
+                   gray=GraySettings(loss=args.gray_loss, rtt_factor=args.gray_rtt_factor)
+                   if args.gray else None)
     metrics = None
     if args.metrics_listen:
         metrics = SwitcherMetrics([w.name for w in fleet.preferences(client)])

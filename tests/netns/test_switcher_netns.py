@@ -37,7 +37,7 @@ def test_fast_path_fails_over_without_responder_and_restart_resumes(netlab, tmp_
         rx_w2 = sl.worker_rx_from_client("w2")
         killed_at = time.time()
         sl.kill_worker("w1")
-        m = sw.wait_for(r"switch w1 -> (w\d) \(failover\) after \d+ ms: w1 missed 3 probes", 10)
+        m = sw.wait_for(r"switch w1 -> (w\d) \(failover\) after \d+ ms: w1 missed \d probes", 10)
         assert m, sw.text()
         assert m.group(1) == "w2"
         # Traffic to the service flows again, through the backup's peer.

@@ -1,0 +1,90 @@
+"""IPv6 tunnel addresses are probed with ICMPv6 like IPv4 ones (issue 18): a lab whose workers
+have IPv6 tunnel addresses and whose client routes both an IPv4 and an IPv6 prefix fails over,
+on the probes alone, for traffic to an IPv6-only service address.
+
+The fleet gives a client one tunnel address, so this client's is IPv6 (fd66:1::2/128) and its
+traffic to the IPv6 service is what is measured; the underlay stays IPv4 (198.18.0.0/24).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from wg_failover.fleet import dump_fleet
+from wg_failover.lab import kit
+from wg_failover.lab.gen import generate_fleet
+from wg_failover.lab.netns import NetLab
+from wg_failover.lab.procs import poll_until
+from wg_failover.wgquick import render_client, render_worker, strip
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
+
+SERVICE6 = "fd99::1"
+ROUTES = ("10.99.0.0/24", "fd99::/64")
+
+
+def build_v6(lab: NetLab, workdir: Path) -> kit.SwitcherLab:
+    """kit.build's lab with IPv6 tunnel addresses (fd66::N) and the service also on fd99::1."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    gen = generate_fleet(3, 1, routes=ROUTES, responder_url="http://198.18.0.2:8080")
+    f = gen.fleet
+    workers = [w.model_copy(update={"tunnel_address": f"fd66::{i + 1}"})
+               for i, w in enumerate(f.workers)]
+    clients = [c.model_copy(update={"address": "fd66:1::2/128"}) for c in f.clients]
+    gen.fleet = f.model_copy(update={"workers": workers, "clients": clients})
+    sl = kit.SwitcherLab(lab, gen, workdir)
+    fleet = gen.fleet
+    for i, w in enumerate(fleet.workers):
+        host = lab.add_host(w.name, address=f"198.18.0.{i + 10}")
+        host.run(["ip", "addr", "add", f"{kit.SERVICE}/32", "dev", "lo"])
+        host.run(["ip", "addr", "add", f"{SERVICE6}/128", "dev", "lo"])
+        conf = strip(render_worker(fleet, w, gen.private_keys[w.name]))
+        addrs = [w.tunnel_host_cidr]
+        sl.workers[w.name] = kit.WorkerNode(w.name, host, host.wireguard(f"w{i}", conf, addrs),
+                                            conf, addrs)
+    c = sl.client
+    host = lab.add_host(c.name)
+    conf = strip(render_client(fleet, c, gen.private_keys[c.name]))
+    sl.client_host, sl.client_config = host, conf
+    sl.client_iface = host.wireguard("c0", conf, [c.address])
+    sl.fleet_file = workdir / "fleet.yaml"
+    sl.fleet_file.write_text(dump_fleet(fleet))
+    sl.token_file = workdir / "token"
+    sl.token_file.touch(mode=0o600)
+    sl.token_file.write_text(gen.tokens[c.name] + "\n")
+    return sl
+
+
+def test_ipv6_tunnels_are_probed_and_fail_over_an_ipv6_only_service(netlab, tmp_path):
+    sl = build_v6(netlab, tmp_path / "lab")
+    assert sl.client_host is not None
+    sw = sl.start_switcher(tmp_path / "state", "http://198.18.0.254:9")
+    try:
+        for w in sl.prefs():
+            assert sw.wait_for(rf"probe: {w} is up", 20), sw.text()
+        assert "IPv6 tunnel address" not in sw.text()
+        assert sl.route_holder() == "w1"
+        proc = sl.client_host.popen(["ping", "-6", "-n", "-D", "-i", "0.01", "-W", "1", SERVICE6],
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                    bufsize=1)
+        ping = kit.Pinger(proc)
+        try:
+            assert poll_until(lambda: len(ping.snapshot()) > 20, 10), "no IPv6 ping replies"
+            killed_at = time.time()
+            sl.kill_worker("w1")
+            m = sw.wait_for(r"switch w1 -> (w\d) \(failover\) after \d+ ms", 10)
+            assert m and m.group(1) == "w2", sw.text()
+            assert poll_until(lambda: len(ping.replies_after(killed_at)) > 20, 10), \
+                "IPv6 traffic did not come back through the backup"
+        finally:
+            ping.stop()
+        peers = sl.client_peers()
+        assert set(peers["w2"]) == {*ROUTES, "fd66::2/128"}
+        assert peers["w1"] == ("fd66::1/128",)
+        assert sw.stop() == 0
+    finally:
+        sw.stop()
