@@ -30,7 +30,7 @@ class SwitcherMetrics:
                             "1 for the worker whose peer holds the routes", ["worker"],
                             registry=r)
         self.switches = Counter("wgfo_switcher_switches_total",
-                                "Route moves, by kind (failover|assignment|initial)", ["kind"],
+                                "Route moves, by kind (failover|gray|assignment|initial)", ["kind"],
                                 registry=r)
         self.rejected = Counter("wgfo_switcher_rejected_assignments_total",
                                 "Responder assignments refused because the probes saw the "
@@ -40,7 +40,7 @@ class SwitcherMetrics:
         self.connected = Gauge("wgfo_switcher_responder_connected",
                                "1 while the assignment stream (or long-poll) is connected",
                                registry=r)
-        for kind in ("failover", "assignment", "initial"):
+        for kind in ("failover", "gray", "assignment", "initial"):
             self.switches.labels(kind)
         for w in workers:
             self.active.labels(w).set(0)
