@@ -181,7 +181,8 @@ class IcmpProber:
                 loop.remove_reader(sock.fileno())
 
     async def run(self, rounds: int | None = None) -> None:
-        """Probe until cancelled (or for `rounds` rounds, then wait out the last deadlines)."""
+        """Probe until cancelled (or until every target had `rounds` probes, then wait out the
+        last deadlines)."""
         loop = asyncio.get_running_loop()
         if not self._sockets():
             self.open()
@@ -190,8 +191,8 @@ class IcmpProber:
         try:
             now = loop.time()
             self.next_due = dict.fromkeys(self.targets, now)
-            rounds_left = rounds
-            while rounds_left is None or rounds_left > 0:
+            sends: dict[str, int] = {}
+            while True:
                 now = loop.time()
                 sent_any = False
                 for worker, address in self.targets.items():
@@ -199,6 +200,7 @@ class IcmpProber:
                     if due > now:
                         continue
                     self._send(loop, worker, address)
+                    sends[worker] = sends.get(worker, 0) + 1
                     sent_any = True
                     step = self._interval(worker)
                     # A stalled loop does not burst to catch up: one probe, then the schedule.
@@ -206,12 +208,11 @@ class IcmpProber:
                         else now + step
                 if sent_any:
                     self._maybe_reopen(loop)
-                    if rounds_left is not None:
-                        rounds_left -= 1
-                        if rounds_left == 0:
-                            break
+                if rounds is not None and all(sends.get(w, 0) >= rounds for w in self.targets):
+                    break
                 self.wake.clear()
-                delay = min(self.next_due.values()) - loop.time()
+                # No target (a view without workers yet): wait for set_targets.
+                delay = min(self.next_due.values(), default=now + self.interval) - loop.time()
                 if delay > 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.wake.wait(), delay)
