@@ -65,6 +65,7 @@ CONNECT_TIMEOUT = 5.0
 STATEMENT_TIMEOUT = 10.0
 LOCK_TIMEOUT = 2.0
 POOL_SIZE = 4
+OUTAGE_WAIT = 1.0
 # libpq settings a URL may set itself; these are the defaults when it does not.
 LIBPQ_DEFAULTS = {"keepalives": "1", "keepalives_idle": "5", "keepalives_interval": "2",
                   "keepalives_count": "3", "tcp_user_timeout": "10000",
@@ -102,10 +103,16 @@ class PostgresStore:
                 self.epoch, self.created = self._prepare(conn)
         except psycopg.Error as exc:
             raise self._error("cannot open the state store", exc) from None
+        # libpq's words for the pool's last failed connection attempt, None once one succeeds.
+        self._connect_failed: str | None = None
         self.pool = ConnectionPool(
-            url, kwargs={**self._kwargs, "autocommit": True}, min_size=1, max_size=pool_size,
+            url, connection_class=_recording(self), kwargs={**self._kwargs, "autocommit": True},
+            min_size=1, max_size=pool_size,
             open=False, configure=self._configure, check=ConnectionPool.check_connection,
-            timeout=self.timeout, name="wg-failover-store", reconnect_timeout=3600)
+            timeout=self.timeout, name="wg-failover-store",
+            # The pool's retries back off without bound until this gives up; a short one means
+            # the next request after an outage tries at once instead of after a long back-off.
+            reconnect_timeout=self.timeout)
         self.pool.open(wait=False)
 
     # ----------------------------------------------------------------- connections
@@ -129,8 +136,11 @@ class PostgresStore:
     def _conn(self, what: str) -> Iterator[psycopg.Connection]:
         """A pooled connection; any psycopg error inside becomes a StoreError (`what` THE
         STORE: ...)."""
+        # While the pool's own attempts fail, a caller waits briefly: a write during an outage
+        # answers 503 in about a second instead of holding the write lock for the full wait.
+        timeout = OUTAGE_WAIT if self._connect_failed else self.timeout
         try:
-            with self.pool.connection(timeout=self.timeout) as conn:
+            with self.pool.connection(timeout=timeout) as conn:
                 yield conn
         except psycopg.Error as exc:
             raise self._error(what, exc) from None
@@ -140,8 +150,9 @@ class PostgresStore:
 
     def _error(self, what: str, exc: psycopg.Error) -> StoreError:
         reason = reason_of(exc)
-        if isinstance(exc, PoolTimeout):  # the pool's workers log libpq's own words
-            detail = f"no connection within {self.timeout:g} s"
+        if isinstance(exc, PoolTimeout):
+            detail = "no connection" + (f": {self._connect_failed}" if self._connect_failed
+                                        else f" within {self.timeout:g} s")
         else:
             detail = self._text(exc)
         if reason == DAMAGED:
@@ -328,3 +339,21 @@ class PostgresStore:
 
     def open_delivery_log(self) -> DeliveryLog:
         return PostgresDeliveryLog(self)
+
+
+def _recording(store: PostgresStore) -> type[psycopg.Connection[Any]]:
+    """A connection class for the pool that notes on `store` whether its last connection
+    attempt failed, and libpq's words for why (the pool itself only says it timed out)."""
+
+    class Connection(psycopg.Connection[Any]):
+        @classmethod
+        def connect(cls, conninfo: str = "", **kwargs: Any) -> Connection:  # type: ignore[override]
+            try:
+                conn = super().connect(conninfo, **kwargs)
+            except psycopg.Error as exc:
+                store._connect_failed = store._text(exc)
+                raise
+            store._connect_failed = None
+            return conn  # type: ignore[return-value]
+
+    return Connection
