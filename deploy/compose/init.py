@@ -14,6 +14,9 @@ the other services mount at /etc/wg-failover, where every part looks by default:
   tls/responder.crt      the responder's certificate: the names in WGFO_RESPONDER_NAMES
                          (default `responder`, `localhost`) and 127.0.0.1
   tls/responder.key      its key (0600, owned by uid 65534, the responder's user)
+  postgres-password      for the optional `postgres` profile: the database's password (0600,
+                         owned by uid 999, the postgres image's user)
+  pgpass                 the same for the responder's libpq (PGPASSFILE; 0600, uid 65534)
 The CA's key is not kept: to add a name, delete tls/ and the fleet and run `init` again, or put
 certificates from your own CA in tls/ (same names). Edit fleet.yaml afterwards (real endpoints,
 more workers): `wg-failover check` validates it.
@@ -22,6 +25,7 @@ more workers): `wg-failover check` validates it.
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -30,6 +34,7 @@ from wg_failover.lab import tlsca
 from wg_failover.lab.gen import generate_fleet
 
 NOBODY = 65534
+POSTGRES_UID = 999  # the official postgres image's `postgres` user
 WORKERS = int(os.environ.get("WGFO_WORKERS", "1"))
 CLIENTS = int(os.environ.get("WGFO_CLIENTS", "2"))
 # How clients and Prometheus reach the workers; compose service names by default.
@@ -89,6 +94,13 @@ def main(argv: list[str]) -> int:
                    owner=NOBODY if os.geteuid() == 0 else None)
         else:
             secret(directory / "tokens" / f"{name}.token", token)
+    # The optional PostgreSQL (docker-compose.yml, profile `postgres`): host, port, database and
+    # user as that service and docs/deploy.md name them.
+    password = secrets.token_urlsafe(24)
+    root = os.geteuid() == 0
+    secret(directory / "postgres-password", password, owner=POSTGRES_UID if root else None)
+    secret(directory / "pgpass", f"postgres:5432:wgfo:wgfo:{password}",
+           owner=NOBODY if root else None)
     tmp = fleet_path.with_suffix(".tmp")
     tmp.write_text(dump_fleet(gen.fleet))
     os.chmod(tmp, 0o644)

@@ -191,7 +191,8 @@ def test_compose_ports_match_the_shipped_configs(compose, generated):
 def test_init_writes_secrets_only_its_owner_reads(generated):
     fleet = load_fleet(generated / "fleet.yaml")
     secrets = [generated / "admin-token", generated / "alert-token", generated / "read-token",
-               generated / "tls" / "responder.key",
+               generated / "tls" / "responder.key", generated / "postgres-password",
+               generated / "pgpass",
                *[generated / "keys" / f"{n.name}.key" for n in (*fleet.workers, *fleet.clients)],
                *[generated / "tokens" / f"{c.name}.token" for c in fleet.clients]]
     for path in secrets:
@@ -215,6 +216,35 @@ def test_init_writes_secrets_only_its_owner_reads(generated):
     subprocess.run([sys.executable, str(DEPLOY / "compose" / "init.py"), str(generated)],
                    check=True, capture_output=True, timeout=60)
     assert (generated / "fleet.yaml").read_text() == before
+
+
+def test_compose_postgres_profile_agrees_with_init_and_the_responder(generated):
+    """The optional PostgreSQL: with WGFO_DB set, the responder's --db is that URL (no password
+    in it), libpq finds the password in the pgpass file `init` writes, and that line names the
+    `postgres` service's host, port, database, user and password."""
+    if shutil.which("docker-compose") is None:
+        pytest.skip("docker-compose not installed (Debian package docker-compose)")
+    url = "postgresql://wgfo@postgres:5432/wgfo"
+    proc = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "--profile",
+                           "postgres", "config"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=60, env={**os.environ, "WGFO_DB": url})
+    assert proc.returncode == 0, proc.stderr
+    s = yaml.safe_load(proc.stdout)["services"]
+    responder, pg = s["responder"], s["postgres"]
+    assert flag(responder["command"], "--db") == url
+    pgpass = responder["environment"]["PGPASSFILE"]
+    assert mounts(responder)["/etc/wg-failover"] == "config"
+    assert mounts(pg)["/etc/wg-failover"] == "config"
+    host, port, db, user, password = (generated / "pgpass").read_text().strip().split(":")
+    assert pgpass == "/etc/wg-failover/pgpass"
+    parts = urlsplit(url)
+    assert (host, int(port), db, user) == (parts.hostname, parts.port, parts.path[1:],
+                                            parts.username)
+    env = pg["environment"]
+    assert (env["POSTGRES_USER"], env["POSTGRES_DB"]) == (user, db)
+    assert env["POSTGRES_PASSWORD_FILE"] == "/etc/wg-failover/postgres-password"
+    assert (generated / "postgres-password").read_text().strip() == password
+    assert pg["profiles"] == ["postgres"]
 
 
 def test_dockerfile_copies_what_exists():
