@@ -63,6 +63,9 @@ def test_migrate_moves_a_store_the_responder_wrote_into_postgresql_as_it_is(
     p = responder_factory(clients=6)
     assert p.alert("w1").status_code == 200
     assert p.alert("w2", action="drain").status_code == 200
+    r = httpx.post(p.url + "/v1/enroll-keys", headers=p.headers("admin"), timeout=10,
+                   json={"kind": "client", "reusable": True})
+    assert r.status_code == 201, r.text
     served = clients(p)
     p.stop()
     src = SQLiteStore(p.db_path)
@@ -73,7 +76,8 @@ def test_migrate_moves_a_store_the_responder_wrote_into_postgresql_as_it_is(
     db = sqlite3.connect(p.db_path)  # the Store protocol reads de-duplication keys by key only
     dedup = db.execute("SELECT key, ts FROM dedup ORDER BY key").fetchall()
     db.close()
-    assert dedup and src_events and src_state.alerts
+    assert dedup and src_events and src_state.alerts and src_state.keys
+    assert src_state.fleet is not None and src_state.fleet.version >= 1
 
     r = migrate(p.db_path, pg_url)
     assert r.returncode == 0, r.stderr
