@@ -9,14 +9,15 @@ once the commit succeeded, so a failed commit (503) leaves memory and metrics as
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol
 
 from wg_failover.fleet import Client, Fleet, ResponderSettings, Worker
 from wg_failover.wire import ProbeResult
 
-from . import planner
+from . import latency, planner
+from .intake.suspect import suspects_of
 from .store import AssignmentRow, Event, FleetDoc, Tx, WorkerRow
 
 
@@ -77,7 +78,8 @@ def prefs_of(fleet: Fleet) -> dict[str, tuple[str, ...]]:
 
 
 def worker_views(fleet: Fleet, row_of: Callable[[str], WorkerRow],
-                 alerts: Mapping[str, tuple[str, str]]) -> dict[str, planner.WorkerView]:
+                 alerts: Mapping[str, tuple[str, str]],
+                 suspects: Collection[str] = ()) -> dict[str, planner.WorkerView]:
     """The planner's view of every fleet worker (fleet order): its state, and drained when the
     admin drained it or a drain alert is firing for it."""
     drained_by_alert = {w for w, action in alerts.values() if action == "drain"}
@@ -85,7 +87,8 @@ def worker_views(fleet: Fleet, row_of: Callable[[str], WorkerRow],
     for w in fleet.workers:
         row = row_of(w.name)
         views[w.name] = planner.WorkerView(
-            w.name, row.state, row.drain_admin or w.name in drained_by_alert, w.capacity)
+            w.name, row.state, row.drain_admin or w.name in drained_by_alert, w.capacity,
+            suspect=w.name in suspects, region=w.region)
     return views
 
 
@@ -136,7 +139,15 @@ class Draft:
                 for c in self.fleet.clients}
 
     def views(self) -> dict[str, planner.WorkerView]:
-        return worker_views(self.fleet, self.worker, self.alerts())
+        return worker_views(self.fleet, self.worker, self.alerts(), self.suspects())
+
+    def suspects(self) -> frozenset[str]:
+        """Workers marked suspect now (intake/suspect.py)."""
+        def state_of(name: str) -> str:
+            row = self.tx.workers.get(name) or self.committed.workers.get(name)
+            return row.state if row is not None else planner.DOWN
+
+        return suspects_of(self.committed).active(self.now, state_of)
 
     def client_view(self, name: str) -> planner.ClientView:
         return planner.ClientView(name, self.prefs[name],
@@ -205,8 +216,11 @@ def replan(d: Draft) -> planner.Plan:
     views = d.views()
     client_views = [d.client_view(c.name) for c in d.fleet.clients]
     current = d.current_workers()
+    figures = (latency.memory_of(d.committed).inputs(current, d.now)
+               if d.settings.placement == "latency" else None)
     plan = planner.plan(views, client_views, current, preempt=d.settings.preempt,
-                        preempt_batch=d.settings.preempt_batch_size)
+                        preempt_batch=d.settings.preempt_batch_size, latency=figures,
+                        rule=latency.rule_of(d.settings), now=d.now)
     for cv in client_views:
         # A client that comes back continues its versions (its switcher may remember them).
         old = d.assignment(cv.name) or d.committed.retired.get(cv.name)

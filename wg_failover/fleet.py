@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -269,6 +269,24 @@ class ResponderSettings(_Strict):
     hold_down_seconds: float = Field(default=60, ge=0, le=86400, allow_inf_nan=False)
     preempt: bool = False
     preempt_batch_size: int = Field(default=10, ge=1, le=MAX_CAPACITY)
+    # Placement (docs/responder.md "Placement"): `latency` puts a client on the healthy worker
+    # with room its own probes measure fastest, and moves it for latency alone only when the
+    # gain is large (both bounds) and lasting, at most once per interval, in batches.
+    placement: Literal["preference", "latency"] = "preference"
+    latency_min_gain_ms: float = Field(default=20, ge=1, le=10_000, allow_inf_nan=False)
+    latency_min_gain_ratio: float = Field(default=0.25, ge=0.05, le=0.95, allow_inf_nan=False)
+    latency_sustain_seconds: float = Field(default=60, ge=10, le=86400, allow_inf_nan=False)
+    latency_move_interval_seconds: float = Field(default=600, ge=60, le=7 * 86400,
+                                                 allow_inf_nan=False)
+    latency_batch_size: int = Field(default=10, ge=1, le=MAX_CAPACITY)
+    # Suspect: this many distinct clients of one worker (at least 2, so one client's reports
+    # never move others, and at least the ratio of its recently reporting clients) report
+    # fast-path switches away from it within the window: its other clients are re-planned at
+    # once. The mark expires unless an alert confirms the worker down.
+    suspect_quorum_min: int = Field(default=2, ge=2, le=MAX_CAPACITY)
+    suspect_quorum_ratio: float = Field(default=0.3, ge=0, le=1, allow_inf_nan=False)
+    suspect_window_seconds: float = Field(default=5, ge=1, le=300, allow_inf_nan=False)
+    suspect_expire_seconds: float = Field(default=30, ge=5, le=3600, allow_inf_nan=False)
     # Event log retention: the responder prunes older rows, and rows past the newest
     # events_max_rows, in small batches (assignments are state and are never pruned). At least
     # an hour and 1,000 rows, so a typo cannot empty the log an operator is reading.

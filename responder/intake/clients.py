@@ -8,15 +8,20 @@ worker it has no business with down. Each client keeps one latest report, so it 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Iterable, Mapping
 
 from wg_failover.wire import AppliedEvent, ProbeEvent, ProbeResult, RejectedEvent, SwitchEvent
 
-from .. import planner
+from .. import latency, planner
 from ..draft import Draft, ProbeRecord
 from ..state import ResponderState
-from ..store import AssignmentRow
+from ..store import AssignmentRow, StoreError
+from .suspect import suspects_of
+
+log = logging.getLogger("wg_failover.responder")
 
 ClientReport = ProbeEvent | SwitchEvent | AppliedEvent | RejectedEvent
 
@@ -27,8 +32,53 @@ async def take_report(state: ResponderState, name: str, ev: ClientReport) -> Non
     # transaction (10,000 switchers reporting every 5 s send 2,000 a second).
     if not (isinstance(ev, ProbeEvent) and record_unremarkable_probe(state, name, ev)):
         # Client reports are frequent and re-sent: no fsync (see Store.commit).
-        await state.change(lambda d: client_report(d, name, ev), durable=False)
+        suspect = await state.change(lambda d: client_report(d, name, ev), durable=False)
+        if suspect is not None:
+            suspects_of(state).schedule_end(state, suspect)
+    if isinstance(ev, ProbeEvent):
+        observe_latency(state, name, ev)
     state.metrics.client_events.labels(type=ev.type).inc()
+
+
+def observe_latency(state: ResponderState, name: str, ev: ProbeEvent) -> None:
+    """Fold a probe report into the latency figures (responder/latency.py); with latency
+    placement, ask for a plan when this client may now be due a latency move."""
+    settings = state.settings
+    rule = latency.rule_of(settings)
+    a = state.assignments.get(name)
+    now = state.clock()
+    mem = latency.memory_of(state)
+    mem.observe(name, _allowed_results(state.prefs[name], ev), a and a.worker, now,
+                          rule, a.since if a is not None and a.reason == planner.R_LATENCY
+                          else None)
+    if settings.placement == "latency" and mem.due(name, now, rule):
+        _latency_plan_soon(state)
+
+
+def _latency_plan_soon(state: ResponderState) -> None:
+    """Re-plan for latency moves, at most once a second: many clients come due together when a
+    faster worker appears, and each plan moves at most `latency_batch_size` of them."""
+    mem = latency.memory_of(state)
+    if mem.plan_pending:
+        return
+    mem.plan_pending = True
+
+    async def run() -> None:
+        try:
+            await state.change(lambda d: None, always_plan=True)
+        except StoreError as exc:
+            log.warning("latency plan: %s", exc)  # the due clients ask again later
+        finally:
+            mem.plan_pending = False
+
+    def spawn() -> None:
+        task = asyncio.ensure_future(run())
+        mem.tasks.add(task)
+        task.add_done_callback(mem.tasks.discard)
+
+    delay = max(0.0, mem.next_plan - time.monotonic())
+    mem.next_plan = time.monotonic() + delay + 1.0
+    asyncio.get_running_loop().call_later(delay, spawn)
 
 
 def record_unremarkable_probe(state: ResponderState, name: str, ev: ProbeEvent) -> bool:
@@ -47,11 +97,12 @@ def record_unremarkable_probe(state: ResponderState, name: str, ev: ProbeEvent) 
     return True
 
 
-def client_report(d: Draft, name: str, ev: ClientReport) -> None:
+def client_report(d: Draft, name: str, ev: ClientReport) -> str | None:
+    """Apply one report to the draft; returns the worker its switch report made suspect."""
     if isinstance(ev, ProbeEvent):
         _probe(d, name, ev)
     elif isinstance(ev, SwitchEvent):
-        _switch(d, name, ev)
+        return _switch(d, name, ev)
     elif isinstance(ev, AppliedEvent):
         a = d.committed.assignments.get(name)
         if a is not None and a.version == ev.version:
@@ -67,6 +118,7 @@ def client_report(d: Draft, name: str, ev: ClientReport) -> None:
             if a is not None and a.worker != ev.worker:
                 # Already elsewhere: still tell the client where it should be.
                 d.assign_reason[name] = "client-rejected"
+    return None
 
 
 def _allowed_results(allowed: Iterable[str], ev: ProbeEvent) -> dict[str, ProbeResult]:
@@ -91,9 +143,14 @@ def _probe(d: Draft, name: str, ev: ProbeEvent) -> None:
             d.mark_unusable(name, w, usable=True)
 
 
-def _switch(d: Draft, name: str, ev: SwitchEvent) -> None:
+def _switch(d: Draft, name: str, ev: SwitchEvent) -> str | None:
     """The client moved itself: the move stands when its new worker is one of its own, healthy
-    and has room; otherwise it gets a new version saying where to be."""
+    and has room; otherwise it gets a new version saying where to be. Its vote may make the
+    worker it left suspect (intake/suspect.py): returns that worker then."""
+    suspect = None
+    if ev.from_worker != ev.to_worker and d.knows_worker(ev.from_worker):
+        suspect = suspects_of(d.committed).vote(d, name, ev.from_worker,
+                                            d.settings.suspect_window_seconds)
     d.after.switches.append(name)
     d.event("client-switch", worker=ev.to_worker, client=name, from_worker=ev.from_worker,
             to_worker=ev.to_worker, reason=ev.reason[:500], elapsed_ms=ev.elapsed_ms)
@@ -101,7 +158,7 @@ def _switch(d: Draft, name: str, ev: SwitchEvent) -> None:
         d.mark_unusable(name, ev.from_worker, usable=False)
     if not d.knows_worker(ev.to_worker):
         d.assign_reason[name] = "switch-refused"
-        return
+        return suspect
     d.mark_unusable(name, ev.to_worker, usable=True)
     cv = d.client_view(name)
     a = d.assignment(name)
@@ -109,7 +166,7 @@ def _switch(d: Draft, name: str, ev: SwitchEvent) -> None:
     views = d.views()
     if not planner.accept_switch(cv, ev.to_worker, cur, views, d.current_workers()):
         d.assign_reason[name] = "switch-refused"
-        return
+        return suspect
     if cur != ev.to_worker:
         version = (a.version if a else 0) + 1
         d.tx.assignments[name] = AssignmentRow(
@@ -117,3 +174,4 @@ def _switch(d: Draft, name: str, ev: SwitchEvent) -> None:
             planner.R_SWITCH, d.now)
         d.event("move", worker=ev.to_worker, client=name, from_worker=cur,
                 to_worker=ev.to_worker, version=version, reason=planner.R_SWITCH)
+    return suspect

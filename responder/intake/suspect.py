@@ -1,0 +1,190 @@
+"""Suspect workers: when several clients of one worker report fast-path switches away from it
+within seconds, the fleet has seen it die before Prometheus has. The responder then treats it as
+unavailable (the planner re-plans its remaining clients by capacity at once) instead of waiting
+8-13 s for the alert.
+
+The quorum: at least `suspect_quorum_min` (>= 2) distinct clients, and at least
+`suspect_quorum_ratio` of the worker's recently reporting clients, each of which was assigned to
+that worker (since before the window) when it reported the switch, within
+`suspect_window_seconds`. A client counts once
+however often it reports, and only about the worker it was on, so one client's reports never
+move others, and a few lying or broken clients move nobody in a fleet where the ratio asks for
+more.
+
+Prometheus stays the authority for down and recovered: a mark changes no worker state. It ends
+`suspect_expire_seconds` after it was set, re-planning again; `confirmed` if the worker went down
+(an alert) meanwhile, else `expired`. Marks and switch reports live in memory only (after a
+restart the fleet reports again); they are recorded before the change commits, which is harmless
+since a re-sent report counts once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from .. import planner
+from ..store import StoreError
+
+if TYPE_CHECKING:
+    from ..draft import Draft
+    from ..state import ResponderState
+
+log = logging.getLogger("wg_failover.responder")
+
+RECENT = 30.0  # seconds: a client whose last probe report is older is not counted as reporting
+OUTCOMES = ("marked", "confirmed", "expired")
+
+
+@dataclass
+class Mark:
+    since: float
+    until: float
+    voters: tuple[str, ...]
+    confirmed: bool = False  # the worker was seen not up while marked
+
+
+class Suspects:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.switches: dict[str, dict[str, float]] = {}  # worker -> client -> last switch away
+        self.marks: dict[str, Mark] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._recent: dict[str, tuple[float, frozenset[str]]] = {}  # worker -> (when, clients)
+        self.marks_total = Counter("wgfo_worker_suspect_marks_total",
+                                   "Suspect marks of workers (a quorum of their clients switched "
+                                   "away), by outcome", ["outcome"], registry=registry)
+        self.suspect = Gauge("wgfo_worker_suspect",
+                             "1 while a worker is marked suspect", ["worker"], registry=registry)
+        for outcome in OUTCOMES:
+            self.marks_total.labels(outcome=outcome)
+
+    def active(self, now: float, state_of: Callable[[str], str]) -> frozenset[str]:
+        """The workers marked suspect now (the planner treats them as unavailable)."""
+        out = []
+        for w, m in self.marks.items():
+            if state_of(w) != planner.UP:
+                m.confirmed = True
+            elif not m.confirmed and now < m.until:
+                out.append(w)
+        return frozenset(out)
+
+    def vote(self, d: Draft, client: str, from_worker: str | None, window: float) -> str | None:
+        """Count a fast-path switch of `client` away from `from_worker` (inside its change).
+        Returns the worker when this vote made the quorum (the mark is set and logged)."""
+        a = d.assignment(client)
+        now, s = d.now, d.settings
+        # Only a client that has been on the worker since before the window votes: one just
+        # placed there (and leaving at once, e.g. because its own probes reject it) says
+        # nothing about the worker.
+        if from_worker is None or a is None or a.worker != from_worker \
+                or a.since > now - window or d.worker(from_worker).state != planner.UP:
+            return None
+        m = self.marks.get(from_worker)
+        if m is not None and not m.confirmed and now < m.until:
+            return None  # marked already
+        votes = self.switches.setdefault(from_worker, {})
+        votes[client] = now
+        for c in [c for c, t in votes.items() if t < now - window]:
+            del votes[c]
+        if len(votes) < s.suspect_quorum_min:
+            return None
+        need = quorum(len(self._reporting(d, from_worker, votes)), s.suspect_quorum_min,
+                      s.suspect_quorum_ratio)
+        if len(votes) < need:
+            return None
+        voters = tuple(sorted(votes))
+        self.marks[from_worker] = Mark(now, now + s.suspect_expire_seconds, voters)
+        del self.switches[from_worker]
+        self.marks_total.labels(outcome="marked").inc()
+        self.suspect.labels(worker=from_worker).set(1)
+        d.worker_changed.add(from_worker)  # re-plan in this change, and tell the notifiers
+        d.event("worker-suspect", worker=from_worker, clients=list(voters[:20]),
+                count=len(voters), quorum=need, expires_in=s.suspect_expire_seconds)
+        log.warning("%s suspect: %d clients switched away from it within %g s (quorum %d)",
+                    from_worker, len(voters), window, need)
+        return from_worker
+
+    def _reporting(self, d: Draft, worker: str, votes: Mapping[str, float]) -> set[str]:
+        """The worker's clients (assigned now, or switched away within the window) that sent a
+        probe report recently. Walking every client once a second per worker is enough: a
+        failover of 2,000 clients brings 2,000 switch reports in a second or two."""
+        at, recent = self._recent.get(worker, (-1.0, frozenset()))
+        if d.now - at >= 1.0:
+            recent = frozenset(
+                c for c, w in d.current_workers().items() if w == worker
+                and (p := d.last_probe(c)) is not None and p.time >= d.now - RECENT)
+            self._recent[worker] = (d.now, recent)
+        return set(recent) | set(votes)
+
+    # ----------------------------------------------------------------- the mark's end
+
+    def schedule_end(self, state: ResponderState, worker: str) -> None:
+        """After the change that set the mark committed: end it when it expires."""
+        m = self.marks.get(worker)
+        if m is None:
+            return
+        old = self._timers.pop(worker, None)
+        if old is not None:
+            old.cancel()
+        delay = max(0.0, m.until - state.clock())
+        self._timers[worker] = asyncio.get_running_loop().call_later(
+            delay, self._spawn, lambda: self._end(state, worker))
+
+    def _spawn(self, coro_fn: Callable[[], Any]) -> None:
+        task = asyncio.ensure_future(coro_fn())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _end(self, state: ResponderState, worker: str) -> None:
+        self._timers.pop(worker, None)
+
+        def build(d: Draft) -> None:
+            m = self.marks.get(worker)
+            if m is None or m.until > d.now + 0.5:
+                return  # ended already, or a newer mark with its own timer
+            del self.marks[worker]
+            if d.worker(worker).state != planner.UP:
+                m.confirmed = True
+            outcome = "confirmed" if m.confirmed else "expired"
+            self.marks_total.labels(outcome=outcome).inc()
+            self.suspect.labels(worker=worker).set(0)
+            d.worker_changed.add(worker)
+            d.event("worker-suspect-end", worker=worker, outcome=outcome,
+                    seconds=round(d.now - m.since, 3))
+
+        try:
+            await state.change(build, always_plan=True)
+        except StoreError as exc:
+            # The mark is already gone from memory; the next change re-plans without it.
+            log.error("ending the suspect mark of %s: %s", worker, exc)
+
+    def stop(self) -> None:
+        for t in self._timers.values():
+            t.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+
+
+_BY_STATE: weakref.WeakKeyDictionary[Any, Suspects] = weakref.WeakKeyDictionary()
+
+
+def suspects_of(state: Any) -> Suspects:
+    """The suspect marks of a responder state (kept beside it, created at first use, with its
+    metrics in the state's registry)."""
+    s = _BY_STATE.get(state)
+    if s is None:
+        s = _BY_STATE[state] = Suspects(state.metrics.collector_registry)
+    return s
+
+
+def quorum(reporting: int, minimum: int, ratio: float) -> int:
+    """Distinct clients needed to mark a worker with `reporting` recently reporting clients."""
+    return max(minimum, math.ceil(ratio * reporting - 1e-9))
