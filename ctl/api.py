@@ -59,6 +59,13 @@ def _detail(resp: httpx.Response) -> str:
         detail = None
     if isinstance(detail, str) and detail:
         return detail
+    if isinstance(detail, list) and detail and all(isinstance(d, dict) for d in detail):
+        # Field problems (422): one line each, the path without the leading "body".
+        lines = []
+        for d in detail[:50]:
+            loc = [str(x) for x in d.get("loc") or [] if x != "body"]
+            lines.append(f"  {'.'.join(loc) or '(top level)'}: {d.get('msg')}")
+        return "the responder refused it:\n" + "\n".join(lines) + "\n"
     if detail:
         return str(detail)[:300]
     return resp.reason_phrase or f"HTTP {resp.status_code}"
@@ -78,13 +85,21 @@ class Api:
     def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
         return self._call("GET", path, params)
 
-    def post(self, path: str) -> Any:
-        return self._call("POST", path, None)
+    def post(self, path: str, body: Any = None) -> Any:
+        return self._call("POST", path, None, body)
 
-    def _call(self, method: str, path: str, params: dict[str, Any] | None) -> Any:
+    def put(self, path: str, body: Any, params: dict[str, Any] | None = None) -> Any:
+        return self._call("PUT", path, params, body)
+
+    def delete(self, path: str, timeout: float | None = None) -> Any:
+        return self._call("DELETE", path, None, None, timeout)
+
+    def _call(self, method: str, path: str, params: dict[str, Any] | None, body: Any = None,
+              timeout: float | None = None) -> Any:
         where = f"{self.url}{path}"
         try:
-            resp = self._client.request(method, path, params=params)
+            resp = self._client.request(method, path, params=params, json=body,
+                                        **({"timeout": timeout} if timeout else {}))
         except httpx.TimeoutException:
             raise CliError(f"cannot reach the responder at {where}: timed out "
                            "(--timeout)") from None

@@ -11,7 +11,7 @@ from urllib.parse import quote, urlsplit
 
 from wg_failover import tls
 from wg_failover.cli import CliError
-from wg_failover.fleet import load_fleet, resolve_fleet_path
+from wg_failover.fleet import FleetError, fleet_data, load_fleet, resolve_fleet_path
 from wg_failover.tls import TlsError, client_context
 
 from . import render
@@ -21,8 +21,9 @@ ENV_RESPONDER = "WG_FAILOVER_RESPONDER"
 
 DESCRIPTION = f"""\
 The operator's CLI over the responder's admin API: list workers and clients, show one client,
-drain and undrain a worker, read the event log. Human tables by default, --json prints the API's
-JSON as it came (for scripts).
+drain and undrain a worker, read the event log, apply a fleet file (with its diff; --dry-run),
+create, list and revoke enrollment keys for `wg-failover join`, revoke a client, drain and
+remove a worker. Human tables by default, --json prints the API's JSON as it came (for scripts).
 
 It needs the admin token (--token-file, default ${ENV_TOKEN_FILE}); the token is sent as a
 bearer token and never printed. The responder is --responder URL, else ${ENV_RESPONDER}, else
@@ -88,9 +89,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         sp.set_defaults(func=func)
         return sp
 
-    add("workers", "table of the workers (GET /v1/workers): state, drain, health, load",
-        cmd_workers)
-    add("clients", "table of the clients and their assignments (GET /v1/clients)", cmd_clients)
+    sp = add("workers", "table of the workers (GET /v1/workers): state, drain, health, load; "
+             "`workers remove NAME` drains a worker, then takes it out of the fleet "
+             "(DELETE /v1/workers/NAME)", cmd_workers)
+    sp.add_argument("action", nargs="?", choices=["remove"], help="remove NAME")
+    sp.add_argument("name", nargs="?", metavar="NAME", help="the worker to remove")
+    sp = add("clients", "table of the clients and their assignments (GET /v1/clients); "
+             "`clients remove NAME` revokes a client: its peers go from every worker, its token "
+             "stops working (DELETE /v1/clients/NAME)", cmd_clients)
+    sp.add_argument("action", nargs="?", choices=["remove"], help="remove NAME")
+    sp.add_argument("name", nargs="?", metavar="NAME", help="the client to revoke")
+    sp = add("apply", "apply a fleet file through the API (PUT /v1/fleet) and print the diff; "
+             "the file is checked here first, with the same errors as `wg-failover check`; "
+             "nodes that joined at run time are kept unless the file names them", cmd_apply)
+    sp.add_argument("file", metavar="FILE", help="the fleet file")
+    sp.add_argument("--dry-run", action="store_true", help="show the diff, change nothing")
+    sp = add("keys", "enrollment keys for `wg-failover join`: `keys create --kind client|"
+             "worker [--reusable] [--expires 24h]` prints a key once; `keys list`; "
+             "`keys revoke ID`", cmd_keys)
+    sp.add_argument("action", choices=["create", "list", "revoke"])
+    sp.add_argument("id", nargs="?", metavar="ID", help="the key to revoke (from `keys list`)")
+    sp.add_argument("--kind", choices=["client", "worker"], help="what may join with the key")
+    sp.add_argument("--reusable", action="store_true",
+                    help="any number of nodes may join with it (default: one)")
+    sp.add_argument("--expires", default="24h", metavar="DURATION",
+                    help="how long the key works: 90s, 30m, 24h, 7d (default 24h)")
+    sp.add_argument("--name", help="the only node name the key may join as")
+    sp.add_argument("--address", metavar="CIDR",
+                    help="the address the client gets (default: the next free one of "
+                    "responder.client_pool)")
     sp = add("client", "one client: assignment, unusable workers, latest probes, recent events "
              "(GET /v1/clients/NAME)", cmd_client)
     sp.add_argument("name", metavar="NAME", help="the client's fleet name")
@@ -160,17 +187,105 @@ def _print_json(data: Any) -> None:
 # ------------------------------------------------------------------------------ commands
 
 
+def _removal(args: argparse.Namespace, kind: str) -> str | None:
+    if args.action is None:
+        if args.name is not None:
+            raise CliError(f"unexpected {args.name!r}: did you mean `{kind}s remove NAME`?")
+        return None
+    if not args.name:
+        raise CliError(f"`{kind}s remove` needs the {kind}'s name")
+    return args.name
+
+
+def _print_removed(args: argparse.Namespace, diff: dict[str, Any], what: str) -> None:
+    if args.json:
+        _print_json(diff)
+    else:
+        print(f"{what}; fleet version {diff.get('version')}. If the fleet file names it, it "
+              "comes back at the next apply: remove it from the file too.")
+
+
 def cmd_workers(args: argparse.Namespace) -> int:
+    name = _removal(args, "worker")
+
     def body(api: Api) -> None:
+        if name is not None:
+            # The responder drains first and waits (up to 10 s) for its clients to move.
+            diff = api.delete(f"/v1/workers/{quote(name, safe='')}",
+                              timeout=max(args.timeout, 30.0))
+            _print_removed(args, diff, f"{name}: drained and removed")
+            return
         data = api.get("/v1/workers")
         _print_json(data) if args.json else sys.stdout.write(render.workers_table(data))
     return _run(args, body)
 
 
 def cmd_clients(args: argparse.Namespace) -> int:
+    name = _removal(args, "client")
+
     def body(api: Api) -> None:
+        if name is not None:
+            diff = api.delete(f"/v1/clients/{quote(name, safe='')}")
+            _print_removed(args, diff, f"{name}: revoked (no peer on any worker, token refused)")
+            return
         data = api.get("/v1/clients")
         _print_json(data) if args.json else sys.stdout.write(render.clients_table(data))
+    return _run(args, body)
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    try:
+        fleet = load_fleet(args.file)
+    except FleetError as exc:
+        raise CliError(exc.render().rstrip("\n")) from None
+
+    def body(api: Api) -> None:
+        diff = api.put("/v1/fleet", fleet_data(fleet),
+                       {"dry_run": "true"} if args.dry_run else None)
+        _print_json(diff) if args.json else sys.stdout.write(
+            render.fleet_diff(diff, args.dry_run))
+    return _run(args, body)
+
+
+def parse_duration(text: str) -> int:
+    """`90s`, `30m`, `24h`, `7d` or plain seconds, as whole seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    num, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        value = float(num) * units[unit]
+    except ValueError:
+        raise CliError(f"--expires {text!r}: write a duration like 90s, 30m, 24h or 7d") from None
+    if not 1 <= value <= 365 * 86400:
+        raise CliError(f"--expires {text!r}: must be from 1 second to 365 days")
+    return int(value)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    if args.action == "create" and args.kind is None:
+        raise CliError("`keys create` needs --kind client or --kind worker")
+    if args.action == "revoke" and not args.id:
+        raise CliError("`keys revoke` needs the key's ID (see `keys list`)")
+    expires = parse_duration(args.expires) if args.action == "create" else 0
+
+    def body(api: Api) -> None:
+        if args.action == "list":
+            data = api.get("/v1/enroll-keys")
+            _print_json(data) if args.json else sys.stdout.write(render.keys_table(data))
+        elif args.action == "revoke":
+            data = api.delete(f"/v1/enroll-keys/{quote(args.id, safe='')}")
+            _print_json(data) if args.json else print(f"key {args.id}: revoked")
+        else:
+            req = {"kind": args.kind, "reusable": args.reusable, "expires_seconds": expires}
+            req.update({k: v for k in ("name", "address") if (v := getattr(args, k))})
+            data = api.post("/v1/enroll-keys", req)
+            if args.json:
+                _print_json(data)
+            else:
+                print(data["key"])
+                print(f"(key {data['id']}: {data['kind']}, "
+                      f"{'reusable' if data['reusable'] else 'one-time'}, expires "
+                      f"{data['expires']}; shown only now: give it to `wg-failover join "
+                      "--enroll-key-file`)", file=sys.stderr)
     return _run(args, body)
 
 

@@ -103,3 +103,31 @@ def drain_change(before: dict[str, Any] | None, after: dict[str, Any], drain: bo
     else:
         moved = f"no client moved ({now} assigned)"
     return f"{head}; {moved}; state {after.get('state')}\n"
+
+
+def fleet_diff(diff: dict[str, Any], dry_run: bool) -> str:
+    """What `ctl apply` changed (or would change, `dry_run`)."""
+    lines = []
+    for key, label in (("workers_added", "+ worker"), ("workers_removed", "- worker"),
+                       ("workers_changed", "~ worker"), ("clients_added", "+ client"),
+                       ("clients_removed", "- client"), ("clients_changed", "~ client")):
+        lines += [f"{label} {n}" for n in diff.get(key) or []]
+    if diff.get("settings_changed"):
+        lines.append("~ responder settings")
+    for n in diff.get("enrolled_kept") or []:
+        lines.append(f"= {n} (joined at run time; kept: the file does not name it)")
+    changes = [x for x in lines if not x.startswith("=")]
+    if not changes:
+        head = f"no change (fleet version {diff.get('version')})"
+    elif dry_run:
+        head = f"dry run: {len(changes)} change(s) would be applied; nothing changed"
+    else:
+        head = f"applied: fleet version {diff.get('version')}"
+    return "\n".join([*lines, head]) + "\n"
+
+
+def keys_table(keys: list[dict[str, Any]]) -> str:
+    rows = [[k.get("id"), k.get("kind"), k.get("reusable"), k.get("uses"), k.get("revoked"),
+             k.get("expires"), k.get("name"), k.get("address")] for k in keys]
+    return table(["ID", "KIND", "REUSABLE", "USES", "REVOKED", "EXPIRES", "NAME", "ADDRESS"],
+                 rows)

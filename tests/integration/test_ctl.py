@@ -5,7 +5,6 @@ with one line saying what to check, never a traceback or the token."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -14,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.responder import WG_FAILOVER, ResponderProc
+from tests.helpers.ctl import ctl, refused, run, token_file
+from tests.helpers.responder import ResponderProc
 from wg_failover.lab import tlsca
 
 
@@ -27,37 +27,6 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ResponderProc]:
         yield p
     finally:
         p.stop()
-
-
-def token_file(p: ResponderProc, who: str = "admin", mode: int = 0o600) -> Path:
-    path = p.fleet_path.parent / f"{who}-{mode:o}.token"
-    path.write_text(p.tokens[who] + "\n")
-    path.chmod(mode)
-    return path
-
-
-def ctl(p: ResponderProc, *args: str, token: Path | None = None, ca: str | None = None,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    base = ["--responder", p.url, "--ca-file", str(ca or p.ca_file),
-            "--token-file", str(token or token_file(p))]
-    return run(*base, *args, env=env)
-
-
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items()
-                if k not in ("WG_FAILOVER_RESPONDER", "WG_FAILOVER_TOKEN_FILE",
-                             "WG_FAILOVER_FLEET")}
-    full_env.update(env or {})
-    r = subprocess.run([WG_FAILOVER, "ctl", *args], capture_output=True, text=True, timeout=60,
-                       env=full_env)
-    assert "Traceback" not in r.stderr + r.stdout
-    return r
-
-
-def refused(r: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    for n in needles:
-        assert n in r.stderr, r.stderr
 
 
 def no_secret(p: ResponderProc, r: subprocess.CompletedProcess[str]) -> None:

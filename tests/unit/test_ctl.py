@@ -10,7 +10,7 @@ import pytest
 from wg_failover.cli import CliError
 from wg_failover.ctl import render
 from wg_failover.ctl.api import read_token
-from wg_failover.ctl.cli import check_url
+from wg_failover.ctl.cli import check_url, parse_duration
 
 
 def test_table_aligns_columns_and_shows_missing_values_as_dashes():
@@ -118,3 +118,22 @@ def test_read_token(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch.setenv("WG_FAILOVER_TOKEN_FILE", str(tmp_path / "missing"))
     with pytest.raises(CliError, match="cannot read"):
         read_token(None)
+
+
+def test_fleet_diff_lists_each_change_and_says_what_happened():
+    fleet_diff = render.fleet_diff
+    d = {"version": 7, "workers_added": ["w4"], "clients_removed": ["c2"],
+         "enrolled_kept": ["n1"], "settings_changed": True}
+    out = fleet_diff(d, dry_run=True)
+    assert "+ worker w4" in out and "- client c2" in out and "~ responder settings" in out
+    assert "= n1" in out and "dry run: 3 change(s)" in out
+    assert fleet_diff({"version": 7}, dry_run=False) == "no change (fleet version 7)\n"
+    assert "applied: fleet version 7" in fleet_diff(d, dry_run=False)
+
+
+def test_durations():
+    assert [parse_duration(x) for x in ("90", "90s", "30m", "24h", "7d")] == \
+        [90, 90, 1800, 86400, 604800]
+    for bad in ("", "soon", "0s", "400d", "-1h"):
+        with pytest.raises(CliError):
+            parse_duration(bad)
