@@ -36,6 +36,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wg_failover.switcher")
 
+# A joined worker's agent may add this client as a peer a moment after the switcher added the
+# worker's: the first handshake then goes unanswered, and WireGuard tries again only after 5 s
+# (REKEY_TIMEOUT). A new peer without a handshake after REWARM_AFTER seconds is set afresh (a
+# backup holds no routes), which makes WireGuard send a new handshake at once; at most
+# REWARM_TRIES times.
+REWARM_AFTER = 1.0
+REWARM_TRIES = 4
+
 # Stands in for the client's own public key when the interface does not say it: the switcher
 # never uses its own key (only the workers'), but the fleet model wants one.
 _NO_KEY = "A" * 43 + "="
@@ -236,6 +244,35 @@ class ViewFollower:
             sw.metrics.workers = names
         sw.save()
         sw.view_changed()
+        if plan.added:
+            asyncio.get_running_loop().call_later(REWARM_AFTER, self.rewarm, plan.added, 1)
+
+    def rewarm(self, names: list[str], attempt: int) -> None:
+        """Set a new backup peer afresh while it has no handshake (see REWARM_AFTER)."""
+        sw = self.sw
+        iface = sw.opts.interface
+        try:
+            peers = {p.public_key: p for p in wg.show_dump(iface).peers}
+            cold = [w for w in sw.fleet.preferences(sw.client) if w.name in names
+                    and w.name != (sw.decider.active if sw.decider else None)
+                    and w.public_key in peers and not peers[w.public_key].latest_handshake]
+            for w in cold:
+                wg.set_peer(iface, w.public_key, remove=True)
+            changes = wgctl.plan_reconcile(sw.fleet, sw.client,
+                                           wg.show_dump(iface).peers,
+                                           sw.decider.active if sw.decider else None,
+                                           sw.opts.keepalive)
+            wgctl.apply_changes(iface, changes)
+        except wg.WgError as exc:
+            log.warning("view: setting new peers afresh failed: %s", exc)
+            return
+        if cold:
+            log.info("view: %s: no handshake %.0f s after it was added (its agent may have "
+                     "added this client only now); peer set afresh to try again at once",
+                     ", ".join(w.name for w in cold), attempt * REWARM_AFTER)
+            if attempt < REWARM_TRIES:
+                asyncio.get_running_loop().call_later(
+                    REWARM_AFTER, self.rewarm, [w.name for w in cold], attempt + 1)
 
 
 async def first_view(source: HttpViewSource, stop: Callable[[], bool] | None = None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import secrets
 import shutil
 import signal
 import ssl
@@ -20,9 +21,10 @@ import httpx
 
 from wg_failover import wg
 from wg_failover.fleet import dump_fleet, load_fleet
-from wg_failover.wgquick import render_client, render_worker, strip
+from wg_failover.tokens import sha256_hex
+from wg_failover.wgquick import render_worker, strip
 
-from . import netns, tlsca
+from . import fleetops, netns, tlsca
 from .gen import generate_fleet
 from .procs import poll_until, wgfo_argv
 from .state import (
@@ -45,7 +47,6 @@ from .state import (
 
 Say = Callable[[str], None]
 COMPONENTS = ("exporter", "responder", "switcher")
-CLIENT_KEEPALIVE = 5  # backups stay warm; short so a fresh lab has handshakes at once
 HOLD_DOWN_SECONDS = 20  # a revived worker is "up" again after this (the lab keeps it short)
 
 
@@ -148,17 +149,26 @@ def _build(state: LabState, addrs, n_workers: int, n_clients: int, say: Say) -> 
         exporter_port=EXPORTER_PORT, routes=SERVICE_ROUTES,
         responder_url=state.responder_url, hold_down_seconds=HOLD_DOWN_SECONDS,
     )
-    fleet = gen.fleet
-    state.fleet_path.write_text(dump_fleet(fleet))
+    # The workers are the fleet file's (each with its agent's token); the clients are not in
+    # it: each joins through the responder (`wg-failover join`), as a new client would.
+    for w in gen.fleet.workers:
+        gen.tokens[w.name] = secrets.token_urlsafe(24)
+    fleet = gen.fleet.model_copy(update={"workers": [
+        w.model_copy(update={"token_sha256": sha256_hex(gen.tokens[w.name])})
+        for w in gen.fleet.workers]})
+    state.fleet_path.write_text(dump_fleet(fleet.model_copy(update={"clients": []})))
     # The control plane runs on TLS as in a deployment: a CA made for this lab, and a certificate
     # for the responder's namespace address and for 127.0.0.1 (Prometheus and Alertmanager reach
     # it from inside the master namespace). Both die with the lab.
     ca = tlsca.make_ca(state.tls_dir, name=f"wg-failover lab {state.prefix} CA")
     cert, cert_key = tlsca.issue(ca, state.tls_dir, "responder", ips=[addrs.master, "127.0.0.1"])
+    clients = {c.name for c in fleet.clients}  # their keys and tokens come from join
     for name, key in gen.private_keys.items():
-        write_secret(state.secret_path(f"{name}.key"), key)
+        if name not in clients:
+            write_secret(state.secret_path(f"{name}.key"), key)
     for name, token in gen.tokens.items():
-        write_secret(state.secret_path(f"{name}.token"), token)
+        if name not in clients:
+            write_secret(state.secret_path(f"{name}.token"), token)
     logs = state.dir / "logs"
 
     say(f"namespaces {state.prefix}-* on {addrs.subnet}: a bridge, master, "
@@ -174,9 +184,9 @@ def _build(state: LabState, addrs, n_workers: int, n_clients: int, say: Say) -> 
         host.run(["ip", "addr", "add", f"{SERVICE_ADDRESS}/32", "dev", "lo"])
         state.workers[w.name] = {"netns": host.netns, "address": host.address,
                                  "ifname": lab.ifname(f"w{i + 1}")}
-        start_worker(state, lab, host, w.name)
+        start_worker(state, lab, host, w.name, agent=False)
     say(f"  workers up: wireguard-go + exporter on :{EXPORTER_PORT} each, "
-        f"service {SERVICE_ADDRESS} behind every worker")
+        f"service {SERVICE_ADDRESS} behind every worker; no peers yet")
 
     state.processes.append(spawn(master.netns, wgfo_argv(
         "responder", "--fleet", str(state.fleet_path), "--db", str(state.dir / "responder.db"),
@@ -191,30 +201,27 @@ def _build(state: LabState, addrs, n_workers: int, n_clients: int, say: Say) -> 
         f"(scrape {state.scrape_interval:g} s, "
         f"rules every {state.eval_interval:g} s: short, for the lab)")
     _wait_http(state, f"{state.responder_url}/readyz", "responder", 30, verify=state.verify())
+    for w in fleet.workers:
+        fleetops.start_agent(state, w.name)
+    state.save()
+    say("  agents up: each worker's peers follow the clients the responder allows on it")
 
     for j, c in enumerate(fleet.clients):
         host = lab.add_host(c.name, address=addrs.clients[j])
-        iface = host.wireguard(lab.ifname(f"c{j + 1}"), strip(render_client(
-            fleet, c, gen.private_keys[c.name], keepalive=CLIENT_KEEPALIVE)), [c.address])
-        state.clients[c.name] = {"netns": host.netns, "address": host.address,
-                                 "ifname": iface.name}
-        state.processes.append(_proc_of(iface.process.pid, "wireguard", c.name))
-        sdir = state.dir / "switcher" / c.name
-        sdir.mkdir(parents=True, mode=0o700)
-        state.processes.append(spawn(host.netns, wgfo_argv(
-            "switcher", "--fleet", str(state.fleet_path), "--client", c.name,
-            "--interface", iface.name, "--responder", state.responder_url,
-            "--ca-file", str(state.ca_path),
-            "--token-file", str(state.secret_path(f"{c.name}.token")), "--state-dir", str(sdir)),
-            logs / f"switcher-{c.name}.log", "switcher", c.name))
-        state.save()
-    say("  clients up: wireguard-go with every worker as a peer + switcher each")
+        fleetops.start_client(state, host, c.name, lab.ifname(f"c{j + 1}"), c.address,
+                              c.workers)
+    fleetops.snapshot_fleet(state)
+    say(f"  clients joined: {len(fleet.clients)} enrollment keys from the admin API, "
+        "`wg-failover join` in each client's namespace, wireguard-go from the config it wrote, "
+        "a switcher following its view (no fleet file)")
     wait_ready(state, say)
     say(f"lab {state.prefix} up in {time.monotonic() - t0:.1f} s")
 
 
-def start_worker(state: LabState, lab: netns.NetLab, host: netns.Host, name: str) -> None:
-    """The worker's wireguard-go (from the fleet and its key) and its exporter, recorded."""
+def start_worker(state: LabState, lab: netns.NetLab, host: netns.Host, name: str,
+                 agent: bool = True) -> None:
+    """The worker's wireguard-go (from the fleet and its key), its exporter and (unless the
+    responder is not up yet) its agent, recorded."""
     fleet = load_fleet(state.fleet_path)
     w = fleet.worker(name)
     info = state.workers[name]
@@ -227,6 +234,8 @@ def start_worker(state: LabState, lab: netns.NetLab, host: netns.Host, name: str
                      "--worker", name)
     state.processes.append(spawn(host.netns, argv, state.dir / "logs" / f"exporter-{name}.log",
                                  "exporter", name))
+    if agent:
+        fleetops.start_agent(state, name)
     state.save()
 
 

@@ -13,7 +13,7 @@ import httpx
 from wg_failover.cli import CliError
 from wg_failover.fleet import load_fleet
 
-from . import build, netns, ops
+from . import build, fleetops, netns, ops
 from .netns import NetnsError
 from .state import LabError, LabState, check_prefix, lab_dir
 
@@ -102,6 +102,39 @@ def cmd_drain(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     return 0 if len(result["moved"]) == len(result["affected"]) else 1
+
+
+def cmd_add_worker(args: argparse.Namespace) -> int:
+    state = _load(args)
+    _say("a new worker joins: enrollment key (admin API), `wg-failover join`, wireguard-go, "
+         "exporter, agent")
+    result = fleetops.add_worker(state, say=_say, capacity=args.capacity)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0 if not result["not_warm"] else 1
+
+
+def cmd_add_client(args: argparse.Namespace) -> int:
+    state = _load(args)
+    result = fleetops.add_client(state, say=_say, workers=args.workers)
+    ops.status(state, say=_say)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0 if result["reaches_service"] else 1
+
+
+def cmd_remove_client(args: argparse.Namespace) -> int:
+    state = _load(args)
+    result = fleetops.remove_client(state, args.client, say=_say)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0 if removed_ok(result) else 1
+
+
+def removed_ok(result: dict[str, Any]) -> bool:
+    """No live worker keeps the revoked client's peer, its token is refused, its pings stop."""
+    return (not result["not_gone"] and result["token_status"] == 401
+            and result["pings_answered_before"] and not result["pings_answered"])
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -259,6 +292,41 @@ def register(subparsers: Any) -> None:
     p.add_argument("--timeout", type=float, default=60)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_run(cmd_drain))
+
+    p = sub.add_parser(
+        "add-worker", help="a new worker joins the running lab (join + agent)",
+        description="Add a worker to the running lab as an operator would: an enrollment key "
+        "from the admin API, `wg-failover join` in its new namespace (its key is made there), "
+        "wireguard-go from the config join wrote, its exporter (Prometheus finds it through the "
+        "responder's targets) and `wg-failover agent`. Prints when each client's switcher has "
+        "it as a warm peer (handshake); exit 1 if one does not within 30 s.")
+    common(p)
+    p.add_argument("--capacity", type=int, default=None, help="clients it takes (default: "
+                   "unlimited)")
+    p.add_argument("--json", action="store_true", help="also print the result as JSON")
+    p.set_defaults(func=_run(cmd_add_worker))
+
+    p = sub.add_parser(
+        "add-client", help="a new client joins the running lab (join + switcher)",
+        description="Add a client: an enrollment key, `wg-failover join` in its namespace, "
+        "wireguard-go from the config join wrote, and a switcher with only its state "
+        "directory (it follows its view). The responder places it.")
+    common(p)
+    p.add_argument("--workers", nargs="+", metavar="NAME",
+                   help="the workers it may use, in preference order (default: all)")
+    p.add_argument("--json", action="store_true", help="also print the result as JSON")
+    p.set_defaults(func=_run(cmd_add_client))
+
+    p = sub.add_parser(
+        "remove-client", help="revoke a client: no peer on any worker, its token refused",
+        description="DELETE /v1/clients/NAME (admin): the client leaves the fleet. Prints when "
+        "each worker's agent removed its peer, the answer its token now gets and whether it "
+        "still reaches the service. Exit 0 when every live worker dropped it within 10 s, its "
+        "token gets 401 and its pings go unanswered.")
+    common(p)
+    p.add_argument("client")
+    p.add_argument("--json", action="store_true", help="also print the result as JSON")
+    p.set_defaults(func=_run(cmd_remove_client))
 
     p = sub.add_parser(
         "down", help="stop and remove everything the lab made (only that)",
