@@ -43,8 +43,12 @@ from wg_failover.lab.state import SERVICE_ADDRESS, SERVICE_ROUTES, LabError, Lab
 POLL = 0.2  # seconds between `wg show` rounds on the clients (routes, handshakes)
 API_EVERY = 1.0  # seconds between rounds of the responder's API (states, assignments)
 QUIET = 3.0  # seconds watched for flaps between episodes
+SILENT = 0.5  # seconds without a ping reply: that client's traffic has not converged
 START_MARGIN = 40.0  # seconds an episode needs beyond its faults to be worth starting
 REPLY_RE = re.compile(r"^\[(\d+\.\d+)\].*bytes from")
+# Every move a switcher makes, in its log: `... INFO switch w1 -> w2 (failover) ...`. The log
+# catches back-and-forth moves quicker than a poll of `wg show` could.
+SWITCH_RE = re.compile(r"^\S+ \w+ switch (\S+) -> (\S+) \(")
 
 
 def names(n: int, letter: str) -> list[str]:
@@ -71,6 +75,7 @@ class Campaign:
         self.skipped: Counter[str] = Counter()
         self.converge: list[float] = []
         self.episodes = 0
+        self.errors: list[str] = []  # faults the campaign could not inject or heal
         self.api = ops.Api(state, timeout=2)
         self.pings: list[subprocess.Popen] = []
         self.routes: dict[str, str | None] = {}
@@ -78,6 +83,9 @@ class Campaign:
         self.worker_states: dict[str, str] | None = None
         self.assigned: dict[str, str | None] | None = None
         self.next_api = 0.0
+        self.log_pos: dict[str, int] = {}
+        for c in state.clients:
+            self.log_pos[c] = self._switcher_log(c).stat().st_size
 
     def now(self) -> float:
         return time.time() - self.t0
@@ -162,12 +170,28 @@ class Campaign:
             for c in self.state.clients:
                 self.traffic.covered(c, t, self._covered(c))
             self.report(self.traffic.check(t, self.labels()))
-        self.report(self.switch.observe(t, self.routes, self.labels()))
+        self._read_switches(t)
         if api:
             self._poll_api()
         for check in self.blind.values():
             self.report(check.observe(t, self.routes, self.worker_states if api else None,
                                       self.assigned if api else None, self.labels()))
+
+    def _switcher_log(self, client: str) -> Path:
+        return Path(self.state.procs(host=client, role="switcher")[-1].log)
+
+    def _read_switches(self, t: float) -> None:
+        for c in self.state.clients:
+            path = self._switcher_log(c)
+            with contextlib.suppress(OSError), path.open("rb") as f:
+                f.seek(self.log_pos[c])
+                data = f.read(1 << 20)
+                cut = data.rfind(b"\n") + 1  # whole lines only; the rest comes next time
+                self.log_pos[c] += cut
+                for line in data[:cut].decode(errors="replace").splitlines():
+                    m = SWITCH_RE.match(line)
+                    if m and m.group(1) in self.state.workers and m.group(2) in self.state.workers:
+                        self.report(self.switch.move(t, c, m.group(1), m.group(2), self.labels()))
 
     def _poll_api(self) -> None:
         try:
@@ -197,8 +221,16 @@ class Campaign:
             except (wg.WgError, subprocess.TimeoutExpired):
                 peers[w] = None
         dead = tuple(f"{p.role} on {p.host}" for p in self.state.processes if not p.alive())
+        t = self.now()
+        with self.lock:
+            silent = tuple(c for c in self.state.clients
+                           if t - self.traffic.last_reply.get(c, -1e9) > SILENT)
+        # The fleet is live (clients join through the responder): read what it serves now.
+        with contextlib.suppress(Exception):
+            fleet = load_fleet(self.state.fleet_path)
+            self.fleet_peers = frozenset(c.public_key for c in fleet.clients)
         return invariants.Snapshot(self.worker_states, self.assigned, dict(self.routes), peers,
-                                   self.fleet_peers, dead)
+                                   self.fleet_peers, dead, silent)
 
     # ------------------------------------------------------------------ episodes
     def tick(self) -> bool:
@@ -262,10 +294,17 @@ class Campaign:
                 on = frozenset(c for c, w in self.routes.items() if w == f.target)
                 self.blind[f.label] = invariants.BlindMasterCheck(f.target, on, f.label)
             self.in_force.append(f)
-            self.inj.inject(f)
-            self.injected[f.kind] += 1
-        else:
-            self.inj.heal(f)
+        try:
+            if action == "inject":
+                self.inj.inject(f)
+                self.injected[f.kind] += 1
+            else:
+                self.inj.heal(f)
+        except (LabError, OSError, subprocess.SubprocessError) as exc:
+            # The campaign's own failure, not the system's: counted apart, and it fails the run.
+            self.errors.append(f"{t:.2f} s {action} {f.label}: {exc}")
+            self.say(f"{t:8.2f} s    ERROR {action} {f.label}: {exc}")
+        if action == "heal":
             self.in_force.remove(f)
             self.blind.pop(f.label, None)
         self.say(f"{t:8.2f} s    {action} {f.label}")
@@ -295,6 +334,7 @@ class Campaign:
                            "p99": invariants.percentile(self.converge, 99),
                            "max": max(self.converge, default=None)},
             "leftovers": left,
+            "errors": self.errors,
         }
 
 
@@ -314,6 +354,8 @@ def print_summary(s: dict[str, Any]) -> None:
     if c["n"]:
         print(f"convergence after the last heal: p50 {c['p50']:.1f} s, p99 {c['p99']:.1f} s, "
               f"max {c['max']:.1f} s (n={c['n']}; bound {invariants.CONVERGE_BOUND:g} s)")
+    for e in s["errors"]:
+        print(f"campaign error: {e}")
     print(f"route moves: {s['switches']}; after lab down: "
           + ("nothing left" if not s["leftovers"] else "LEFT: " + ", ".join(s["leftovers"])))
 
@@ -382,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     print_summary(s)
     if args.json:
         Path(args.json).write_text(json.dumps(s, indent=2) + "\n")
-    return 1 if s["violations_total"] or interrupted else 0
+    return 1 if s["violations_total"] or s["errors"] or interrupted else 0
 
 
 if __name__ == "__main__":

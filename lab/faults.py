@@ -15,8 +15,8 @@ namespaces, a tmpfs under its state directory):
 - disk-full: the responder's database sits on a small tmpfs (`prepare_disk` moves it there at the
   start of a campaign); the fault fills it to the last byte, the heal frees it.
 
-Kinds whose part does not exist in this lab (mosquitto, responder replicas, PostgreSQL) are
-reported as skipped with a printed line.
+Kinds whose part does not exist in this lab (mosquitto, responder replicas, PostgreSQL, a
+worker's agent in a lab without agents) are reported as skipped with a printed line.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ KINDS: dict[str, tuple[str, float, float]] = {
     "crash-wireguard": ("worker", 3, 12),
     "crash-exporter": ("worker", 3, 15),
     "crash-switcher": ("client", 2, 10),
+    "crash-agent": ("worker", 2, 10),
     "crash-responder": ("master", 2, 10),
     "crash-prometheus": ("master", 3, 15),
     "crash-alertmanager": ("master", 3, 15),
@@ -196,6 +197,8 @@ class Injector:
 
     def unavailable(self, kind: str) -> str | None:
         """Why `kind` cannot run in this lab (None: it can)."""
+        if kind == "crash-agent" and not self.state.procs(role="agent"):
+            return "no agents in this lab"
         if kind == "crash-mosquitto" and not self.state.procs(role="mosquitto"):
             return "no mosquitto in this lab"
         if kind == "crash-replica" and not self.state.procs(role="responder-replica"):
@@ -303,20 +306,22 @@ class Injector:
         kind, target = f.kind, f.target
         if kind.startswith("crash-") and kind not in ("crash-wireguard",):
             role = {"crash-exporter": "exporter", "crash-switcher": "switcher",
+                    "crash-agent": "agent",
                     "crash-responder": "responder", "crash-prometheus": "prometheus",
                     "crash-alertmanager": "alertmanager"}[kind]
             self.crash(role, target)
         elif kind == "crash-wireguard":
             self.crash_wireguard(target)
         elif kind == "all-down":
-            for w in st.workers:
-                kill_procs(st.procs(host=w), signal.SIGKILL, wait=2)
+            # One signal round for every worker: "at once", not one worker after another.
+            kill_procs([p for w in st.workers for p in st.procs(host=w)], signal.SIGKILL, wait=2)
         elif kind == "cut-both":
             _ip(st.workers[target]["netns"], "link", "set", "eth0", "down")
         elif kind == "cut-oneway":
             hook, match = ("input", "iifname") if f.param == "in" else ("output", "oifname")
-            _nft(st.workers[target]["netns"], f"table inet {NFT_TABLE} {{ chain c {{ "
-                 f"type filter hook {hook} priority 0; {match} \"eth0\" drop; }} }}\n")
+            _nft(st.workers[target]["netns"], f"table inet {NFT_TABLE} {{\n"
+                 f" chain c {{ type filter hook {hook} priority 0; {match} \"eth0\" drop; }}\n"
+                 "}\n")
         elif kind == "loss":
             _nft(st.workers[target]["netns"], f"table inet {NFT_TABLE} {{\n"
                  f" chain i {{ type filter hook input priority 0; iifname \"eth0\" "

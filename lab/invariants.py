@@ -10,7 +10,8 @@ Each checker returns `Violation`s as they happen, so the campaign prints them at
    (a flap), and no client moves more than `MAX_SWITCHES_PER_FAULT` times per fault.
 3. convergence: after the last heal of an episode the lab converges within `CONVERGE_BOUND`:
    the responder calls every worker up, every client's routes sit on its assigned (healthy)
-   worker, every worker's peers match the fleet, every recorded process runs.
+   worker and its pings are answered, every worker's peers match the fleet, every recorded
+   process runs.
 4. versions: a client's assignment version (within one store epoch) never goes backwards, and
    the epoch never changes (the store survives every restart).
 5. blind master: while the master is cut off from a worker its clients still reach, those
@@ -123,17 +124,22 @@ class SwitchCheck:
             self.active[client] = worker
             if before is None or before == worker:
                 continue
-            self.switches += 1
-            if self.episode is None:
-                out.append(Violation(t, "2 flap", f"{client}: routes moved {before} -> {worker} "
-                                     "with no fault in force", faults))
-                continue
-            n = self.counts[client] = self.counts.get(client, 0) + 1
-            if n == self.max_per_fault * self.n_faults + 1:
-                out.append(Violation(t, "2 switches", f"{client}: {n} moves in episode "
-                                     f"{self.episode} ({self.n_faults} fault(s); last "
-                                     f"{before} -> {worker})", faults))
+            out += self.move(t, client, before, worker, faults)
         return out
+
+    def move(self, t: float, client: str, before: str, worker: str,
+             faults: tuple[str, ...] = ()) -> list[Violation]:
+        """One move of a client's routes (seen on its interface or in its switcher's log)."""
+        self.switches += 1
+        if self.episode is None:
+            return [Violation(t, "2 flap", f"{client}: routes moved {before} -> {worker} "
+                              "with no fault in force", faults)]
+        n = self.counts[client] = self.counts.get(client, 0) + 1
+        if n == self.max_per_fault * self.n_faults + 1:
+            return [Violation(t, "2 switches", f"{client}: {n} moves in episode "
+                              f"{self.episode} ({self.n_faults} fault(s); last "
+                              f"{before} -> {worker})", faults)]
+        return []
 
 
 # ---------------------------------------------------------------------- 3. convergence
@@ -149,11 +155,13 @@ class Snapshot:
     worker_peers: Mapping[str, frozenset[str] | None]  # `wg show` on each worker: peer keys
     fleet_peers: frozenset[str]  # every client's public key, from the fleet
     dead_processes: tuple[str, ...] = ()  # recorded processes that do not run
+    silent: tuple[str, ...] = ()  # clients whose pings got no reply lately (traffic stopped)
 
 
 def not_converged(s: Snapshot) -> list[str]:
     """Why the lab has not converged (empty: it has). Every worker is meant healthy here."""
     why = list(f"{p} is not running" for p in s.dead_processes)
+    why += [f"{c}: no traffic" for c in s.silent]
     if s.worker_states is None:
         why.append("responder does not answer /v1/workers")
     else:

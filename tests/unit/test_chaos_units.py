@@ -175,6 +175,7 @@ def test_converged_only_when_everything_matches():
         "responder does not answer /v1/workers", "responder does not answer every assignment"]
     assert not_converged(snap(dead_processes=("switcher on c1",))) == [
         "switcher on c1 is not running"]
+    assert not_converged(snap(silent=("c2",))) == ["c2: no traffic"]
 
 
 def test_percentile_nearest_rank():
