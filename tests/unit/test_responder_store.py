@@ -239,6 +239,44 @@ def test_a_new_store_on_a_full_disk_is_one_clear_error(tmp_path):
         assert info.value.reason == DISK_FULL and "cannot create" in str(info.value)
 
 
+# --------------------------------------------------------------------------- large changes
+
+
+def big_tx(n: int, version: int, last_data: dict | None = None) -> Tx:
+    tx = Tx(assignments={f"c{i}": AssignmentRow(f"c{i}", "w1", ["w2"], version, "failover",
+                                                 float(version)) for i in range(n)},
+            unusable_add={(f"c{i}", "w2") for i in range(n)},
+            dedup={f"k{version}-{i}" for i in range(n)},
+            events=[Event("assigned", "w1", f"c{i}", {"v": version}) for i in range(n)])
+    if last_data is not None:
+        tx.events[-1].data = last_data
+    return tx
+
+
+def test_a_large_change_commits_whole_or_not_at_all(store_backend):
+    """Hundreds of rows per table (PostgreSQL then copies them through staging tables): all of
+    them land, in order; a change that fails on its very last row leaves nothing behind, and
+    the next one commits as if it had never been tried."""
+    store = open_store(store_backend.location)
+    n = 600
+    ids = store.commit(big_tx(n, 1))
+    assert ids == list(range(1, n + 1))
+    with pytest.raises(UnicodeEncodeError):  # a lone surrogate: UTF-8 cannot encode it
+        store.commit(big_tx(n, 2, last_data={"bad": "\udc80"}))
+    loaded = store.load()
+    assert {a.version for a in loaded.assignments.values()} == {1}
+    assert loaded.last_event_id == n and len(loaded.unusable) == n
+    assert store.seen([f"k2-{i}" for i in range(n)]) == set()
+    ids = store.commit(big_tx(n, 3))
+    assert len(ids) == n and ids == sorted(ids) and ids[0] > n
+    rows = store.events(ids[0] - 1, 2 * n)
+    assert [r["id"] for r in rows] == ids and [r["client"] for r in rows] == [
+        f"c{i}" for i in range(n)]
+    assert {a.version for a in store.load().assignments.values()} == {3}
+    assert store.seen([f"k3-{i}" for i in range(n)]) == {f"k3-{i}" for i in range(n)}
+    store.close()
+
+
 # --------------------------------------------------------------------------- pruning
 
 
