@@ -38,6 +38,8 @@ async def take_report(state: ResponderState, name: str, ev: ClientReport) -> Non
     if isinstance(ev, ProbeEvent):
         observe_latency(state, name, ev)
     state.metrics.client_events.labels(type=ev.type).inc()
+    if isinstance(ev, SwitchEvent):
+        state.metrics.switch_causes.labels(cause=ev.cause or "unknown").inc()
 
 
 def observe_latency(state: ResponderState, name: str, ev: ProbeEvent) -> None:
