@@ -30,7 +30,9 @@ What the responder last sent is cached in --state-dir (agent-WORKER.json, 0600) 
 applied: a responder outage or an agent restart changes nothing, and on start the agent
 reconciles the interface to the cache until the responder answers. Without a cache it waits for
 the responder and touches no peer. The interface is read back (`wg show IFACE dump`) every
---reconcile-every seconds, so a restarted interface gets its peers again.
+--reconcile-every seconds, so a restarted interface gets its peers again. Each client address
+is routed to the interface as wg-quick would (`ip route`, the agent's own protocol number 119,
+so it only ever deletes its own routes); --no-routes leaves routing to the operator.
 
 --node FILE (the node.json `wg-failover join` wrote) gives --worker, --interface, --responder,
 --token-file and --ca-file; flags given on the command line win. The responder is reached over
@@ -101,6 +103,10 @@ def register_agent(subparsers: argparse._SubParsersAction) -> None:
                    help=f"where the last peers are cached (default {DEFAULT_STATE_DIR})")
     p.add_argument("--reconcile-every", type=_positive, default=10.0, metavar="SECONDS",
                    help="read the interface back and put it right this often (default 10)")
+    p.add_argument("--no-routes", dest="routes", action="store_false",
+                   help="do not route the clients' addresses to the interface (by default each "
+                   "peer's allowed-ips get a route, as wg-quick adds them at `up`; say this "
+                   "when the client pool is routed to the interface otherwise)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     p.set_defaults(func=run_agent)
 
@@ -153,7 +159,7 @@ def run_agent(args: argparse.Namespace) -> int:
     follower = PeersFollower(args.responder, args.worker, token, verify=verify,
                              ca_file=args.ca_file)
     agent = Agent(args.worker, args.interface, cache_path(state, args.worker), follower,
-                  reconcile_every=args.reconcile_every)
+                  reconcile_every=args.reconcile_every, manage_routes=args.routes)
     logging.getLogger("wg_failover.agent").info(
         "agent: worker %s, interface %s, following %s", args.worker, args.interface,
         args.responder)

@@ -28,6 +28,7 @@ class PeerOp:
     public_key: str
     allowed_ips: tuple[str, ...] | None  # None: remove the peer
     name: str = ""  # the client's name, for log lines only
+    previous: tuple[str, ...] = ()  # the allowed-ips it had (changed or removed peers)
 
     @property
     def remove(self) -> bool:
@@ -46,6 +47,7 @@ class Plan:
     remove: list[PeerOp] = field(default_factory=list)
     kept: int = 0  # peers already right, left alone
     duplicates: list[str] = field(default_factory=list)  # desired names whose key came twice
+    routes: int = 0  # routes added or deleted with it (set by whoever applied it)
 
     def empty(self) -> bool:
         return not (self.add or self.change or self.remove)
@@ -57,8 +59,9 @@ class Plan:
         return [*self.remove, *self.change, *self.add]
 
     def summary(self) -> str:
+        routes = f", {self.routes} route changes" if self.routes else ""
         return (f"+{len(self.add)} ~{len(self.change)} -{len(self.remove)} "
-                f"(={self.kept} untouched)")
+                f"(={self.kept} untouched{routes})")
 
 
 def _sorted_ips(ips: Iterable[str]) -> tuple[str, ...]:
@@ -93,10 +96,11 @@ def _plan(desired: Sequence[PeerEntry], have: Mapping[str, Sequence[str]]) -> Pl
         elif list(ips) == list(entry.allowed_ips) or sorted(ips) == sorted(entry.allowed_ips):
             out.kept += 1  # the common case, without parsing a single address
         elif _sorted_ips(ips) != (new := _sorted_ips(entry.allowed_ips)):
-            out.change.append(PeerOp(key, new, entry.name))
+            out.change.append(PeerOp(key, new, entry.name, tuple(ips)))
         else:
             out.kept += 1
-    out.remove = [PeerOp(key, None) for key in have if key not in want]
+    out.remove = [PeerOp(key, None, previous=tuple(ips)) for key, ips in have.items()
+                  if key not in want]
     return out
 
 
@@ -120,3 +124,34 @@ def wg_set_argvs(interface: str, ops: Sequence[PeerOp],
         out.append(head + argv)
     return out
 
+
+
+# ----------------------------------------------------------------------------------- routes
+# A peer's allowed-ips only say which peer a packet to that address goes to once it is in the
+# interface; the kernel must route the address to the interface first (wg-quick adds a route
+# per allowed-ip when it brings an interface up). Peers added at run time need the same, or the
+# worker's answers to a new client leave by its default route. The agent's routes carry a
+# protocol number of their own, so it only ever deletes routes it added.
+def _routable(ips: Iterable[str]) -> set[str]:
+    out = set()
+    for net in normalize_networks(ips):
+        if not net.endswith("/0"):  # a default route through a worker's tunnel is never meant
+            out.add(net)
+    return out
+
+
+def route_changes(p: Plan) -> tuple[set[str], set[str]]:
+    """(routes to add or replace, routes to delete) for a plan made from what was applied."""
+    new = _routable(ip for op in (*p.add, *p.change) for ip in op.allowed_ips or ())
+    old = _routable(ip for op in (*p.change, *p.remove) for ip in op.previous)
+    return new, old - new
+
+
+def route_plan(desired: Sequence[PeerEntry], current: Iterable[str]
+               ) -> tuple[set[str], set[str]]:
+    """(routes to add, routes to delete) that make the agent's routes (`current`) those of the
+    desired peers. A route wg-quick added at `up` is not the agent's: it is replaced by one that
+    is (same destination and interface), once."""
+    want = _routable(ip for e in desired for ip in e.allowed_ips)
+    have = normalize_networks(current)
+    return want - have, have - want

@@ -23,26 +23,37 @@ from wg_failover import wg
 from wg_failover.backoff import Backoff
 from wg_failover.wire import WorkerPeers
 
-from . import cache
+from . import cache, routes
 from .follow import PeersFollower
-from .peers import Plan, plan, plan_from_applied, wg_set_argvs
+from .peers import Plan, plan, plan_from_applied, route_changes, route_plan, wg_set_argvs
 
 log = logging.getLogger("wg_failover.agent")
 
 
 class Agent:
     def __init__(self, worker: str, interface: str, cache_file: Path,
-                 follower: PeersFollower | None, *, reconcile_every: float = 10.0) -> None:
+                 follower: PeersFollower | None, *, reconcile_every: float = 10.0,
+                 manage_routes: bool = True) -> None:
         self.worker = worker
         self.interface = interface
         self.cache_file = cache_file
         self.follower = follower
         self.reconcile_every = reconcile_every
+        self.manage_routes = manage_routes
         self.desired: WorkerPeers | None = None
         self.applied: WorkerPeers | None = None  # None: read the interface before planning
         self.saved: tuple[str, int] | None = None
         self.wake = asyncio.Event()
         self.retry = Backoff(base=0.5, cap=10.0)
+        self.up = False
+        if follower is not None:
+            follower.on_connected = self.connected
+
+    def connected(self, up: bool) -> None:
+        """The follower's connection state; one log line when it comes up."""
+        if up and not self.up:
+            log.info("responder: connected (%s)", self.follower.mode if self.follower else "-")
+        self.up = up
 
     def position(self) -> tuple[str | None, int]:
         d = self.desired
@@ -84,6 +95,13 @@ class Agent:
             p = plan_from_applied(d.peers, self.applied.peers)
         for argv in wg_set_argvs(self.interface, p.ops()):
             wg.run_wg(argv, timeout=30.0)
+        if self.manage_routes:
+            if self.applied is None:
+                add, delete = route_plan(d.peers, routes.list_routes(self.interface))
+            else:
+                add, delete = route_changes(p)
+            routes.apply_routes(self.interface, add, delete)
+            p.routes = len(add) + len(delete)
         self.applied = d
         return d, p
 
@@ -103,7 +121,7 @@ class Agent:
             started = time.perf_counter()
             try:
                 d, p = await asyncio.to_thread(self.step, full)
-            except (wg.WgError, OSError) as exc:
+            except (wg.WgError, routes.RouteError, OSError) as exc:
                 self.applied = None
                 delay = self.retry.next()
                 log.warning("interface %s: %s; trying again in %.1f s", self.interface,
@@ -112,7 +130,7 @@ class Agent:
                 continue
             self.retry.reset()
             ms = (time.perf_counter() - started) * 1000
-            if not p.empty():
+            if not p.empty() or p.routes:
                 log.info("%s version %d: %s in %.1f ms", "reconciled" if full else "applied",
                          d.version, p.summary(), ms)
             for name in p.duplicates:

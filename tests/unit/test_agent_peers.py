@@ -14,7 +14,14 @@ import pytest
 
 from tests.helpers.tools import WG_FAILOVER
 from wg_failover.agent import cache, keys
-from wg_failover.agent.peers import PeerOp, plan, plan_from_applied, wg_set_argvs
+from wg_failover.agent.peers import (
+    PeerOp,
+    plan,
+    plan_from_applied,
+    route_changes,
+    route_plan,
+    wg_set_argvs,
+)
 from wg_failover.agent.run import Agent
 from wg_failover.sse import SseReader, SseTooLarge
 from wg_failover.wg import Peer, parse_dump
@@ -47,8 +54,8 @@ def test_add_change_remove_touch_only_those_peers():
     current = [peer(1), peer(2), peer(3)]
     p = plan(desired, current)
     assert [o.public_key for o in p.add] == [key(4)]
-    assert p.change == [PeerOp(key(2), ("10.8.0.22/32",), "c2")]
-    assert p.remove == [PeerOp(key(3), None)]
+    assert p.change == [PeerOp(key(2), ("10.8.0.22/32",), "c2", ("10.8.0.2/32",))]
+    assert p.remove == [PeerOp(key(3), None, previous=("10.8.0.3/32",))]
     assert p.kept == 1 and p.summary() == "+1 ~1 -1 (=1 untouched)"
     # Removals first, then changes, then additions; all in one `wg set`.
     assert wg_set_argvs("wg0", p.ops()) == [[
@@ -89,6 +96,21 @@ def test_a_change_planned_from_memory_equals_one_planned_from_the_dump():
     from_dump = plan(new, parse_dump(dump, "wg0").peers)
     from_memory = plan_from_applied(new, old)
     assert from_dump.ops() == from_memory.ops() and len(from_dump.remove) == 9
+
+
+def test_routes_follow_the_peers_and_only_the_agents_own_are_deleted():
+    old = [entry(1), entry(2), entry(3, "10.8.0.3/32", "fd00::3/128")]
+    new = [entry(1), entry(2, "10.8.0.22/32"), entry(4), entry(5, "0.0.0.0/0")]
+    add, delete = route_changes(plan_from_applied(new, old))
+    assert add == {"10.8.0.22/32", "10.8.0.4/32"}  # never a default route through a client
+    assert delete == {"10.8.0.2/32", "10.8.0.3/32", "fd00::3/128"}
+    # An address that moves from a removed client to a new one is replaced, not deleted.
+    add, delete = route_changes(plan_from_applied([entry(9, "10.8.0.1/32")], [entry(1)]))
+    assert add == {"10.8.0.1/32"} and delete == set()
+    # Full reconcile: `ip route` prints host routes without /32; foreign routes are not listed.
+    add, delete = route_plan(new, ["10.8.0.1", "10.8.0.2", "10.8.0.77"])
+    assert add == {"10.8.0.22/32", "10.8.0.4/32"}
+    assert delete == {"10.8.0.2/32", "10.8.0.77/32"}
 
 
 def test_the_agent_drops_old_versions_and_follows_a_new_epoch(tmp_path):
