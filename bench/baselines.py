@@ -104,7 +104,9 @@ class Result:
 
     Its planned maintenance: `drain` says how it is done (or, without `drain_gaps`, a figure
     measured elsewhere), `drain_gaps` the silences it cost here, `drain_lost` the echoes lost in
-    each; `drain_none` says why the approach has no drain at all (printed as "n/a").
+    each, `drain_idle` the longest silence in as long a window just before it (no drain: what
+    the machine's load alone does to a 10 ms ping); `drain_none` says why the approach has no
+    drain at all (printed as "n/a").
     `load` holds the 1-minute load averages sampled while it ran (other jobs share the cores).
     """
 
@@ -115,6 +117,7 @@ class Result:
     drain: str = ""
     drain_gaps: list[float | None] = field(default_factory=list)
     drain_lost: list[int] = field(default_factory=list)
+    drain_idle: list[float] = field(default_factory=list)  # the same silence, no drain (baseline)
     drain_none: str = ""
     load: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -203,12 +206,15 @@ def drain_cell(r: Result) -> str:
     else:
         gap = (f"gap p50 {_fmt_ms(fo.pct(ms, 50), r.timeout)}, max "
                f"{_fmt_ms(max(ms), r.timeout)} over {n}")
+    idle = (f" (same window before it, no drain: max {_fmt_ms(max(r.drain_idle) * 1000, 0)})"
+            if r.drain_idle else "")
     lost = f", {sum(r.drain_lost)} echoes lost" if r.drain_lost else ""
-    return f"{r.drain}: {gap}{lost}" if r.drain else gap + lost
+    return f"{r.drain}: {gap}{idle}{lost}" if r.drain else gap + idle + lost
 
 
 def fmt_load(values: Sequence[float]) -> str:
-    """The 1-minute load averages seen while an approach ran: "1.2" or "0.8-2.1"."""
+    """A range to one decimal, "1.2" or "0.8-2.1": the 1-minute load averages seen while an
+    approach ran (and other ranges of small numbers)."""
     if not values:
         return "-"
     lo, hi = min(values), max(values)
@@ -501,21 +507,27 @@ def run_control(prefix: str, workdir: Path, kills: int, drains: int, settle: flo
             time.sleep(1.0)
             t1 = time.time()
             back = poll_until(lambda t=t1: ping.replies_after(t), 10, 0.02)
-            gap = longest_silence(ping.snapshot(), t0, t1) if moved and back else None
+            replies = ping.snapshot()
+            gap = longest_silence(replies, t0, t1) if moved and back else None
+            idle = longest_silence(replies, max(replies[0], t0 - (t1 - t0)), t0)
             lost = ping.lost_between(t0 - 0.5, t1)[1]
             res.drain_gaps.append(gap)
             res.drain_lost.append(lost)
+            if idle is not None:
+                res.drain_idle.append(idle)
             _say(f"control drain {i + 1}: `ctl drain {active}` ({said.splitlines()[0]}); "
                  f"client on {holder()} after {moved_s * 1000:.0f} ms, then {active} stopped; "
                  "longest silence " + (f"{gap * 1000:.0f} ms" if gap is not None else "never")
+                 + (f" (as long a window before it: {idle * 1000:.0f} ms)" if idle else "")
                  + f", {lost} echoes lost")
             revive(active)
             ctl_run("undrain", active)
         if drains:
             res.notes.append("drain: `wg-failover ctl drain W`, the client moves on the "
                              "responder's push, then W stops; the silence is measured from the "
-                             "drain to 1 s after the stop (one echo every 10 ms: 10-20 ms is "
-                             "no gap); the lab's own switcher, fast path on")
+                             "drain to 1 s after the stop, beside the longest silence in as long "
+                             "a window just before the drain (one echo every 10 ms: what load "
+                             "alone does); the lab's own switcher, fast path on")
         log = swap_switcher(state, client, "--no-fast-path")
         if not poll_until(lambda: all(f"probe: {w} is up" in log.read_text()
                                       for w in state.workers), 30, 0.2):
@@ -551,8 +563,8 @@ def run_control(prefix: str, workdir: Path, kills: int, drains: int, settle: flo
             f"3 workers, the full lab: exporters, Prometheus ({scrape:g} s scrapes and rule "
             "evaluation), Alertmanager, the responder on TLS; the switcher with --no-fast-path "
             "(probes still run, it moves only on the responder's assignment)"
-            + (f"; assignment applied {min(applied_s):.1f}-{max(applied_s):.1f} s after the kill"
-               if applied_s else ""))
+            + (f"; assignment applied {fmt_load(applied_s)} s after the kill" if applied_s
+               else ""))
         sample_load(res)
     finally:
         if ping is not None:

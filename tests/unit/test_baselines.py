@@ -139,3 +139,10 @@ def test_table_has_the_control_path_its_ratio_load_and_drains():
     data = json.loads(bl.to_json(results))
     assert data[1]["drain_cost"] == "ctl drain: gap 10 ms, 0 echoes lost"
     assert data[1]["p50_vs_fast"] == "30.0x" and data[1]["load"] == [1.0, 2.0]
+
+
+def test_drain_cell_with_the_idle_baseline():
+    r = bl.Result("control", "c", timeout=60, drain="ctl drain", drain_gaps=[0.084, 0.099],
+                  drain_lost=[0, 0], drain_idle=[0.06, 0.07])
+    assert bl.drain_cell(r) == ("ctl drain: gap p50 99 ms, max 99 ms over 2 (same window before "
+                                "it, no drain: max 70 ms), 0 echoes lost")
