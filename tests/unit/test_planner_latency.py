@@ -7,10 +7,11 @@ import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from tests.unit.test_planner import apply, room, scenarios
 from wg_failover.responder import planner
-from wg_failover.responder.intake.suspect import quorum
+from wg_failover.responder.intake.suspect import Mark, Suspects, quorum
 from wg_failover.responder.latency import LatencyMemory
 from wg_failover.responder.planner import ClientLatency, ClientView, LatencyRule, WorkerView
 from wg_failover.wire import ProbeResult
@@ -113,6 +114,18 @@ def test_suspect_worker_is_left_like_a_down_one_by_capacity():
     assert not ws["w1"].healthy
     assert planner.backups(cs[0], "w3", ws) == ["w2"]
     assert not planner.accept_switch(cs[0], "w1", "w3", ws, after)
+
+
+def test_suspect_marks_end_when_they_expire_or_once_the_confirmed_worker_is_up_again():
+    s = Suspects(CollectorRegistry())
+    s.marks["w1"] = Mark(since=0, until=30, voters=("a", "b"))
+    up = {"w1": planner.UP}
+    assert s.active(10, up.get) == {"w1"}
+    assert s.active(30, up.get) == frozenset()  # expired
+    s.marks["w1"] = Mark(since=40, until=70, voters=("a", "b"))
+    assert s.active(45, {"w1": planner.DOWN}.get) == frozenset()  # down: the state says it
+    assert s.marks["w1"].confirmed
+    assert s.active(50, up.get) == frozenset()  # back up before the mark's end: not suspect
 
 
 def test_quorum():
