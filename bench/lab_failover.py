@@ -7,6 +7,11 @@ prints, per kill and overall:
   detect        kill -> Prometheus alert firing; webhook: kill -> the responder received it
   control path  kill -> the responder marked the worker down and every client of it confirmed
                 an assignment to a healthy worker
+  suspect       kill -> the responder marked the worker suspect (a quorum of its clients
+                reported fast-path switches away from it; issue 18)
+  plan          kill -> every client of it confirmed (`applied`) an assignment from the
+                responder to a healthy worker: its capacity-aware plan (an accepted fast-path
+                switch or a re-plan), whether or not Prometheus has said down yet (goal <= 2 s)
 With --revive, each killed worker is brought back and waited for (about 45 s each: the alert's
 keep_firing_for plus the hold-down), so every kill happens in a full fleet.
 
@@ -28,6 +33,17 @@ from wg_failover.lab.state import LabError  # noqa: E402
 
 def quiet(_msg: str) -> None:
     pass
+
+
+def plan_s(s: dict) -> float | None:
+    """Kill -> the last client of the killed worker confirmed a responder assignment elsewhere
+    (None when one never did)."""
+    times = s.get("confirmed_s", {})
+    final = s.get("final", {})
+    if not s["affected"] or any(c not in times or final.get(c) == s["worker"]
+                                for c in s["affected"]):
+        return None
+    return max(times[c] for c in s["affected"])
 
 
 def main() -> int:
@@ -55,11 +71,14 @@ def main() -> int:
     control: list[float] = []
     firing: list[float] = []
     webhook: list[float] = []
+    suspect: list[float] = []
+    planned: list[float] = []
     try:
         print(f"\n{kills} kills, scrape/eval interval {args.scrape_interval:g} s, "
               f"{args.workers} workers, {args.clients} clients")
         print(f"{'kill':<5} {'worker':<7} {'clients':>7} {'fast path ms (each)':<36} "
-              f"{'firing s':>8} {'webhook s':>9} {'control s':>9} {'others moved':>12}")
+              f"{'firing s':>8} {'webhook s':>9} {'control s':>9} {'suspect s':>9} "
+              f"{'plan s':>7} {'others moved':>12}")
         for i in range(kills):
             s = ops.failover(state, None, say=print if args.verbose else quiet, timeout=90)
             ms = [v for v in s["fast_path_reported_ms"].values() if v is not None]
@@ -72,10 +91,17 @@ def main() -> int:
             if "webhook" in m:
                 webhook.append(m["webhook"])
             cp = s["control_path_s"]
+            ps = plan_s(s)
+            if ps is not None:
+                planned.append(ps)
+            if "suspect" in m:
+                suspect.append(m["suspect"])
             print(f"{i + 1:<5} {s['worker']:<7} {len(s['affected']):>7} "
                   f"{' '.join(map(str, ms)) or '-':<36} {m.get('prom_firing', float('nan')):>8.2f} "
                   f"{m.get('webhook', float('nan')):>9.2f} "
                   f"{cp if cp is not None else float('nan'):>9.2f} "
+                  f"{m.get('suspect', float('nan')):>9.2f} "
+                  f"{ps if ps is not None else float('nan'):>7.2f} "
                   f"{len(s['others_moved']):>12}", flush=True)
             if args.revive:
                 final = ops.revive(state, s["worker"], say=quiet, wait=120)
@@ -95,6 +121,8 @@ def main() -> int:
     line("kill -> alert firing", firing, "s ")
     line("kill -> webhook at responder", webhook, "s ")
     line("control path", control, "s ")
+    line("kill -> suspect", suspect, "s ")
+    line("kill -> all on the plan", planned, "s ")
     return 0
 
 

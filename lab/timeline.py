@@ -157,6 +157,9 @@ class FailoverWatch:
                                   f"({data.get('alertname') or 'alert'} firing)")
             elif typ == "worker-state" and worker == self.worker and data.get("to") == "down":
                 out += self._mark("worker_down", t, f"responder: {self.worker} marked down")
+            elif typ == "worker-suspect" and worker == self.worker:
+                out += self._mark("suspect", t, f"responder: {self.worker} suspect "
+                                  f"({data.get('count')} of its clients switched away)")
         if self.done and "all_confirmed" not in self.marks:
             last = max([v[0] for v in self.confirmed.values()] + [self.marks["worker_down"]])
             out += self._mark("all_confirmed", last,
@@ -181,6 +184,7 @@ class FailoverWatch:
             "fast_path_reported_ms": fast_ms,
             "fast_path_seen_s": seen,
             "final": {c: v[1] for c, v in self.confirmed.items()},
+            "confirmed_s": {c: round(v[0], 3) for c, v in self.confirmed.items()},
             "milestones_s": {k: round(v, 3) for k, v in self.marks.items()},
             "control_path_s": None if control is None else round(control, 3),
         }
