@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -163,8 +164,20 @@ def run_agent(args: argparse.Namespace) -> int:
     logging.getLogger("wg_failover.agent").info(
         "agent: worker %s, interface %s, following %s", args.worker, args.interface,
         args.responder)
-    asyncio.run(agent.run())
+    signal.signal(signal.SIGTERM, _stop)  # systemd's stop: unwind, a wg call finishes first
+    try:
+        asyncio.run(agent.run())
+    except _Stopped:
+        logging.getLogger("wg_failover.agent").info("agent: stopped; the peers stay as they are")
     return 0
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _stop(_signo: int, _frame: object) -> None:
+    raise _Stopped
 
 
 # -------------------------------------------------------------------------------------- join
