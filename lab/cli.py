@@ -141,18 +141,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
 
     def step(n: int, text: str) -> None:
-        _say(f"\n[{n}/5 {time.monotonic() - t0:5.1f} s] {text}")
+        _say(f"\n[{n}/6 {time.monotonic() - t0:5.1f} s] {text}")
 
     _say("wg-failover demo: the whole system in network namespaces on this machine; a worker "
          "is killed,\nits clients fail over (fast path on each client, then the control path "
-         "through Prometheus,\nAlertmanager and the responder), another worker is drained, and "
-         "everything is removed.")
+         "through Prometheus,\nAlertmanager and the responder), another worker is drained, a new "
+         "worker\njoins and takes a new client, that client is revoked, and everything is "
+         "removed.")
     step(1, f"lab up: {args.workers} workers, {args.clients} clients")
     state = build.up(args.prefix, args.workers, args.clients, args.subnet, args.scrape_interval,
                      say=_say)
     ok = False
     summary: dict[str, Any] = {}
     drained: dict[str, Any] = {}
+    joined: dict[str, Any] = {}
     try:
         ops.status(state, say=_say)
         _grafana(state)
@@ -168,19 +170,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
             ok = ok and len(drained["moved"]) == len(drained["affected"])
         else:
             _say("  (only one live worker left: nothing to drain to)")
-        step(4, "status")
+        step(4, "join: a new worker enrolls and every switcher adds it; a new client joins "
+             "preferring it; then that client is revoked")
+        joined = join_and_revoke(state)
+        ok = ok and joined["ok"]
+        step(5, "status")
         ops.status(state, say=_say)
     finally:
-        step(5, "lab down")
+        step(6, "lab down")
         build.down(state, say=_say)
-    for line in recap(summary, drained):
+    for line in recap(summary, drained, joined):
         _say(line)
     _say(f"\ndemo {'done' if ok else 'FAILED'} in {time.monotonic() - t0:.1f} s"
          + ("" if ok else ": see the timeline above"))
     return 0 if ok else 1
 
 
-def recap(summary: dict[str, Any], drained: dict[str, Any]) -> list[str]:
+def join_and_revoke(state: LabState) -> dict[str, Any]:
+    """The demo's live-fleet step: add a worker, add a client that prefers it, revoke that
+    client. `ok`: the worker is warm everywhere, the client reached the service through it,
+    and after the revocation no worker has its peer, its token gets 401, its pings stop."""
+    worker = fleetops.add_worker(state, say=_say)
+    others = [w for w in state.workers if w != worker["worker"] and w not in state.killed]
+    client = fleetops.add_client(state, say=_say, workers=[worker["worker"], *others])
+    holder = ops.active_workers(state, load_fleet(state.fleet_path)).get(client["client"])
+    _say(f"  {client['client']}'s routes are on {holder}")
+    removed = fleetops.remove_client(state, client["client"], say=_say)
+    ok = (not worker["not_warm"] and client["reaches_service"]
+          and holder == worker["worker"] and removed_ok(removed))
+    return {"worker": worker, "client": client, "holder": holder, "removed": removed, "ok": ok}
+
+
+def recap(summary: dict[str, Any], drained: dict[str, Any],
+          joined: dict[str, Any] | None = None) -> list[str]:
     """The demo's figures in a few lines."""
     out = ["", "recap:"]
     if summary:
@@ -197,6 +219,20 @@ def recap(summary: dict[str, Any], drained: dict[str, Any]) -> list[str]:
         out.append(f"  drained {drained['worker']}: {len(drained['moved'])}/"
                    f"{len(drained['affected'])} clients moved, lost pings: "
                    + (str(sum(lost)) if lost else "n/a"))
+    if joined:
+        w, r = joined["worker"], joined["removed"]
+        warm = max(w["warm_s"].values(), default=None)
+        out.append(f"  joined {w['worker']}: warm peer on every switcher "
+                   + (f"within {warm:.2f} s" if warm is not None else "NOT reached")
+                   + ", scraped by Prometheus "
+                   + (f"{w['scraped_s']:.1f} s after joining" if w["scraped_s"] is not None
+                      else "NOT within 30 s")
+                   + f"; {joined['client']['client']} placed on {joined['holder']}")
+        gone = max(r["peers_gone_s"].values(), default=None)
+        out.append(f"  revoked {r['client']}: peer gone from every worker "
+                   + (f"within {gone:.2f} s" if gone is not None else "NOT")
+                   + f", token HTTP {r['token_status']}, pings "
+                   + ("still answered" if r["pings_answered"] else "stopped"))
     return out
 
 
@@ -336,10 +372,13 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_run(cmd_down))
 
     p = sub.add_parser(
-        "demo", help="up, a failover with its timeline, a drain, down (~30 s)",
+        "demo", help="up, a failover with its timeline, a drain, a worker joins, a client is "
+        "revoked, down (~45 s)",
         description="The main job in one command: lab up, a failover of the busiest worker "
-        "with its timeline, a drain of another worker while clients ping, status, lab down, "
-        "and a recap of the figures. Exit 0 when the failover and the drain succeeded.")
+        "with its timeline, a drain of another worker while clients ping, a new worker joining "
+        "(warm on every switcher, scraped) and taking a new client, that client revoked (its "
+        "peers gone, its token refused, its pings unanswered), status, lab down, and a recap "
+        "of the figures. Exit 0 when every step succeeded.")
     common(p)
     building(p, 5)
     p.add_argument("--timeout", type=float, default=90)

@@ -227,6 +227,11 @@ def add_worker(state: LabState, say: Say = print, capacity: int | None = None,
         state.dir / "logs" / f"exporter-{name}.log", "exporter", name))
     start_agent(state, name)
     state.save()
+    # The clients may use it once its agent follows the responder: their first handshakes then
+    # find their peers there (else WireGuard retries only 5 s later; the switcher helps anyway).
+    agent_log = state.dir / "logs" / f"agent-{name}.log"
+    poll_until(lambda: "responder: connected" in agent_log.read_text(errors="replace"), 15, 0.05)
+    say(f"  {time.monotonic() - t0:+8.3f} s  {name}'s agent follows the responder")
     t_allowed = time.monotonic()
     if allow:
         changed = allow_everywhere(state, name)

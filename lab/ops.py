@@ -210,7 +210,7 @@ def revive(state: LabState, worker: str, say: Say = print, wait: float = 0) -> s
         say(f"{worker}: link reconnected")
     else:
         restart_worker(state, worker)
-        say(f"{worker}: wireguard-go and exporter started again")
+        say(f"{worker}: wireguard-go, exporter and agent started again")
     state.killed.remove(worker)
     state.save()
     last = None

@@ -60,7 +60,7 @@ def test_lab_failover_end_to_end(lab_env):
     state = LabState.load(directory)
     pids = list(state.processes)
     assert {p.role for p in pids} == {"wireguard", "exporter", "responder", "prometheus",
-                                      "alertmanager", "blackbox", "switcher"}
+                                      "alertmanager", "blackbox", "switcher", "agent"}
     assert all(p.alive() for p in pids)
 
     before = json.loads(lab(env, "status", "--json").stdout)["active"]
@@ -106,7 +106,7 @@ def test_lab_failover_end_to_end(lab_env):
     assert rv.returncode == 0, rv.stdout + rv.stderr
     state = LabState.load(directory)
     revived = state.procs(host="w1")
-    assert {p.role for p in revived} == {"wireguard", "exporter"}
+    assert {p.role for p in revived} == {"wireguard", "exporter", "agent"}
     assert all(p.alive() for p in revived)
     pids += revived
 
