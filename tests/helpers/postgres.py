@@ -10,6 +10,8 @@ folder, on a free loopback port, stopped and removed afterwards.
     server.sql(url, statement, params=()) -> rows (autocommit; [] for statements without any)
     server.stop() / server.start_again()   stop or start the same cluster (a lost database)
     server.close()                         stop and remove everything
+    shared_server() -> PgServer            one server for this process, started on first use and
+                                           stopped at exit (ResponderProc with WGFO_TEST_STORE)
 
 Fixtures (tests/conftest.py registers this module as a plugin):
     pg_server   one server for the whole session (unavailable() when PostgreSQL is not installed:
@@ -26,6 +28,7 @@ Fixtures (tests/conftest.py registers this module as a plugin):
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import glob
 import os
@@ -155,13 +158,19 @@ def pg_ctl_path() -> str:
     return path
 
 
+_shared: list[PgServer] = []
+
+
+def shared_server() -> PgServer:
+    if not _shared:
+        _shared.append(PgServer.start())
+        atexit.register(_shared[0].close)
+    return _shared[0]
+
+
 @pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
-    server = PgServer.start()
-    try:
-        yield server
-    finally:
-        server.close()
+def pg_server() -> PgServer:
+    return shared_server()
 
 
 @pytest.fixture

@@ -13,7 +13,9 @@
         `db` (default workdir/responder.db) and waits for /readyz (raises RuntimeError with the
         log when it does not come up). The fleet's responder.url is set to the real URL.
         `env`: extra environment variables for the process. `args`: extra command-line
-        arguments after the ones the helper passes (kept for restart()).
+        arguments after the ones the helper passes (kept for restart()); `("--db", url)` puts
+        the state in PostgreSQL (fixture `pg_url`), and with WGFO_TEST_STORE=postgres in the
+        environment every responder started without `db` does.
         `tls`: serve HTTPS with a certificate for 127.0.0.1 from a throwaway CA
         (wg_failover.lab.tlsca, in workdir/tls); `mutual_tls` (implies tls): the responder also
         demands a client certificate from that CA, and the helper presents one.
@@ -142,6 +144,17 @@ def unlimited_reports() -> tuple[str, ...]:
     return ("--report-rate", "100000", "--report-burst", "100000")
 
 
+def _store_args(db: object) -> tuple[str, ...]:
+    """WGFO_TEST_STORE=postgres: a responder started without `db` keeps its state in a fresh
+    PostgreSQL database (tests/helpers/postgres.py) instead of SQLite, so any responder test can
+    be run on that backend too. An explicit `--db` in `args` still wins (it comes later)."""
+    if db is not None or os.environ.get("WGFO_TEST_STORE", "sqlite") != "postgres":
+        return ()
+    from .postgres import shared_server
+
+    return ("--db", shared_server().create_db())
+
+
 class ResponderProc:
     def __init__(self, workdir: Path, gen: Generated, port: int, db: Path):
         self.workdir = Path(workdir)
@@ -190,7 +203,7 @@ class ResponderProc:
                             gen.tokens)
         p = cls(workdir, gen, port, Path(db) if db else workdir / "responder.db")
         p.env = env
-        p.args = tuple(args)
+        p.args = (*_store_args(db), *args)
         if tls:
             p._make_tls(mutual_tls)
         p.fleet_path.write_text(dump_fleet(gen.fleet))
