@@ -156,3 +156,26 @@ def test_node_json_gives_the_name_and_what_join_wrote(tmp_path, monkeypatch):
     assert not follows_view(_args(tmp_path))
     monkeypatch.setenv("WG_FAILOVER_FLEET", "/etc/f.yaml")
     assert not follows_view(_args(tmp_path, responder="https://r:8443"))
+
+
+def test_an_assignment_ahead_of_the_view_waits_for_it(tmp_path):
+    import asyncio
+    from types import SimpleNamespace
+
+    from wg_failover.client.switcher import Options, Switcher
+
+    fleet, client = view_fleet(view(1, [worker("w1", 1), worker("w2", 2)]))
+    sw = Switcher(fleet, client, Options(interface="wgfo-none0"), tmp_path / "c.json")
+    sw.decider = Decider(["w1", "w2"], active="w1")
+    sw.follower = SimpleNamespace(view=view(1, [worker("w1", 1), worker("w2", 2)]))
+    a = Assignment(client="c1", worker="w3", version=4, epoch="0a0a0a0a")
+
+    async def scenario() -> None:
+        sw.deliver(a)  # w3 joined: the assignment stream was first
+        assert sw.held == a and sw.decider.version == 0  # not rejected, not consumed
+        sw.decider.set_workers(["w1", "w2", "w3"])
+        sw.view_changed()
+        assert sw.held is None and sw.decider.version == 4
+        assert sw.decider.pending == a  # waits for w3's first probe answers, as any other
+
+    asyncio.run(scenario())
