@@ -291,7 +291,10 @@ class Campaign:
         t = self.now()
         if action == "inject":
             if f.kind == "master-cut":
-                on = frozenset(c for c, w in self.routes.items() if w == f.target)
+                # The clients settled on the worker: routes there and, as far as the responder
+                # answers, assigned there (one still moving for another fault is not watched).
+                on = frozenset(c for c, w in self.routes.items() if w == f.target and (
+                    self.assigned is None or self.assigned.get(c) == f.target))
                 self.blind[f.label] = invariants.BlindMasterCheck(f.target, on, f.label)
             self.in_force.append(f)
         try:
