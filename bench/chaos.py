@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -378,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--subnet", default="198.18.71.0/24")
     ap.add_argument("--converge-bound", type=float, default=invariants.CONVERGE_BOUND)
     ap.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
+    ap.add_argument("--keep-logs", metavar="DIR", help="where the lab's logs are copied when "
+                    "an invariant broke (default /tmp/wgfo-chaos-PREFIX-seedN-logs)")
     ap.add_argument("--list", type=int, metavar="N", help="print the first N episodes and exit")
     args = ap.parse_args(argv)
     workers, clients = names(args.workers, "w"), names(args.clients, "c")
@@ -419,6 +422,13 @@ def main(argv: list[str] | None = None) -> int:
             camp.stop_pings()
             camp.api.close()
         inj.heal_everything()
+        if camp is None or camp.violations or camp.errors or interrupted:
+            # The lab's logs die with it: keep a copy to read what went wrong.
+            keep = Path(args.keep_logs or f"/tmp/wgfo-chaos-{args.prefix}-seed{args.seed}-logs")
+            with contextlib.suppress(OSError):
+                shutil.rmtree(keep, ignore_errors=True)
+                shutil.copytree(state.dir / "logs", keep)
+                print(f"chaos: the lab's logs are kept in {keep}")
         build.down(state)
     left = faults.leftovers(state)
     if camp is None:
