@@ -111,6 +111,8 @@ def test_routes_follow_the_peers_and_only_the_agents_own_are_deleted():
     add, delete = route_plan(new, ["10.8.0.1", "10.8.0.2", "10.8.0.77"])
     assert add == {"10.8.0.22/32", "10.8.0.4/32"}
     assert delete == {"10.8.0.2/32", "10.8.0.77/32"}
+    # The same address in two spellings is the same route.
+    assert route_plan([entry(3, "fd00:0::3/128")], ["fd00::3"]) == (set(), set())
 
 
 def test_the_agent_drops_old_versions_and_follows_a_new_epoch(tmp_path):
