@@ -18,7 +18,7 @@ from typing import Any
 from wg_failover.fleet import ResponderSettings
 from wg_failover.wire import ProbeResult
 
-from .planner import ClientLatency, LatencyRule, gain_enough
+from .latency_rule import ClientLatency, LatencyRule, gain_enough
 
 ALPHA = 0.2  # weight of a new report in the smoothed RTT (reports come every ~5 s)
 CLIP = 1.5  # a report counts as at most this factor off the smoothed figure

@@ -15,7 +15,8 @@ and the current assignments, and returns the moves to make. The rules, in order:
    broken by preference order).
 6. Latency placement (`latency=` given): a moving client takes its fastest usable worker with room
    (its smoothed RTTs; a worker it has no figure for counts as fast as a measured one in its
-   region, else comes after them in preference order). A client moves for latency alone only
+   region, else comes after them in preference order); in a batch the spread decides how many
+   go where and clients swap destinations when both gain. A client moves for latency alone only
    when the gain is large (both bounds of the rule), lasting (the better worker has beaten the
    current one for the rule's sustain time) and its last latency move is an interval ago; at
    most `rule.batch` such moves per plan, never onto a full worker. A suspect worker is treated
@@ -26,6 +27,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+
+from .latency_rule import ClientLatency, LatencyRule, gain_enough
+
+__all__ = ["ClientLatency", "LatencyRule", "gain_enough"]  # planner.* for callers and tests
 
 UP, DOWN, RECOVERING = "up", "down", "recovering"
 INF = float("inf")
@@ -65,33 +70,6 @@ class ClientView:
     name: str
     prefs: tuple[str, ...]  # worker names, most preferred first
     unusable: frozenset[str] = frozenset()  # workers this client's probes reject
-
-
-@dataclass(frozen=True)
-class LatencyRule:
-    """When a client moves for latency alone (fleet file `responder.latency_*`)."""
-
-    min_gain_ms: float = 20.0
-    min_gain_ratio: float = 0.25
-    sustain_seconds: float = 60.0
-    move_interval_seconds: float = 600.0
-    batch: int = 10  # latency moves per plan
-
-
-@dataclass(frozen=True)
-class ClientLatency:
-    """One client's latency figures, derived from its probe reports (responder/latency.py)."""
-
-    rtt: Mapping[str, float]  # smoothed RTT in ms, for the workers it has figures for
-    against: str | None = None  # the worker `better_since` compares with
-    better_since: Mapping[str, float] = field(default_factory=dict)  # worker -> since, `now` clock
-    last_move: float | None = None  # its last latency move
-
-
-def gain_enough(cur_ms: float, new_ms: float, rule: LatencyRule) -> bool:
-    """Is `new_ms` better than `cur_ms` by both bounds of the rule?"""
-    gain = cur_ms - new_ms
-    return gain >= rule.min_gain_ms and gain >= rule.min_gain_ratio * cur_ms
 
 
 @dataclass(frozen=True)
@@ -205,6 +183,8 @@ def plan(
         incoming[best.name] = incoming.get(best.name, 0) + 1
         _record_move(out, assign, load, c.name, cur, best.name, why)
 
+    if spread and latency:
+        _swap_for_latency(workers, [c for c, _ in movers], assign, load, out, latency)
     _rebalance_capacity(workers, clients, assign, load, out, rank)
     if preempt:
         # With latency placement a client with figures returns by the latency rule instead.
@@ -251,6 +231,39 @@ def estimates(rtt: Mapping[str, float], workers: Mapping[str, WorkerView]) -> di
         if n not in out and w.region in best:
             out[n] = best[w.region]
     return out
+
+
+def _swap_for_latency(workers: Mapping[str, WorkerView], movers: Sequence[ClientView],
+                      assign: dict[str, str | None], load: dict[str, int], out: Plan,
+                      latency: Mapping[str, ClientLatency]) -> None:
+    """In one batch of movers, two clients swap their new workers when that lowers their summed
+    RTT: every worker keeps the count the spread gave it (so capacity and the spread hold), and
+    clients sit on the faster of the workers the spread chose."""
+    skip = set(out.unplaceable)
+    ok = {c.name: c for c in movers if c.name in out.moves and c.name not in skip
+          and (info := latency.get(c.name)) is not None and info.rtt}
+    est = {n: estimates(latency[n].rtt, workers) for n in ok}
+    dest: dict[str, list[str]] = {}
+    for n in ok:
+        dest.setdefault(assign[n] or "", []).append(n)
+    names = sorted(dest)
+
+    def gains(frm: str, to: str) -> list[tuple[float, str]]:
+        return sorted((est[n][to] - est[n][frm], n) for n in dest[frm]
+                      if frm in est[n] and to in est[n] and to in ok[n].prefs
+                      and to != out.moves[n].from_worker and _usable(ok[n], workers[to]))
+
+    for i, x in enumerate(names):
+        for y in names[i + 1:]:
+            for (da, a), (db, b) in zip(gains(x, y), gains(y, x), strict=False):
+                if da + db >= -1e-9:
+                    break
+                _record_move(out, assign, load, a, x, y, R_LATENCY)
+                _record_move(out, assign, load, b, y, x, R_LATENCY)
+                dest[x].remove(a)
+                dest[y].remove(b)
+                dest[x].append(b)
+                dest[y].append(a)
 
 
 def _latency_moves(workers: Mapping[str, WorkerView], clients: Sequence[ClientView],

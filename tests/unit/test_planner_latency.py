@@ -94,6 +94,20 @@ def test_failover_batch_still_spreads_when_one_worker_is_fastest_for_all():
     assert sorted(after.values()) == ["w2", "w2", "w2", "w3", "w3", "w3"]  # no stampede
 
 
+def test_a_failover_batch_keeps_the_spread_but_puts_each_client_on_the_faster_of_its_share():
+    ws = {"w1": WorkerView("w1", planner.DOWN), "w2": WorkerView("w2"), "w3": WorkerView("w3")}
+    cs = [ClientView(f"c{i}", ("w1", "w2", "w3")) for i in range(4)]
+    assign = {c.name: "w1" for c in cs}
+    near_w3 = {"w1": 5, "w2": 90, "w3": 10}
+    near_w2 = {"w1": 5, "w2": 10, "w3": 90}
+    figures = {"c0": lat(near_w3, "w1"), "c1": lat(near_w3, "w1"), "c2": lat(near_w2, "w1"),
+               "c3": lat(near_w2, "w1")}
+    p = plan(ws, cs, assign, figures)
+    after = apply(assign, p)
+    assert after == {"c0": "w3", "c1": "w3", "c2": "w2", "c3": "w2"}
+    assert {m.reason for m in p.moves.values()} == {planner.R_FAILOVER}
+
+
 def test_preempt_leaves_clients_with_figures_to_the_latency_rule():
     ws = {n: WorkerView(n) for n in ("w1", "w2")}
     cs = [ClientView("a", ("w1", "w2")), ClientView("b", ("w1", "w2"))]
