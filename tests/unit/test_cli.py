@@ -8,7 +8,8 @@ import sys
 import pytest
 
 COMPONENTS = {"exporter": "wg_failover.exporter", "responder": "wg_failover.responder",
-              "switcher": "wg_failover.client", "lab": "wg_failover.lab", "ctl": "wg_failover.ctl"}
+              "switcher": "wg_failover.client", "lab": "wg_failover.lab", "ctl": "wg_failover.ctl",
+              "agent": "wg_failover.agent"}
 
 
 def loaded_after_parser(only: str, candidates: list[str]) -> list[str]:
@@ -25,7 +26,8 @@ def test_help_lists_every_subcommand():
     res = subprocess.run([sys.executable, "-m", "wg_failover.cli", "--help"],
                          capture_output=True, text=True)
     assert res.returncode == 0
-    for cmd in ("check", "config", "exporter", "responder", "switcher", "lab", "ctl"):
+    for cmd in ("check", "config", "exporter", "responder", "switcher", "lab", "ctl", "agent",
+                "join"):
         assert f"    {cmd}" in res.stdout
     assert "unavailable" not in res.stdout
 
