@@ -302,17 +302,21 @@ async def _follow_view(args: argparse.Namespace, name: str, url: str, token: str
     source = HttpViewSource(url, name, token, verify=verify, ca_file=args.ca_file)
     path = view_path(args.state_dir, name)
     view = load_view(path, name)
+    where = str(path)
     if args.once:
         import httpx
 
         try:
             async with source.http_client() as http:
-                view = await source.fetch_current(http) or view  # type: ignore[assignment]
+                fresh = await source.fetch_current(http)
+            if fresh is not None:
+                view, where = fresh, "the responder"  # type: ignore[assignment]
+                save_view(path, fresh)  # type: ignore[arg-type]
         except (AuthError, WireInputError, httpx.HTTPError, OSError) as exc:
             log.warning("once: no view from the responder (%s); using the cache",
                         describe(exc, args.ca_file))
     if view is not None:
-        log.info("view: v%d from %s: %s", view.version, path,
+        log.info("view: v%d from %s: %s", view.version, where,
                  ", ".join(w.name for w in view.workers) or "no workers")
     elif args.once:
         log.error("once: no view from the responder and none cached in %s", path)

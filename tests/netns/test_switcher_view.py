@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from pathlib import Path
 
@@ -40,13 +41,19 @@ def _put(sl: kit.SwitcherLab, fleet: Fleet) -> dict:
     return body
 
 
-def _start(sl: kit.SwitcherLab, state: Path) -> kit.SwitcherProc:
+def _argv(sl: kit.SwitcherLab, state: Path, *extra: str) -> list[str]:
     """The switcher with only --responder, --token-file and --interface (and its name)."""
-    assert sl.client_host and sl.client_iface and sl.token_file and sl.responder_url
-    log = sl.workdir / f"switcher-{time.monotonic_ns()}.log"
-    argv = [*wgfo_argv("switcher"), "--client", sl.client.name,
+    assert sl.client_iface and sl.token_file and sl.responder_url
+    return [*wgfo_argv("switcher"), "--client", sl.client.name,
             "--interface", sl.client_iface.name, "--responder", sl.responder_url,
-            "--token-file", str(sl.token_file), "--state-dir", str(state), "--insecure-http"]
+            "--token-file", str(sl.token_file), "--state-dir", str(state), "--insecure-http",
+            *extra]
+
+
+def _start(sl: kit.SwitcherLab, state: Path) -> kit.SwitcherProc:
+    assert sl.client_host
+    log = sl.workdir / f"switcher-{time.monotonic_ns()}.log"
+    argv = _argv(sl, state)
     with open(log, "w") as fh:
         proc = sl.client_host.popen(argv, stdout=fh, stderr=fh)
     return kit.SwitcherProc(proc, log)
@@ -167,6 +174,14 @@ def test_switcher_follows_its_view_without_a_fleet_file(netlab, tmp_path, monkey
         assert sl.route_holder() == "w1"
         assert [w["name"] for w in json.loads(view_path(state, "c1").read_text())["workers"]] \
             == ["w1", "w3"]
+
+        # --once follows the view too: the current one from the responder, applied, exit 0.
+        assert sl.client_host is not None
+        once = sl.client_host.run(_argv(sl, tmp_path / "once", "--once"), check=False,
+                                  timeout=30)
+        assert once.returncode == 0, once.stderr
+        assert re.search(r"view: v\d+ from the responder: w1, w3", once.stderr), once.stderr
+        assert sl.route_holder() == "w1"
 
         # The responder goes away; a restarted switcher runs on its cached view and still
         # fails over on its own.
