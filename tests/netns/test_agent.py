@@ -211,7 +211,7 @@ def test_join_and_agent_follow_the_live_fleet(netlab, tmp_path, responder_factor
 
 
 def test_join_refusals_exit_2_with_the_reason_and_change_nothing(tmp_path, responder_factory):
-    p = responder_factory(workers=1, clients=0)
+    p = responder_factory(_pool_fleet())
     with p.http("admin") as http:
         fleet = http.get("/v1/fleet").json()
     assert fleet["fleet"]["clients"] == []
@@ -220,26 +220,27 @@ def test_join_refusals_exit_2_with_the_reason_and_change_nothing(tmp_path, respo
     key = tmp_path / "once.key"
     key_id = _key(p, "client", key)
     ok = _join(p, "--enroll-key-file", str(key), "--name", "n1", "--state-dir",
-               str(tmp_path / "n1"), "--address", "10.82.0.1/32")
+               str(tmp_path / "n1"), "--address", "10.81.0.1/32")
     assert ok.returncode == 0, ok.stderr
 
     def refused(args: list[str], says: str, state: str) -> None:
         proc = _join(p, *args, "--state-dir", str(tmp_path / state))
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert "enrollment refused (4" in proc.stderr, proc.stderr  # the responder's 4xx
         assert len(proc.stderr.strip().splitlines()) == 1
         assert not (tmp_path / state / "token").exists()
         assert not (tmp_path / state / "node.json").exists()
 
     # A one-time key used twice.
-    refused(["--enroll-key-file", str(key), "--name", "n2", "--address", "10.82.0.2/32"],
+    refused(["--enroll-key-file", str(key), "--name", "n2", "--address", "10.81.0.2/32"],
             "(403): this one-time enrollment key was already used", "n2")
     # A revoked key, then a key that expired (the store's row aged while the responder was down).
     key2 = tmp_path / "k2.key"
     id2 = _key(p, "client", key2, reusable=True)
     with p.http("admin") as http:
         assert http.delete(f"/v1/enroll-keys/{id2}").status_code == 200
-    refused(["--enroll-key-file", str(key2), "--name", "n3", "--address", "10.82.0.3/32"],
+    refused(["--enroll-key-file", str(key2), "--name", "n3", "--address", "10.81.0.3/32"],
             "(403): this enrollment key was revoked", "n3")
     key3 = tmp_path / "k3.key"
     id3 = _key(p, "client", key3, reusable=True)
@@ -247,7 +248,7 @@ def test_join_refusals_exit_2_with_the_reason_and_change_nothing(tmp_path, respo
     with sqlite3.connect(p.db_path) as db:
         db.execute("UPDATE enroll_keys SET expires = created - 1 WHERE id = ?", (id3,))
     p.restart()
-    refused(["--enroll-key-file", str(key3), "--name", "n4", "--address", "10.82.0.4/32"],
+    refused(["--enroll-key-file", str(key3), "--name", "n4", "--address", "10.81.0.4/32"],
             "(403): this enrollment key expired", "n4")
     # An unknown key; a name taken; a public key in use; an address outside nothing-but-valid.
     (tmp_path / "bogus.key").write_text("wgfo-not-a-key\n")
@@ -255,18 +256,18 @@ def test_join_refusals_exit_2_with_the_reason_and_change_nothing(tmp_path, respo
             "(401): unknown enrollment key", "n5")
     key4 = tmp_path / "k4.key"
     _key(p, "client", key4, reusable=True)
-    refused(["--enroll-key-file", str(key4), "--name", "n1", "--address", "10.82.0.5/32"],
+    refused(["--enroll-key-file", str(key4), "--name", "n1", "--address", "10.81.0.5/32"],
             "(409): the name 'n1' is taken", "n6")
     n1 = tmp_path / "n1"
     (tmp_path / "n7").mkdir()
     (tmp_path / "n7" / "private.key").write_text((n1 / "private.key").read_text())
     os.chmod(tmp_path / "n7" / "private.key", 0o600)
-    refused(["--enroll-key-file", str(key4), "--name", "n7", "--address", "10.82.0.7/32"],
+    refused(["--enroll-key-file", str(key4), "--name", "n7", "--address", "10.81.0.7/32"],
             "(409): this public key is already in use", "n7")
-    refused(["--enroll-key-file", str(key4), "--name", "n8", "--address", "10.82.0.1/32"],
-            "10.82.0.1", "n8")  # the address n1 holds
-    # A client without an address in a fleet without a pool.
-    refused(["--enroll-key-file", str(key4), "--name", "n9"], "client_pool", "n9")
+    refused(["--enroll-key-file", str(key4), "--name", "n8", "--address", "10.81.0.1/32"],
+            "10.81.0.1", "n8")  # the address n1 holds
+    refused(["--enroll-key-file", str(key4), "--name", "n9", "--address", "10.82.0.9/32"],
+            f"(422): address 10.82.0.9/32 is outside the client pool {POOL}", "n9")
     # Nothing but n1 joined.
     with p.http("admin") as http:
         after = http.get("/v1/fleet").json()
