@@ -142,6 +142,7 @@ def per_hour(n: int, clients: int, seconds: float) -> float:
 
 
 def main() -> int:
+    global RULE  # Sim.run and the report read the rule the options set
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workers", type=int, default=6)
     ap.add_argument("--regions", type=int, default=3)
@@ -150,13 +151,17 @@ def main() -> int:
     ap.add_argument("--jitter", type=float, default=0.3)
     ap.add_argument("--headroom", type=float, default=1.5, help="total capacity / clients")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--min-gain-ms", type=float, default=LatencyRule().min_gain_ms,
+                    help="the rule's latency_min_gain_ms (the rest stays at the defaults)")
     args = ap.parse_args()
+    RULE = LatencyRule(min_gain_ms=args.min_gain_ms)
     started = time.monotonic()
     sim = Sim(args)
     n = len(sim.clients)
     print(f"{args.workers} workers in {args.regions} regions (capacity "
           f"{sim.workers['w0'].capacity} each), {n} clients, jitter +/-{args.jitter:.0%} and 1 % "
-          f"5x spikes, a report every {REPORT:g} s, seed {args.seed}")
+          f"5x spikes, a report every {REPORT:g} s, seed {args.seed}, min gain "
+          f"{RULE.min_gain_ms:g} ms and {RULE.min_gain_ratio:.0%}")
 
     initial: dict[str, str | None] = {c.name: None for c in sim.clients}
     initial.update({m.client: m.to_worker
