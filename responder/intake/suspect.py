@@ -151,7 +151,9 @@ class Suspects:
             if m is None or m.until > d.now + 0.5:
                 return  # ended already, or a newer mark with its own timer
             del self.marks[worker]
-            if d.worker(worker).state != planner.UP:
+            # The worker may have left the fleet meanwhile (no row to read): nothing to confirm.
+            row = d.tx.workers.get(worker) or d.committed.workers.get(worker)
+            if row is not None and row.state != planner.UP:
                 m.confirmed = True
             outcome = "confirmed" if m.confirmed else "expired"
             self.marks_total.labels(outcome=outcome).inc()
