@@ -1,4 +1,5 @@
-"""`wg-failover responder`: run the responder (FastAPI on uvicorn, state in SQLite)."""
+"""`wg-failover responder`: run the responder (FastAPI on uvicorn, state in SQLite or
+PostgreSQL); `wg-failover responder migrate`: a SQLite store into PostgreSQL."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description=(
             "Run the fleet's authority. It takes Alertmanager webhooks (POST /v1/alerts; labels "
             "`worker` and `action` = failover|drain|notify), keeps worker health and client "
-            "assignments in SQLite (WAL; kill -9 safe), re-plans clients when a worker fails "
+            "assignments in SQLite (WAL; kill -9 safe) or PostgreSQL (--db postgresql://...), "
+            "re-plans clients when a worker fails "
             "or is drained, and serves each client its assignment (long-poll, SSE), the "
             "Prometheus http_sd target list (/v1/targets) and /metrics. API docs: /docs."
         ),
