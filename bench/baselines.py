@@ -372,6 +372,23 @@ def new_lab(prefix: str, workdir: Path, workers: int) -> tuple[NetLab, kit.Switc
 
 
 # ---------------------------------------------------------------------- approaches
+def code_state() -> str:
+    """The commit measured, and whether the product's folders had uncommitted changes (the
+    working tree is shared: a figure of uncommitted code is not reproducible from a commit)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--",
+                                "client", "responder", "exporter", "wg_failover", "lab"],
+                               capture_output=True, text=True, timeout=10).stdout.split("\n")
+    except (OSError, subprocess.TimeoutExpired):
+        return "commit unknown (no git)"
+    files = sorted({ln[3:] for ln in dirty if ln.strip()})
+    return f"commit {head or '?'}" + (f", with uncommitted changes in {', '.join(files)}"
+                                      if files else ", no uncommitted product changes")
+
+
 def sample_load(res: Result) -> None:
     res.load.append(os.getloadavg()[0])
 
@@ -390,7 +407,10 @@ def run_fast(prefix: str, workdir: Path, kills: int, settle: float) -> Result:
         finally:
             ping.stop()
             sw.stop()
-        res.notes.append("3 workers, switcher defaults (100 ms probes, K=3), responder cut off")
+        # The switcher's defaults change as it grows: quote its own start line, not a copy.
+        m = re.search(r"INFO switcher \S+ on \S+: (.*)", sw.text())
+        res.notes.append("3 workers, responder cut off, switcher defaults"
+                         + (f": {m.group(1).strip()}" if m else ""))
     finally:
         lab.close()
     return res
@@ -914,6 +934,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="wgfo-baselines-"))
     results: list[Result] = []
     load_start = os.getloadavg()
+    code_at_start = code_state()
     try:
         for n, name in enumerate(a for a in APPROACHES if a in chosen):
             prefix, wdir = f"{base}{n}", workdir / name
@@ -950,6 +971,7 @@ def main() -> int:
          "ping every 10 ms" + (" -- --quick: article figures SCALED (1 s pings)"
                                if args.quick else ""))
     _say(render_table(results))
+    _say(f"code: {code_at_start}")
     _say(f"load average (1/5/15 min) at the start {fmt_loadavg(load_start)}, at the end "
          f"{fmt_loadavg(load_end)}; 2 cores shared with other jobs: the figures are noisy")
     if args.json:
