@@ -247,3 +247,23 @@ def test_join_checks_every_field_before_making_a_key(tmp_path):
                 "--name", "n1", "--state-dir", str(tmp_path / "st"), "--address", "nonsense")
     assert proc.returncode == 2 and "--address" in proc.stderr, proc.stderr
     assert not (tmp_path / "st").exists()
+
+
+def test_follower_parses_each_event_whole_and_refuses_what_does_not_validate():
+    from wg_failover.agent.follow import PeersFollower
+
+    f = PeersFollower("http://127.0.0.1:1", "w1", None)
+    wp = WorkerPeers(worker="w1", version=3, epoch="0123abcd", peers=[entry(i) for i in range(5)])
+    text = wp.model_dump_json()
+    assert f.parse(text) == wp
+    assert f.parse(text) == wp  # the second time from the peers already validated
+    bad = json.loads(text)
+    bad["peers"][2]["allowed_ips"] = ["not-a-cidr"]
+    assert f.parse(json.dumps(bad)) is None
+    bad["peers"][2] = {"name": "c2", "public_key": "short", "allowed_ips": ["10.8.0.2/32"]}
+    assert f.parse(json.dumps(bad)) is None
+    for junk in ("[]", '{"peers": 5}', "nope", '{"worker": "w1", "peers": []}',
+                 wp.model_copy(update={"worker": "w2"}).model_dump_json()):
+        assert f.parse(junk) is None, junk
+    changed = wp.model_copy(update={"version": 4, "peers": [*wp.peers[:4], entry(9)]})
+    assert f.parse(changed.model_dump_json()) == changed
