@@ -131,9 +131,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--hold-down", type=float, default=10.0, metavar="SECONDS",
                    help="a worker that went down must answer this long before the fast path "
                    "returns to it (default 10)")
-    p.add_argument("--burst-interval", type=_ms_or_off, default=0.02, metavar="MS",
+    p.add_argument("--burst-interval", type=_ms_or_off, default=0.01, metavar="MS",
                    help="after the active worker misses a probe, probe it this often (default "
-                   "20; 0: off, K misses at --interval)")
+                   "10; 0: off, K misses at --interval)")
     p.add_argument("--burst-misses", type=_positive(int), default=3, metavar="N",
                    help="burst probes missed in a row, after the first miss, that make the "
                    "active worker down (default 3)")

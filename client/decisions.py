@@ -101,6 +101,9 @@ def check_version(known_epoch: str | None, known_version: int, a: Assignment) ->
 # --------------------------------------------------------------------------- the decider
 
 
+BURST_DEADLINE = 0.02  # seconds: the shortest wait for a burst probe's answer
+
+
 @dataclass
 class Settings:
     k: int = 3
@@ -113,6 +116,9 @@ class Settings:
     # row. The shell asks `probe_interval` what to use.
     burst_interval: float = 0.0
     burst_misses: int = 3
+    # ...and only once it has been silent this long: burst probes are close together, and one
+    # short stall of the path (or of a loaded host) must not look like a death.
+    burst_silence: float = 0.15
     gray: GraySettings | None = None  # None: no gray-failure rule (it needs the burst's trials)
 
 
@@ -159,13 +165,20 @@ class Decider:
             out.append(self.probe_report())
         return out + self.evaluate(now)
 
+    def on_late(self, worker: str, rtt: float, now: float) -> list[Action]:
+        """An answer to a probe already counted as missed: alive, and an RTT sample."""
+        h = self.health.get(worker)
+        if h is not None:
+            h.record_late(rtt, now)
+        return []
+
     def on_miss(self, worker: str, now: float) -> list[Action]:
         h = self.health.get(worker)
         if h is None:
             return []
         bursting = self.settings.burst_interval > 0 and worker == self.active
         k = self.settings.burst_misses + 1 if bursting else self.settings.k
-        changed = h.record_miss(now, k)
+        changed = h.record_miss(now, k, self.settings.burst_silence if bursting else 0.0)
         if bursting and not h.trial and h.state == UP:
             h.start_trial()  # after recording: the miss that starts a trial is not in it
         self._trial_step(h)
@@ -195,6 +208,14 @@ class Decider:
                 and h.trial and h.state != DOWN:
             return self.settings.burst_interval
         return None
+
+    def probe_deadline(self, worker: str, interval: float, floor: float | None) -> float:
+        """How long a probe sent to `worker` now waits for its answer: a burst probe at least
+        BURST_DEADLINE (a loaded host answers a few ms late, and late is not lost)."""
+        h, burst = self.health[worker], self.probe_interval(worker)
+        if burst is not None:
+            return h.timeout(burst, max(burst, BURST_DEADLINE))
+        return h.timeout(interval, floor)
 
     def probe_report(self) -> Report:
         return Report.of(ProbeEvent(workers={w: self.health[w].summary() for w in self.workers}))

@@ -108,11 +108,28 @@ class WorkerHealth:
         self.consecutive_misses = 0
         return False
 
-    def record_miss(self, now: float, k: int) -> bool:
-        """A probe whose deadline passed unanswered. Returns True when the state changed."""
+    def record_late(self, rtt: float, now: float) -> None:
+        """An answer that came after its probe's deadline (already counted as a miss). It proves
+        the worker alive, and its RTT must reach the estimate: without it the deadline would be
+        learnt from the answers that beat it only, and jitter would turn into ever more misses."""
+        if self.state != UP:
+            return  # the next timely answer brings it up
+        self.last_reply = now
+        self.consecutive_misses = 0
+        if self.trial and self.trial_lost > 0:
+            self.trial_lost -= 1  # late, not lost
+        self.rtts.append(rtt)
+        if self.srtt is not None:
+            self.rttvar += 0.25 * (abs(self.srtt - rtt) - self.rttvar)
+            self.srtt += self.alpha * (rtt - self.srtt)
+
+    def record_miss(self, now: float, k: int, min_silence: float = 0.0) -> bool:
+        """A probe whose deadline passed unanswered. Returns True when the state changed: down
+        after `k` misses in a row and at least `min_silence` seconds without an answer."""
         self._push(False)
         self.consecutive_misses += 1
-        if self.consecutive_misses >= k and self.state != DOWN:
+        silent = self.last_reply is None or now - self.last_reply >= min_silence
+        if self.consecutive_misses >= k and silent and self.state != DOWN:
             if self.state == UP:
                 self.flapped = True
             self.state, self.down_since, self.up_since = DOWN, now, None

@@ -33,6 +33,8 @@ ICMP_ECHO_REPLY = 0
 ICMP6_ECHO_REQUEST = 128
 ICMP6_ECHO_REPLY = 129
 PAYLOAD = b"wg-failover-prb"
+MAX_EXPIRED = 512  # missed probes remembered for a late answer (a few seconds' worth)
+LATE_LIMIT = 5.0  # seconds: an answer later than this says nothing useful about the path
 
 
 class ProbeError(RuntimeError):
@@ -127,6 +129,7 @@ class IcmpProber:
         timeout: Callable[[str], float],
         interface: str | None = None,
         interval_for: Callable[[str], float | None] | None = None,
+        on_late: Callable[[str, float, float], None] | None = None,
     ) -> None:
         self.targets = {w: _norm(addr) for w, addr in targets.items()}
         self.by_address = {addr: w for w, addr in self.targets.items()}
@@ -141,6 +144,9 @@ class IcmpProber:
         self.ident = os.getpid() & 0xFFFF
         self.seq = 0
         self.outstanding: dict[int, _Outstanding] = {}
+        # Probes past their deadline (counted as missed) whose answer may still come: on_late.
+        self.expired: dict[int, _Outstanding] = {}
+        self.on_late = on_late
         self.sock: socket.socket | None = None
         self.raw = True
         self.sock6: socket.socket | None = None
@@ -272,6 +278,7 @@ class IcmpProber:
         old = self.outstanding.pop(seq, None)  # only after 65536 probes in flight: never
         if old is not None:
             old.timer.cancel()
+        self.expired.pop(seq, None)
         now = loop.time()
         self.last_sent[worker] = now
         timer = loop.call_at(now + self.timeout(worker), self._expire, seq)
@@ -321,6 +328,9 @@ class IcmpProber:
     def _expire(self, seq: int) -> None:
         item = self.outstanding.pop(seq, None)
         if item is not None:
+            self.expired[seq] = item
+            while len(self.expired) > MAX_EXPIRED:  # oldest first: dicts keep insertion order
+                del self.expired[next(iter(self.expired))]
             self.on_miss(item.worker, asyncio.get_running_loop().time())
             self._reschedule(item.worker)
 
@@ -342,7 +352,14 @@ class IcmpProber:
             if raw and ident != self.ident:
                 continue  # someone else's ping (a datagram socket only sees its own)
             item = self.outstanding.get(seq)
-            if item is None or self.by_address.get(_norm(addr[0])) != item.worker:
+            if item is None:
+                late = self.expired.get(seq)
+                if late is not None and self.by_address.get(_norm(addr[0])) == late.worker:
+                    del self.expired[seq]
+                    if self.on_late is not None and now - late.sent < LATE_LIMIT:
+                        self.on_late(late.worker, now - late.sent, now)
+                continue
+            if self.by_address.get(_norm(addr[0])) != item.worker:
                 continue
             del self.outstanding[seq]
             item.timer.cancel()

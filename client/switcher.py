@@ -41,7 +41,7 @@ class Options:
     report_every: float = 5.0
     check_every: float = 2.0  # how often the interface is checked for drift
     fast_path: bool = True  # False: --no-fast-path, move only on the responder's assignment
-    burst_interval: float = 0.02  # probe the active worker this fast after a miss (0: off)
+    burst_interval: float = 0.01  # probe the active worker this fast after a miss (0: off)
     burst_misses: int = 3  # then down after this many burst misses in a row
     gray: GraySettings | None = field(default_factory=GraySettings)  # None: --no-gray
 
@@ -195,6 +195,10 @@ class Switcher:
         assert self.decider is not None
         self.handle(self.decider.on_miss(worker, now))
 
+    def _on_late(self, worker: str, rtt: float, now: float) -> None:
+        assert self.decider is not None
+        self.handle(self.decider.on_late(worker, rtt, now))
+
     def probe_targets(self) -> dict[str, str]:
         """Worker name -> the tunnel address its probes go to."""
         targets = {}
@@ -211,14 +215,11 @@ class Switcher:
             floor = self.opts.interval / 2  # a first miss only starts the burst: judge it early
 
         def timeout(worker: str) -> float:
-            burst = decider.probe_interval(worker)
-            if burst is not None:
-                return decider.health[worker].timeout(burst, burst)
-            return decider.health[worker].timeout(self.opts.interval, floor)
+            return decider.probe_deadline(worker, self.opts.interval, floor)
 
         self.prober = IcmpProber(targets, self.opts.interval, self._on_reply, self._on_miss,
                                  timeout, interface=self.opts.interface,
-                                 interval_for=decider.probe_interval)
+                                 interval_for=decider.probe_interval, on_late=self._on_late)
         self.prober.open()
         return self.prober
 
