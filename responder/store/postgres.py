@@ -7,7 +7,8 @@ caller its own connection. One change is one transaction, committed before the r
 it to memory.
 
 Bounded waits, so a lost database makes a write fail (503) within seconds instead of hanging:
-libpq's connect_timeout and the pool's wait for a connection (5 s), statement_timeout (10 s),
+libpq's connect_timeout (5 s), a short wait for a pooled connection (2 s, then one attempt of
+the caller's own; 0.25 s while the pool cannot connect), statement_timeout (10 s),
 lock_timeout (2 s, "database locked"), TCP keepalives and tcp_user_timeout for a peer that
 vanished without a word. Every failure is a StoreError with base's reasons (connection refused
 or lost: "unavailable"; a hot standby: "read-only"; disk full; corrupted data: StoreCorrupt),
@@ -65,7 +66,10 @@ CONNECT_TIMEOUT = 5.0
 STATEMENT_TIMEOUT = 10.0
 LOCK_TIMEOUT = 2.0
 POOL_SIZE = 4
-OUTAGE_WAIT = 1.0
+# How long a caller waits for a pooled connection before it connects by itself: normally (the
+# pool has one ready, or makes one in milliseconds), and while the pool's own attempts fail.
+POOL_WAIT = 2.0
+OUTAGE_WAIT = 0.25
 # libpq settings a URL may set itself; these are the defaults when it does not.
 LIBPQ_DEFAULTS = {"keepalives": "1", "keepalives_idle": "5", "keepalives_interval": "2",
                   "keepalives_count": "3", "tcp_user_timeout": "10000",
@@ -134,13 +138,20 @@ class PostgresStore:
 
     @contextlib.contextmanager
     def _conn(self, what: str) -> Iterator[psycopg.Connection]:
-        """A pooled connection; any psycopg error inside becomes a StoreError (`what` THE
-        STORE: ...)."""
-        # While the pool's own attempts fail, a caller waits briefly: a write during an outage
-        # answers 503 in about a second instead of holding the write lock for the full wait.
-        timeout = OUTAGE_WAIT if self._connect_failed else self.timeout
+        """A pooled connection, else one of its own; any psycopg error inside becomes a
+        StoreError (`what` THE STORE: ...).
+
+        When the pool has none to give (its attempts fail, or wait out a back-off after an
+        outage), this caller connects once by itself: during an outage it fails at once with
+        libpq's reason instead of holding the write lock for the pool's wait, and the first
+        change after the database is back goes through instead of waiting for the pool."""
+        wait = OUTAGE_WAIT if self._connect_failed else POOL_WAIT
         try:
-            with self.pool.connection(timeout=timeout) as conn:
+            with contextlib.ExitStack() as stack:
+                try:
+                    conn = stack.enter_context(self.pool.connection(timeout=wait))
+                except PoolTimeout:
+                    conn = stack.enter_context(self._connect())
                 yield conn
         except psycopg.Error as exc:
             raise self._error(what, exc) from None
@@ -150,11 +161,7 @@ class PostgresStore:
 
     def _error(self, what: str, exc: psycopg.Error) -> StoreError:
         reason = reason_of(exc)
-        if isinstance(exc, PoolTimeout):
-            detail = "no connection" + (f": {self._connect_failed}" if self._connect_failed
-                                        else f" within {self.timeout:g} s")
-        else:
-            detail = self._text(exc)
+        detail = self._text(exc)
         if reason == DAMAGED:
             return damaged(self.path, detail)
         return StoreError(f"{what} {self.path}: {detail}", reason)

@@ -61,9 +61,9 @@ def test_a_lost_database_fails_writes_within_seconds_and_the_store_recovers():
         store = open_store(url)
         store.commit(Tx(workers={"w1": WorkerRow("w1", "up", 1.0)}))
         server.stop()  # immediate: as if the database host died
-        # The first finds its pooled connection broken and waits out the pool (5 s); while
-        # the pool's attempts fail, the next ones answer in about a second, with libpq's words.
-        for bound in (8, 3):
+        # The first finds its pooled connection broken and waits for the pool (2 s); while the
+        # pool's attempts fail, the next ones answer at once, with libpq's words.
+        for bound in (4, 1.5):
             t0 = time.monotonic()
             with pytest.raises(StoreError) as info:
                 store.commit(Tx(events=[Event("x")]))
@@ -73,14 +73,7 @@ def test_a_lost_database_fails_writes_within_seconds_and_the_store_recovers():
         with pytest.raises(StoreError):
             store.events(0, 10)
         server.start_again()
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                store.commit(Tx(events=[Event("after")]))
-                break
-            except StoreError:
-                assert time.monotonic() < deadline, "the store did not reconnect"
-                time.sleep(0.2)
+        store.commit(Tx(events=[Event("after")]))  # the first change after it is back
         assert [e["kind"] for e in store.events(0, 10)] == ["after"]
         assert store.load().workers["w1"].state == "up"
         store.close()
