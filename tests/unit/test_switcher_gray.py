@@ -291,6 +291,24 @@ def pct95(values: list[float]) -> float:
     return sorted(values)[int(0.95 * len(values)) - 1]
 
 
+def test_an_rtt_jump_past_the_deadline_is_left_as_gray_rtt_not_as_dead():
+    """1 ms -> 101 ms at once: every probe is late (a miss), but its late answer keeps w1 alive
+    and reaches the RTT median."""
+    rng = random.Random(3)
+    d = Decider(W, GRAY, active="w1")
+    t = warm(d)
+    acts = []
+    for i in range(40):
+        now = t + i * 0.1
+        for w in ("w2", "w3"):
+            acts += d.on_reply(w, 0.001 + rng.uniform(0, 0.0002), now)
+        acts += d.on_miss("w1", now + 0.05) + d.on_late("w1", 0.101, now + 0.101)
+        if switches(acts):
+            break
+    [sw] = switches(acts)
+    assert sw.cause == "gray-rtt" and d.health["w1"].state == UP, sw
+
+
 def test_a_dead_worker_is_left_within_about_200_ms_of_silence():
     for seed in range(10):
         kill = 5 + seed * 0.0137
