@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
+import time
 
 import httpx
 
@@ -114,3 +115,26 @@ def test_migrate_moves_a_store_the_responder_wrote_into_postgresql_as_it_is(
         assert ids and min(ids) > src_events[-1]["id"]
     finally:
         q.stop()
+
+
+def test_while_postgresql_is_away_changes_answer_503_within_seconds_and_reads_go_on(
+        responder_factory):
+    server = PgServer.start()  # its own: this test stops it
+    try:
+        p = responder_factory(args=("--db", server.create_db()), clients=4)
+        before = clients(p)
+        server.stop()
+        for worker in ("w1", "w2"):
+            t0 = time.monotonic()
+            r = p.alert(worker)
+            assert r.status_code == 503 and time.monotonic() - t0 < 4, r.text
+            assert r.json() == {"detail": "state store unavailable (unavailable); retry"}
+        assert clients(p) == before  # served from memory; nothing half-applied
+        server.start_again()
+        r = p.alert("w1")  # Alertmanager's retry, the first change after the database is back
+        assert r.status_code == 200, r.text
+        assert clients(p) != before
+        assert server.password not in p.log() and "Traceback" not in p.log()
+        p.stop()
+    finally:
+        server.close()
