@@ -77,6 +77,10 @@ def migrate_sqlite_to_postgres(sqlite_path: str, url: str) -> Migrated:
         try:
             out = Migrated(str(path), dst.path, src.epoch)
             with dst.transaction("cannot migrate into") as conn:
+                # One long transaction (a million events copy for a while): not the bounds
+                # that keep a responder's changes from hanging.
+                conn.execute("SET LOCAL statement_timeout = 0")
+                conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
                 held = [t for t in STATE_TABLES if conn.execute(
                     f"SELECT EXISTS(SELECT 1 FROM {t})").fetchone()[0]]  # type: ignore[call-overload,index]
                 if held:
