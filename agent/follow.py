@@ -31,6 +31,7 @@ log = logging.getLogger("wg_failover.agent")
 # bounds what a broken (or hostile) answer can cost.
 MAX_BODY = 32 * 1024 * 1024
 STABLE_SECONDS = 10.0  # a connection that lasted this long was healthy: back off from scratch
+SSE_AGAIN = 600.0  # long-polling this long: try the stream again (a proxy may have changed)
 LOG_EVERY = 10.0
 
 Deliver = Callable[[WorkerPeers], None]
@@ -160,9 +161,12 @@ class PeersFollower:
     async def run(self, deliver: Deliver, position: Position) -> None:
         """Deliver every WorkerPeers seen (the caller drops old ones), reconnecting forever."""
         loop = asyncio.get_running_loop()
+        sse_again = loop.time() + SSE_AGAIN  # only read while long-polling
         async with httpx.AsyncClient(verify=self.verify, timeout=10.0) as http:
             while True:
                 started, before = loop.time(), position()
+                if self.mode == "longpoll" and started >= sse_again:
+                    self.mode = "sse"
                 level, kind = logging.INFO, "ended"
                 try:
                     if self.mode == "sse":
@@ -175,7 +179,7 @@ class PeersFollower:
                     raise
                 except NoSse as exc:
                     log.info("responder: no event stream (%s); long-polling instead", exc)
-                    self.mode = "longpoll"
+                    self.mode, sse_again = "longpoll", loop.time() + SSE_AGAIN
                     continue
                 except Refused as exc:
                     # Peers stay as they are: a wrong token must not take live sessions down.

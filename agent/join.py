@@ -202,7 +202,8 @@ def join(o: JoinOptions) -> dict[str, Any]:
                                          if o.url.startswith("https") else True)
     except tls.TlsError as exc:
         raise JoinError(str(exc)) from None
-    state = Path(o.state_dir)
+    # node.json names files by absolute paths: agent and switcher read it from anywhere.
+    state = Path(o.state_dir).absolute()
     try:
         state.mkdir(mode=0o700, parents=True, exist_ok=True)
         priv, pub, _made = private_key(state)
@@ -233,7 +234,9 @@ def join(o: JoinOptions) -> dict[str, Any]:
         write_private(files["config"], config)
         node = {"name": got.name, "kind": got.kind, "responder": o.url,
                 "interface": o.interface, "token_file": str(files["token"]),
-                "config": str(files["config"]), "ca_file": o.ca_file, "public_key": pub}
+                "config": str(files["config"]),
+                "ca_file": str(Path(o.ca_file).absolute()) if o.ca_file else None,
+                "public_key": pub}
         write_private(files["node"], json.dumps(node, indent=1) + "\n")
     except OSError as exc:
         raise JoinError(f"enrolled as {got.kind} {got.name}, but writing into {state} failed "

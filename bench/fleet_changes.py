@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from wg_failover import wg  # noqa: E402
 from wg_failover.agent import routes  # noqa: E402
+from wg_failover.agent.follow import PeersFollower  # noqa: E402
 from wg_failover.agent.run import Agent  # noqa: E402
 from wg_failover.lab.netns import NetLab, unique_prefix  # noqa: E402
 from wg_failover.wire import PeerEntry, WorkerPeers  # noqa: E402
@@ -140,14 +141,22 @@ def peers_only(lab: NetLab, n: int, changes: int, work: Path) -> dict:
         cpus.append(cpu)
     out["change_wall"], out["change_cpu"] = walls, cpus
     # Each change reaches the agent as the worker's whole WorkerPeers: parsing it is part of
-    # the agent's cost per change at this size too.
+    # the agent's cost per change at this size too (the follower validates only the peers it
+    # has not validated before; the first event of a connection costs the full validation).
     text = WorkerPeers(worker="w1", version=version, epoch=EPOCH, peers=current).model_dump_json()
-    parse = []
-    for _ in range(5):
+    parse, first = [], []
+    for k in range(5):
+        follower = PeersFollower("http://127.0.0.1:9", "w1", None)
         t0 = time.perf_counter()
-        WorkerPeers.model_validate_json(text)
+        follower.parse(text)
+        first.append(time.perf_counter() - t0)
+        changed = [*current[:-1], peer_entry(10**6 + k)]
+        nxt = WorkerPeers(worker="w1", version=version + 1, epoch=EPOCH,
+                          peers=changed).model_dump_json()
+        t0 = time.perf_counter()
+        assert follower.parse(nxt) is not None
         parse.append(time.perf_counter() - t0)
-    out["parse_event"], out["event_bytes"] = parse, len(text)
+    out["parse_event"], out["parse_first"], out["event_bytes"] = parse, first, len(text)
     dump = {p.public_key: p.allowed_ips for p in wg.show_dump(iface).peers}
     out["consistent"] = dump == {e.public_key: tuple(e.allowed_ips) for e in current}
 
@@ -182,7 +191,8 @@ def print_peers_only(r: dict) -> None:
           f"p50 {ms(pct(c, 50))}  p99 {ms(pct(c, 99))}   interface == desired: "
           f"{r['consistent']}")
     print(f"     + parsing the {r['event_bytes'] // 1024} KiB WorkerPeers event that carries "
-          f"it: median {ms(statistics.median(r['parse_event']))}")
+          f"it: median {ms(statistics.median(r['parse_event']))} (the first event of a "
+          f"connection: {ms(statistics.median(r['parse_first']))})")
     b = r["baseline_syncconf"]
     print(f"   baseline, whole config re-synced per change (wg syncconf, {len(b)} changes): "
           f"p50 {ms(pct(b, 50))}  -> the agent's wall time per change is "
