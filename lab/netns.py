@@ -16,6 +16,7 @@ import ipaddress
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -198,7 +199,7 @@ class NetLab:
         def listening() -> bool:
             if proc.poll() is not None:
                 raise NetnsError(f"wireguard-go {ifname} exited with {proc.returncode}")
-            return sock.exists()
+            return uapi_ready(sock)
 
         if not poll_until(listening, 10, 0.02):
             raise NetnsError(f"wireguard-go {ifname}: no control socket after 10 s")
@@ -215,6 +216,19 @@ class NetLab:
                     continue  # a default route would hijack the namespace's underlay
                 host.run(["ip", "route", "replace", prefix, "dev", ifname])
         return iface
+
+
+def uapi_ready(sock: Path) -> bool:
+    """wireguard-go accepts connections on its control socket. The file appears at bind(),
+    before listen(): a `wg` in that window finds no listener, falls back to the kernel module
+    and fails with "Protocol not supported" (the fault campaign hit it under load)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1)
+        try:
+            s.connect(str(sock))
+        except OSError:
+            return False
+    return True
 
 
 def list_namespaces() -> list[str]:

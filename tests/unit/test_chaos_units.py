@@ -215,3 +215,23 @@ def test_blind_master_clients_must_stay_and_the_worker_stay_up():
         "responder calls w1 down although its clients reach it"]
     moved = bm.observe(4, {"c1": "w2", "c2": "w3"}, {"w1": "down"}, None)
     assert [v.text for v in moved] == ["c2 left w1 for w3 although it still reaches it"]
+
+
+# ---------------------------------------------------------------------- defects found
+
+
+def test_wireguard_go_is_ready_only_when_its_socket_listens(tmp_path):
+    # The campaign's crash-wireguard heal hit `wg setconf` between wireguard-go's bind() and
+    # listen(): `wg` found no listener, fell back to the kernel and failed ("Protocol not
+    # supported"). Readiness is a connection accepted, not the file's existence.
+    import socket
+
+    from wg_failover.lab.netns import uapi_ready
+
+    path = tmp_path / "wgt0.sock"
+    assert not uapi_ready(path)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(str(path))
+        assert path.exists() and not uapi_ready(path)  # bound, not listening yet
+        s.listen(1)
+        assert uapi_ready(path)
