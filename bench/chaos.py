@@ -304,7 +304,7 @@ class Campaign:
                 self.injected[f.kind] += 1
             else:
                 self.inj.heal(f)
-        except (LabError, OSError, subprocess.SubprocessError) as exc:
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:  # LabError, WgError..
             # The campaign's own failure, not the system's: counted apart, and it fails the run.
             self.errors.append(f"{t:.2f} s {action} {f.label}: {exc}")
             self.say(f"{t:8.2f} s    ERROR {action} {f.label}: {exc}")
