@@ -14,21 +14,24 @@ import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
+from starlette.routing import Match
 
 from wg_failover.fleet import Fleet, FleetError, fleet_data, load_fleet
 
 from . import apidoc
+from .deps import single_query_values
 from .http import ApiError, error_response, validation_detail
 from .intake.fleet import apply_fleet
 from .models import AMPayload
 from .routers import ROUTERS
+from .routers.fleet import BODY_SCHEMAS
 from .state import ResponderState
 from .store import StoreError, describe_location, open_store
 from .stream import openapi as stream_openapi
@@ -52,6 +55,16 @@ async def reload_fleet(state: ResponderState, path: str) -> None:
         log.error("SIGHUP: cannot apply %s: %s; the served fleet is unchanged", path, exc)
     else:
         log.info("SIGHUP: applied %s: %s", path, diff.model_dump_json(exclude_defaults=True))
+
+
+def _allowed(app: FastAPI, scope: Any) -> list[str]:
+    methods: set[str] = set()
+    for route in app.routes:
+        match, _ = route.matches({**scope, "method": "GET", "type": "http"})
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    # A route with GET also answers HEAD in Starlette.
+    return sorted(methods | ({"HEAD"} if "GET" in methods else set()))
 
 
 def create_app(fleet: Fleet, db: str, fleet_path: str | None = None) -> FastAPI:
@@ -92,6 +105,7 @@ def create_app(fleet: Fleet, db: str, fleet_path: str | None = None) -> FastAPI:
         description="Alertmanager webhook in, worker state and client assignments out. "
                     "Bearer tokens: " + TOKENS,
         lifespan=lifespan,
+        dependencies=[Depends(single_query_values)],
     )
     for router in ROUTERS:
         app.include_router(router)
@@ -109,9 +123,14 @@ def create_app(fleet: Fleet, db: str, fleet_path: str | None = None) -> FastAPI:
         return JSONResponse({"detail": validation_detail(exc)}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            # Starlette names only the first route of the path; a path served by several
+            # routes (GET and DELETE /v1/clients/{name}) allows all their methods.
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed(app, request.scope))}
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+                            headers=headers)
 
     def openapi() -> dict[str, Any]:
         # Bodies read by hand (responder/http.py) and the stream front's routes are not
@@ -122,7 +141,8 @@ def create_app(fleet: Fleet, db: str, fleet_path: str | None = None) -> FastAPI:
                                  description=app.description, routes=app.routes)
             schema.setdefault("paths", {}).update(stream_openapi.PATHS)
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            adapters = {"AMPayload": TypeAdapter(AMPayload), **stream_openapi.SCHEMAS}
+            adapters = {"AMPayload": TypeAdapter(AMPayload), **stream_openapi.SCHEMAS,
+                        **BODY_SCHEMAS}
             for name, adapter in adapters.items():
                 js = adapter.json_schema(ref_template="#/components/schemas/{model}",
                                          schema_generator=apidoc.DocSchema)

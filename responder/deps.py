@@ -32,6 +32,17 @@ async def get_state(request: Request) -> ResponderState:
 State = Annotated[ResponderState, Depends(get_state)]
 
 
+async def single_query_values(request: Request) -> None:
+    """A query parameter given more than once is refused (422): FastAPI would silently take the
+    last one, so `?version=junk&version=0` would pass."""
+    seen: set[str] = set()
+    for key, _ in request.query_params.multi_items():
+        if key in seen:
+            raise ApiError(422, [{"loc": ["query", key[:100]], "msg": "given more than once",
+                                  "type": "value_error"}])
+        seen.add(key)
+
+
 def check_client(state: ResponderState, token: str | None, name: str) -> None:
     """Raise unless `token` may use client `name`'s endpoints (its own token, or admin; the
     admin learns that a client does not exist, anyone else gets 401)."""

@@ -313,7 +313,7 @@ class FleetDiff(_Wire):
 class EnrollKeyRequest(_Wire):
     """`POST /v1/enroll-keys`: a key for `wg-failover join`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     kind: NodeKind
     reusable: bool = False
     expires_seconds: StrictInt = Field(default=86400, ge=1, le=365 * 86400)
@@ -347,7 +347,7 @@ class EnrollRequest(_Wire):
     (its private key never leaves it). Clients may name an address (else one from the pool);
     workers give what the fleet needs to reach and scrape them."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     name: Name
     public_key: WgKey
     address: Cidr | None = None

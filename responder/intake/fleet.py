@@ -10,6 +10,7 @@ client's routes are on another worker before its old worker's peer goes away.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import secrets
 import time
 from dataclasses import replace
@@ -43,6 +44,11 @@ def fleet_problems(exc: FleetError) -> ApiError:
                            "msg": p.message, "type": "value_error"} for p in exc.problems])
 
 
+def field_error(field: str, msg: str) -> ApiError:
+    """422 in the documented shape (a list of field problems), for a rule across fields."""
+    return ApiError(422, [{"loc": ["body", field], "msg": msg, "type": "value_error"}])
+
+
 def _new_doc(state_or_draft_version: int, data: dict[str, Any], enrolled: list[str]) -> FleetDoc:
     return FleetDoc(state_or_draft_version + 1, data, sorted(set(enrolled)))
 
@@ -55,6 +61,7 @@ def plan_apply(state: ResponderState, file_data: dict[str, Any], source: str
     """The fleet that applying `file_data` would serve, its document, and the diff. Raises
     FleetError when the result does not validate."""
     doc = state.fleet_doc
+    validate_fleet_data(file_data, source)  # the file alone first: its own field paths
     data, enrolled, kept = fleetdoc.merge_file(file_data, fleet_data(state.fleet), doc.enrolled)
     fleet = validate_fleet_data(data, source)
     new = _new_doc(doc.version, data, enrolled)
@@ -166,7 +173,9 @@ def key_info(k: EnrollKeyRow) -> EnrollKeyInfo:
 
 async def create_key(state: ResponderState, req: EnrollKeyRequest) -> EnrollKeyCreated:
     if req.address is not None and req.kind != "client":
-        raise ApiError(422, "an address is for client keys only")
+        raise field_error("address", "an address is for client keys only")
+    if req.address is not None:
+        _check_address(req.address)
     secret = "wgfo-ek-" + secrets.token_urlsafe(32)
     now = state.clock()
     row = EnrollKeyRow(id=secrets.token_hex(6), sha256=sha256_hex(secret), kind=req.kind,
@@ -194,6 +203,13 @@ async def revoke_key(state: ResponderState, key_id: str) -> EnrollKeyInfo:
 
     await state.change(build)
     return key_info(new)
+
+
+def _check_address(address: str) -> None:
+    try:
+        ipaddress.ip_interface(address)
+    except ValueError:
+        raise field_error("address", f"{address!r} is not an address in CIDR form") from None
 
 
 def find_key(state: ResponderState, token: str | None) -> EnrollKeyRow:
@@ -228,7 +244,7 @@ def _node(state: ResponderState, d: Draft, key: EnrollKeyRow, req: EnrollRequest
         missing = [f for f in ("endpoint", "tunnel_address", "exporter")
                    if getattr(req, f) is None]
         if missing:
-            raise ApiError(422, f"a worker must give {', '.join(missing)}")
+            raise field_error(missing[0], f"a worker must give {', '.join(missing)}")
         node = {"name": req.name, "public_key": req.public_key, "endpoint": req.endpoint,
                 "tunnel_address": req.tunnel_address, "exporter": req.exporter,
                 "token_sha256": token_sha}
@@ -239,16 +255,19 @@ def _node(state: ResponderState, d: Draft, key: EnrollKeyRow, req: EnrollRequest
         return node
     pool = d.settings.client_pool
     address = req.address or key.address
+    if req.address is not None:
+        _check_address(req.address)
     if address is None:
         if pool is None:
-            raise ApiError(422, "no address given and the fleet has no responder.client_pool")
+            raise field_error("address",
+                              "no address given and the fleet has no responder.client_pool")
         address = fleetdoc.allocate_address(d.fleet, pool)
         if address is None:
             raise ApiError(409, f"the client pool {pool} is full")
     elif key.address is not None and address != key.address:
         raise ApiError(403, f"this enrollment key is for the address {key.address}")
     elif pool is not None and key.address is None and not fleetdoc.in_pool(address, pool):
-        raise ApiError(422, f"address {address} is outside the client pool {pool}")
+        raise field_error("address", f"address {address} is outside the client pool {pool}")
     node = {"name": req.name, "public_key": req.public_key, "address": address,
             "token_sha256": token_sha}
     if req.routes:

@@ -5,12 +5,12 @@ enrollment keys `POST|GET /v1/enroll-keys`, `DELETE /v1/enroll-keys/{id}`; and `
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
-from pydantic import ValidationError
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import TypeAdapter, ValidationError
 
-from wg_failover.fleet import FleetError, fleet_data
+from wg_failover.fleet import Fleet, FleetError, fleet_data
 from wg_failover.wire import (
     Enrolled,
     EnrollKeyCreated,
@@ -24,10 +24,14 @@ from ..apidoc import errors
 from ..deps import State, require_admin
 from ..http import ApiError, bearer_token, read_json_body, validation_detail
 from ..intake import fleet as intake
+from .alerts import body_doc
 
 router = APIRouter(tags=["fleet"])
 
 MAX_FLEET_BODY = 64 * 1024 * 1024  # a 100,000-client fleet is ~25 MB of JSON
+# Bodies read by hand (responder/http.py), for /openapi.json (app.py adds them).
+BODY_SCHEMAS = {"Fleet": TypeAdapter(Fleet), "EnrollKeyRequest": TypeAdapter(EnrollKeyRequest),
+                "EnrollRequest": TypeAdapter(EnrollRequest)}
 
 
 @router.get("/v1/fleet", dependencies=[Depends(require_admin)], responses=errors(401))
@@ -37,7 +41,7 @@ async def get_fleet(state: State) -> dict[str, Any]:
             "enrolled": state.fleet_doc.enrolled, "fleet": fleet_data(state.fleet)}
 
 
-@router.put("/v1/fleet", dependencies=[Depends(require_admin)],
+@router.put("/v1/fleet", dependencies=[Depends(require_admin)], openapi_extra=body_doc("Fleet"),
             responses=errors(400, 401, 413, 422, 503))
 async def put_fleet(request: Request, state: State, dry_run: bool = False) -> FleetDiff:
     """Apply a fleet (the fleet file as JSON): the diff; `dry_run` changes nothing. Nodes that
@@ -51,10 +55,13 @@ async def put_fleet(request: Request, state: State, dry_run: bool = False) -> Fl
 
 
 @router.delete("/v1/workers/{name}", dependencies=[Depends(require_admin)],
-               responses=errors(401, 404, 409, 503))
-async def delete_worker(state: State, name: str) -> FleetDiff:
-    """Drain the worker (its clients move and apply first, at most 10 s), then remove it."""
-    return await intake.remove_worker(state, name)
+               responses=errors(401, 404, 409, 422, 503))
+async def delete_worker(state: State, name: str,
+                        wait: Annotated[float, Query(ge=0, le=60)] = intake.REMOVE_WAIT
+                        ) -> FleetDiff:
+    """Drain the worker, wait (at most `wait` seconds, default 10) until its clients applied
+    their new assignments, then remove it."""
+    return await intake.remove_worker(state, name, wait)
 
 
 @router.delete("/v1/clients/{name}", dependencies=[Depends(require_admin)],
@@ -65,6 +72,7 @@ async def delete_client(state: State, name: str) -> FleetDiff:
 
 
 @router.post("/v1/enroll-keys", status_code=201, dependencies=[Depends(require_admin)],
+             openapi_extra=body_doc("EnrollKeyRequest"),
              responses=errors(400, 401, 422, 503))
 async def create_key(request: Request, state: State) -> EnrollKeyCreated:
     """A new enrollment key; the answer is the only time it is shown (kept as sha256)."""
@@ -89,7 +97,8 @@ async def revoke_key(state: State, key_id: str) -> EnrollKeyInfo:
     return await intake.revoke_key(state, key_id)
 
 
-@router.post("/v1/enroll", status_code=201, responses=errors(400, 401, 403, 409, 422, 503))
+@router.post("/v1/enroll", status_code=201, openapi_extra=body_doc("EnrollRequest"),
+             responses=errors(400, 401, 403, 409, 422, 503))
 async def enroll(request: Request, state: State) -> Enrolled:
     """A node joins with an enrollment key: it registers its public key (its private key never
     leaves it) and gets its API token, shown once."""

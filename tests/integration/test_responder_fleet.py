@@ -145,7 +145,7 @@ def test_enroll_conflicts_and_bad_fields_are_4xx_and_change_nothing(responder):
         assert why in json.dumps(r.json()), (body, r.text)
     worker_key = new_key(p, kind="worker")
     r = enroll(p, worker_key, name="w9")
-    assert r.status_code == 422 and "endpoint" in r.json()["detail"]
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "endpoint"]
     assert served(p)["version"] == version
 
 

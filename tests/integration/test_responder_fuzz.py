@@ -28,9 +28,23 @@ import pytest
 from tests.helpers.responder import ResponderProc, unlimited_reports
 
 MAX_EXAMPLES = 50
+# Operations whose bodies have rules across fields that no JSON schema states; schemathesis
+# warns that it mostly generates bodies they reject, and that warning alone is not a problem.
+CROSS_FIELD = {"POST /v1/enroll", "PUT /v1/fleet", "POST /v1/enroll-keys"}
 
 
-def _config(p: ResponderProc, seed: int | None) -> str:
+def only_cross_field(out: str) -> bool:
+    """The run's only warning is the validation mismatch, and only for CROSS_FIELD operations."""
+    part = out.split("=== WARNINGS ===", 1)[-1].split("=== SUMMARY ===", 1)[0]
+    titles = [ln for ln in part.splitlines() if ln.strip() and not ln.startswith("  ")
+              and not ln.startswith("=") and not ln.startswith("💡")]
+    ops = set(re.findall(r"^\s+- ((?:GET|POST|PUT|DELETE) \S+)", part, re.M))
+    return (re.search(r"=+ 1 warning in", out) is not None and len(titles) == 1
+            and titles[0].startswith("Schema validation mismatch") and bool(ops)
+            and ops <= CROSS_FIELD)
+
+
+def _config(p: ResponderProc, seed: int | None, enroll_key: str) -> str:
     t = p.tokens
     rand = "deterministic = true" if seed is None else ""
     return f"""
@@ -50,6 +64,39 @@ max-examples = {MAX_EXAMPLES}
 database = "none"
 {rand}
 
+# Removing and revoking with the admin token, on names that are mostly not in the fleet (404):
+# removing c1 or a worker would turn the rest of the run into 401s; a removal also waits for
+# the moved clients (up to 10 s).
+[[operations]]
+include-method = "DELETE"
+headers = {{ Authorization = "Bearer {t['admin']}" }}
+
+# A fleet put through the API is only ever a dry run here, for the same reason. A fleet, a key
+# request and an enrollment have rules across fields that no JSON schema states (unique names
+# and keys, addresses in the pool, a worker's endpoint): for these three the "schema-valid
+# accepted" check also takes the answers that name such a rule (403, 409, 422 with the field);
+# that most generated bodies break such a rule is the one warning allowed (CROSS_FIELD below).
+[[operations]]
+include-path = "/v1/fleet"
+headers = {{ Authorization = "Bearer {t['admin']}" }}
+parameters = {{ "query.dry_run" = true }}
+checks = {{ positive_data_acceptance = {{ expected-statuses = ["2XX", 422] }} }}
+
+# (Filters in one entry are alternatives: `include-name` names one operation.)
+[[operations]]
+include-name = "POST /v1/enroll-keys"
+headers = {{ Authorization = "Bearer {t['admin']}" }}
+checks = {{ positive_data_acceptance = {{ expected-statuses = ["2XX", 422] }} }}
+
+[[operations]]
+include-path = "/v1/enroll-keys"
+headers = {{ Authorization = "Bearer {t['admin']}" }}
+
+[[operations]]
+include-path = "/v1/enroll"
+headers = {{ Authorization = "Bearer {enroll_key}" }}
+checks = {{ positive_data_acceptance = {{ expected-statuses = ["2XX", 403, 409, 422] }} }}
+
 # The client's own routes with its own token, mostly its own name (else 401). A long-poll waits
 # up to 60 s by contract: here it answers at once.
 [[operations]]
@@ -59,7 +106,8 @@ parameters = {{ "path.name" = {{ dictionary = "clients", probability = 0.8 }}, "
 
 # A stream sends its first event at once, unless the caller is up to date: then it waits.
 [[operations]]
-include-path = "/v1/clients/{{name}}/assignment/stream"
+include-path = ["/v1/clients/{{name}}/assignment/stream", "/v1/clients/{{name}}/view/stream",
+                "/v1/workers/{{name}}/peers/stream"]
 request-timeout = 1
 
 [[operations]]
@@ -69,7 +117,7 @@ headers = {{ Authorization = "Bearer {t['alert']}" }}
 [[operations]]
 include-path-regex = "^/v1/workers/.name./"
 headers = {{ Authorization = "Bearer {t['admin']}" }}
-parameters = {{ "path.name" = {{ dictionary = "workers", probability = 0.7 }} }}
+parameters = {{ "path.name" = {{ dictionary = "workers", probability = 0.7 }}, "query.wait" = 0 }}
 
 [[operations]]
 include-path = ["/v1/workers", "/v1/targets"]
@@ -90,8 +138,10 @@ def test_schemathesis_finds_nothing_on_the_live_responder(tmp_path: Path) -> Non
         seed = int(os.environ.get("WGFO_FUZZ_SEED") or random.randrange(1 << 32))
     p = ResponderProc.start(tmp_path / "responder", tls=True, args=unlimited_reports())
     try:
+        r = p.http("admin").post("/v1/enroll-keys", json={"kind": "client", "reusable": True})
+        assert r.status_code == 201, r.text
         cfg = tmp_path / "schemathesis.toml"
-        cfg.write_text(_config(p, seed))
+        cfg.write_text(_config(p, seed, r.json()["key"]))
         proc = subprocess.run(
             [sys.executable, "-m", "schemathesis.cli", "--config-file", str(cfg), "run",
              f"{p.url}/openapi.json", "--checks", "all"],
@@ -99,7 +149,7 @@ def test_schemathesis_finds_nothing_on_the_live_responder(tmp_path: Path) -> Non
             env={**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_HOOKS": ""})
         out = proc.stdout + proc.stderr
         how = "deterministic (CI)" if seed is None else f"WGFO_FUZZ_SEED={seed}"
-        assert proc.returncode == 0 and "No issues found" in out, \
+        assert proc.returncode == 0 and ("No issues found" in out or only_cross_field(out)), \
             f"schemathesis ({how}) found problems:\n{out[-20000:]}\n--- responder ---\n" \
             f"{p.log()[-3000:]}"
         # Every operation was reached, with working tokens (else it would warn).
