@@ -11,7 +11,6 @@ worker is refused in one log line and never applied.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import ssl
 import time
@@ -20,6 +19,7 @@ from urllib.parse import quote
 
 import httpx
 from pydantic import ValidationError
+from pydantic_core import from_json
 
 from wg_failover.backoff import Backoff
 from wg_failover.sse import SseReader, SseTooLarge
@@ -128,19 +128,24 @@ class PeersFollower:
         (same name, key and allowed-ips) is taken as it was: every event carries all of the
         worker's peers, and validating 10,000 of them again for one change cost the agent more
         than everything else it does for that change."""
-        raw = json.loads(data)
+        raw = from_json(data)
         if not isinstance(raw, dict) or not isinstance(raw.get("peers"), list):
             return WorkerPeers.model_validate(raw)  # raises, saying what is wrong
         head = WorkerPeers.model_validate({**raw, "peers": []})
         known, seen = self._known, {}
         entries = []
         for item in raw["peers"]:
-            key = _identity_of(item)
-            entry = known.get(key) if key is not None else None
+            # A lookup hits only when every value equals one validated before, so the values
+            # are strings of the right shape; anything else raises here or misses: validated.
+            try:
+                key = (item["name"], item["public_key"], tuple(item["allowed_ips"]))
+                entry = known.get(key)
+            except (TypeError, KeyError):
+                key, entry = None, None
             if entry is None:
                 entry = PeerEntry.model_validate(item)
-            if key is not None:
-                seen[key] = entry
+                key = (entry.name, entry.public_key, tuple(entry.allowed_ips))
+            seen[key] = entry
             entries.append(entry)
         self._known = seen
         return WorkerPeers.model_construct(worker=head.worker, version=head.version,
@@ -267,17 +272,6 @@ class PeersFollower:
             await asyncio.sleep(self.backoff.next())  # nothing new at once: do not spin
         else:
             self.backoff.reset()
-
-
-def _identity_of(item: object) -> tuple[str, str, tuple[str, ...]] | None:
-    """A peer as the wire wrote it, when it is made of the right types (else None: validate)."""
-    if not isinstance(item, dict):
-        return None
-    name, key, ips = item.get("name"), item.get("public_key"), item.get("allowed_ips")
-    if not (isinstance(name, str) and isinstance(key, str) and isinstance(ips, list)
-            and all(isinstance(ip, str) for ip in ips)):
-        return None
-    return name, key, tuple(ips)
 
 
 def _identity(r: httpx.Response) -> None:
