@@ -170,10 +170,17 @@ def enroll(o: JoinOptions, key: str, body: dict[str, Any],
 
 
 def _detail(r: httpx.Response) -> str:
-    with contextlib.suppress(ValueError):
+    """The responder's reason: `detail` as text, or its field problems as `field: message`."""
+    with contextlib.suppress(ValueError, AttributeError):
         detail = r.json().get("detail")
         if isinstance(detail, str):
             return detail[:300]
+        if isinstance(detail, list) and all(isinstance(d, dict) for d in detail):
+            parts = []
+            for d in detail[:5]:
+                loc = ".".join(str(x) for x in d.get("loc", []) if x != "body")
+                parts.append(f"{loc}: {d.get('msg', '')}" if loc else str(d.get("msg", "")))
+            return "; ".join(parts)[:300]
         if detail is not None:
             return json.dumps(detail)[:300]
     return r.reason_phrase or "no reason given"
