@@ -171,6 +171,7 @@ class IcmpProber:
         for item in self.outstanding.values():
             item.timer.cancel()
         self.outstanding.clear()
+        self.expired.clear()
         for sock, _ in self._sockets():
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(sock.fileno())
