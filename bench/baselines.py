@@ -718,6 +718,9 @@ def run_article(prefix: str, workdir: Path, kills: int, settle: float, quick: bo
                 sl.kill_worker(victim)
                 gap = wait_gap(ping, killed_at, timeout)
                 res.gaps.append(gap)
+                # Traffic flows as soon as the new interface is up, a moment before `notify`
+                # records the new active worker: wait for it, or the line names the dead one.
+                switched.wait(5)
                 _say(f"article kill {i + 1}: {victim} -> {active['name']} "
                      f"(master sees online: {master_obj.online})  traffic gap "
                      + (f"{gap * 1000:.0f} ms" if gap is not None else f"never (>{timeout:g} s)"))
