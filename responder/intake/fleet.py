@@ -124,8 +124,14 @@ async def remove_client(state: ResponderState, name: str) -> FleetDiff:
         raise ApiError(404, f"no client named {name!r}")
 
     def build(d: Draft) -> FleetDiff:
-        return _commit_data(d, state, fleetdoc.without_node(d.fleet, "client", name),
-                            f"remove client {name}", "client-removed", client=name)
+        if name not in d.client_by_name:
+            raise ApiError(404, f"no client named {name!r}")
+        fleet, data = fleetdoc.drop_client(d.fleet, state.fleet_doc.data, name)
+        doc = state.fleet_doc
+        new = _new_doc(doc.version, data, [t for t in doc.enrolled if t != f"client:{name}"])
+        d.set_fleet(fleet, new)
+        d.event("client-removed", client=name, version=new.version)
+        return fleetdoc.diff(state.fleet, fleet, new.version, applied=True)
 
     return await state.change(build)
 
@@ -284,12 +290,12 @@ async def enroll(state: ResponderState, token: str | None, req: EnrollRequest) -
     def build(d: Draft) -> Enrolled:
         key = find_key(state, token)  # under the write lock: a one-time key is used once
         node = _node(state, d, key, req, sha256_hex(secret))
-        data = fleetdoc.with_node(d.fleet, key.kind, node)
+        doc = state.fleet_doc
         try:
-            fleet = validate_fleet_data(data, f"enrollment of {req.name}")
+            fleet, data = fleetdoc.add_node(d.fleet, doc.data, key.kind, node,
+                                            f"enrollment of {req.name}")
         except FleetError as exc:
             raise fleet_problems(exc) from None
-        doc = state.fleet_doc
         new = _new_doc(doc.version, data, [*doc.enrolled, fleetdoc.tag(key.kind, req.name)])
         d.set_fleet(fleet, new)
         d.tx.keys[key.id] = replace(key, uses=key.uses + 1)
