@@ -29,11 +29,12 @@ from . import apidoc
 from .deps import single_query_values
 from .http import ApiError, error_response, validation_detail
 from .intake.fleet import apply_fleet
+from .leader import LeaderGate, Leadership, Solo
 from .models import AMPayload
 from .routers import ROUTERS
 from .routers.fleet import BODY_SCHEMAS
 from .state import ResponderState
-from .store import StoreError, describe_location, open_store
+from .store import StoreError, is_postgres, open_store
 from .stream import openapi as stream_openapi
 from .stream.front import StreamFront
 
@@ -75,16 +76,18 @@ def create_app(fleet: Fleet, db: str, fleet_path: str | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = open_store(db)
-        state = ResponderState(fleet, store)
-        app.state.responder = state
-        await state.start()
-        log.info("responder ready: %d workers, %d clients (fleet version %d), db %s",
-                 len(state.fleet.workers), len(state.fleet.clients), state.fleet_doc.version,
-                 describe_location(db))
+        # PostgreSQL: a replica that leads or waits as a standby (leader.py); SQLite: always.
+        role = Leadership(app, fleet, store, db) if is_postgres(db) else Solo(app, fleet, store,
+                                                                              db)
+        await role.start()
         loop = asyncio.get_running_loop()
         tasks: set[asyncio.Task[None]] = set()
         if fleet_path is not None:
             def hup() -> None:
+                state = role.state
+                if state is None:
+                    log.warning("SIGHUP: a standby applies the fleet file when it leads")
+                    return
                 task = asyncio.ensure_future(reload_fleet(state, fleet_path))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
@@ -95,12 +98,12 @@ def create_app(fleet: Fleet, db: str, fleet_path: str | None = None) -> FastAPI:
         finally:
             with contextlib.suppress(RuntimeError, ValueError):
                 loop.remove_signal_handler(signal.SIGHUP)
-            await state.stop()
+            await role.stop()
             store.close()
 
     app = FastAPI(
         title="wg-failover responder",
-        middleware=[Middleware(StreamFront)],
+        middleware=[Middleware(LeaderGate), Middleware(StreamFront)],
         version="1",
         description="Alertmanager webhook in, worker state and client assignments out. "
                     "Bearer tokens: " + TOKENS,

@@ -88,6 +88,8 @@ class Health(BaseModel):
 
 class Readiness(BaseModel):
     ready: bool
+    leader: bool = Field(default=True, description="this replica holds the leader lease and "
+                         "serves (always true on SQLite; replicas on PostgreSQL: one leads)")
     epoch: str | None = Field(default=None, description="the state store's epoch")
     reason: str | None = Field(default=None, description="why not ready, e.g. `state store: "
                                "disk full`")

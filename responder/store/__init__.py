@@ -21,7 +21,7 @@ from .sqlite import SQLiteStore
 __all__ = ["PERSISTENT", "AssignmentRow", "DeliveryLog", "EnrollKeyRow", "Event", "FleetDoc",
            "Loaded", "SQLiteStore",
            "Store", "StoreCorrupt", "StoreError", "Tx", "WorkerRow", "check_store",
-           "describe_location", "open_store"]
+           "describe_location", "is_postgres", "open_store"]
 
 
 def is_postgres(location: str) -> bool:

@@ -26,6 +26,8 @@ LOCKED = "database locked"
 DAMAGED = "database damaged"
 READ_ONLY = "read-only"
 IO_ERROR = "I/O error"
+# A replica whose leader lease (and fencing term) is over: it must not write (postgres_lease.py).
+NOT_LEADER = "not the leader"
 # Reasons that last until an operator acts (free space, restore a backup): /readyz reports them.
 # A locked database is contention that passes by itself, not a readiness problem.
 PERSISTENT = frozenset({DISK_FULL, DAMAGED, READ_ONLY, IO_ERROR})

@@ -47,6 +47,7 @@ from .base import (
     WorkerRow,
 )
 from .postgres_faults import damaged, reason_of, redact, scrub, secrets_in
+from .postgres_lease import check_fence
 from .postgres_tables import (
     SCHEMA_VERSION,
     TABLES,
@@ -302,18 +303,24 @@ class PostgresStore:
             raise StoreError(f"cannot write to {self.path}: {self.degraded} (serving reads "
                              "only)", self.degraded)
 
-    def commit(self, tx: Tx, durable: bool = True) -> list[int]:
-        """Write `tx` in one transaction; the new events' ids. Raises StoreError."""
+    def commit(self, tx: Tx, durable: bool = True,
+               fence: tuple[int, str] | None = None) -> list[int]:
+        """Write `tx` in one transaction; the new events' ids. Raises StoreError. `fence`:
+        (term, holder) that must still hold the leader lease (postgres_lease.Fenced)."""
         if tx.empty():
             return []
         self._writable_now()
         with self._conn("cannot commit to") as conn, conn.transaction():
+            if fence is not None:
+                check_fence(conn, fence)
             if not durable:
                 conn.execute("SET LOCAL synchronous_commit = off")
             return write_tx(conn, tx)
 
-    def writable(self) -> None:
+    def writable(self, fence: tuple[int, str] | None = None) -> None:
         with self._conn("cannot write to") as conn, conn.transaction():
+            if fence is not None:
+                check_fence(conn, fence)
             conn.execute("SET LOCAL synchronous_commit = off")
             if not self._epoch_stored:
                 conn.execute("INSERT INTO meta (key, value) VALUES ('epoch', %s) "
@@ -323,17 +330,23 @@ class PostgresStore:
         self._epoch_stored = True
         self.degraded = None
 
-    def prune_dedup(self, now: float | None = None) -> None:
+    def prune_dedup(self, now: float | None = None,
+                    fence: tuple[int, str] | None = None) -> None:
         self._writable_now()
         cutoff = (now or time.time()) - DEDUP_KEEP_SECONDS
-        with self._conn("cannot prune") as conn:
+        with self._conn("cannot prune") as conn, conn.transaction():
+            if fence is not None:
+                check_fence(conn, fence)
             conn.execute("DELETE FROM dedup WHERE ts < %s", (cutoff,))
 
-    def prune_events(self, before: float, keep_rows: int, limit: int) -> int:
+    def prune_events(self, before: float, keep_rows: int, limit: int,
+                     fence: tuple[int, str] | None = None) -> int:
         # As in the SQLite store: only the `limit` oldest rows are looked at, in one short
         # transaction, and the newest `keep_rows` are the ids above MAX(id) - keep_rows.
         self._writable_now()
         with self._conn("cannot prune the event log of") as conn, conn.transaction():
+            if fence is not None:
+                check_fence(conn, fence)
             conn.execute("SET LOCAL synchronous_commit = off")  # a prune lost: redone
             hi = conn.execute("SELECT MAX(id) FROM events").fetchone()[0]  # type: ignore[index]
             if hi is None:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from .base import Tx
+from .postgres_lease import MIGRATION as LEADER_MIGRATION
 
 if TYPE_CHECKING:
     from .postgres import PostgresStore
@@ -100,12 +101,15 @@ MIGRATIONS: list[str] = [
         address TEXT
     );
     """,
+    # 3: the leader lease of replicas and its fencing term (postgres_lease.py).
+    LEADER_MIGRATION,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = ("meta", "workers", "active_alerts", "assignments", "unusable", "events", "dedup",
-          "notify_webhook", "fleet", "enroll_keys")
-# The tables that hold state: a migration target must have none of their rows.
-STATE_TABLES = TABLES[1:]
+          "notify_webhook", "fleet", "enroll_keys", "leader")
+# The tables that hold state: a migration target must have none of their rows (the lease row
+# is not state: every database has it).
+STATE_TABLES = TABLES[1:-1]
 
 
 class SchemaTooNew(Exception):

@@ -16,6 +16,8 @@
         arguments after the ones the helper passes (kept for restart()); `("--db", url)` puts
         the state in PostgreSQL (fixture `pg_url`), and with WGFO_TEST_STORE=postgres in the
         environment every responder started without `db` does.
+        `standby`: a replica on PostgreSQL counts as started when /readyz says it is a
+        standby (503, "leader": false), not only when it leads.
         `tls`: serve HTTPS with a certificate for 127.0.0.1 from a throwaway CA
         (wg_failover.lab.tlsca, in workdir/tls); `mutual_tls` (implies tls): the responder also
         demands a client certificate from that CA, and the helper presents one.
@@ -187,7 +189,7 @@ class ResponderProc:
               hold_down_seconds: float = 60, preempt: bool = False,
               db: str | os.PathLike[str] | None = None, timeout: float = 30,
               env: dict[str, str] | None = None, args: Sequence[str] = (), tls: bool = False,
-              mutual_tls: bool = False) -> ResponderProc:
+              mutual_tls: bool = False, standby: bool = False) -> ResponderProc:
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         port = free_port()
@@ -203,6 +205,7 @@ class ResponderProc:
                             gen.tokens)
         p = cls(workdir, gen, port, Path(db) if db else workdir / "responder.db")
         p.env = env
+        p.standby = standby
         p.args = (*_store_args(db), *args)
         if tls:
             p._make_tls(mutual_tls)
@@ -248,11 +251,15 @@ class ResponderProc:
             log.close()
         wait_started(self.proc, self._ready, timeout, "responder", self.log)
 
+    standby: bool = False  # started as a replica that may wait as a standby (start(standby=))
+
     def _ready(self) -> bool:
         try:
-            return httpx.get(self.url + "/readyz", timeout=1,
-                             verify=self.verify).status_code == 200
-        except httpx.HTTPError:
+            r = httpx.get(self.url + "/readyz", timeout=1, verify=self.verify)
+            # A standby replica (PostgreSQL, another one leads) is up when it says so.
+            return r.status_code == 200 or (
+                self.standby and r.status_code == 503 and r.json().get("leader") is False)
+        except (httpx.HTTPError, ValueError):
             return False
 
     def headers(self, who: str) -> dict[str, str]:

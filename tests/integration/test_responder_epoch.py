@@ -48,7 +48,7 @@ def test_every_answer_carries_the_store_epoch(responder):
     epoch = httpx.get(p.url + "/healthz", timeout=5).json()["epoch"]
     assert len(epoch) == 16 and int(epoch, 16) >= 0
     ready = httpx.get(p.url + "/readyz", timeout=5).json()
-    assert ready == {"ready": True, "epoch": epoch, "reason": None}
+    assert ready == {"ready": True, "leader": True, "epoch": epoch, "reason": None}
     a, _ = longpoll(p)
     assert a["epoch"] == epoch
     _, sse = first_sse_event(p, {}, {})

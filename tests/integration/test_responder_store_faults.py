@@ -55,7 +55,7 @@ def test_starts_on_a_full_disk_serves_reads_and_refuses_writes_with_the_reason(
 
             r = readyz(p)
             assert r.status_code == 503
-            assert r.json() == {"ready": False, "epoch": epoch,
+            assert r.json() == {"ready": False, "leader": True, "epoch": epoch,
                                 "reason": "state store: disk full"}
             assert httpx.get(p.url + "/healthz", timeout=5).json() == {"ok": True,
                                                                         "epoch": epoch}

@@ -1,0 +1,221 @@
+"""Active/standby responder replicas on one PostgreSQL database (DESIGN.md, "How it grows past
+one machine"): one replica at a time leads and serves; the others wait as standbys.
+
+- **The lease.** Every RENEW_EVERY seconds a replica takes or renews the leader lease (LEASE
+  seconds by the database's clock; store/postgres_lease.py). Taking it starts a new term: the
+  replica loads the whole state from the database (a fresh `ResponderState`, as at start, with
+  the live fleet) and only then serves and runs its timers, preempt batches and notifiers.
+  Every write of that state carries the term (`Fenced`): once the term is over, nothing it
+  writes lands, whatever the process believes (a process paused past its lease, a network cut).
+- **Serving.** Only the leader serves (`LeaderGate`): a standby answers every route 503 with
+  Retry-After (and /readyz `{"ready": false, "leader": false}`), so it never serves stale state
+  as fresh. The leader stops serving on its own MARGIN seconds before the database can give the
+  lease to another replica, measured from when it asked for the last renewal (a lost database,
+  a paused process: the gate checks the time on every request, not only when the loop runs).
+- **Stepping down.** When the lease is lost (taken, or not renewed in time), the term's state
+  stops (timers, notifiers, open streams end) and is dropped; leading again means a new term and
+  a fresh load, so a replica catches up with everything the others wrote meanwhile.
+- **Clean stop.** The leader gives the lease up, so a standby takes over within RENEW_EVERY.
+
+SQLite has one process by nature: `Solo` serves always, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from wg_failover.fleet import Fleet
+
+from .limits import LogLimiter
+from .state import ResponderState
+from .store import Store, StoreError, describe_location
+from .store.base import UNAVAILABLE
+
+log = logging.getLogger("wg_failover.responder")
+limited = LogLimiter(log)
+
+LEASE = 3.0  # seconds, by the database's clock
+RENEW_EVERY = 0.5  # seconds between renewals (and a standby's attempts)
+MARGIN = 1.0  # seconds: the leader stops serving this long before its lease can pass on
+STANDBY = "standby: not the leader"
+OPEN_PATHS = ("/healthz", "/readyz")  # served by a standby too
+
+
+class Solo:
+    """One responder on its own store (SQLite): it always leads."""
+
+    def __init__(self, app: FastAPI, fleet: Fleet, store: Store, db: str):
+        self.app, self.fleet, self.store, self.db = app, fleet, store, db
+        self.state: ResponderState | None = None
+
+    async def start(self) -> None:
+        self.state = ResponderState(self.fleet, self.store)
+        self.app.state.responder = self.state
+        await self.state.start()
+        _log_ready(self.state, self.db)
+
+    async def stop(self) -> None:
+        if self.state is not None:
+            await self.state.stop()
+
+
+class Leadership:
+    """A replica on PostgreSQL: leader or standby (module docstring)."""
+
+    def __init__(self, app: FastAPI, fleet: Fleet, store: Any, db: str, *,
+                 lease: float = LEASE, renew: float = RENEW_EVERY, margin: float = MARGIN):
+        self.app, self.fleet, self.store, self.db = app, fleet, store, db
+        self.lease, self.renew, self.margin = lease, renew, margin
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.term: int | None = None
+        self.state: ResponderState | None = None
+        self.valid_until = 0.0  # time.monotonic() until which this replica may serve
+        self.db_problem: str | None = None  # the last lease attempt's failure, if it failed
+        self.task: asyncio.Task[None] | None = None
+        app.state.leadership = self
+
+    def leading(self) -> bool:
+        return self.state is not None and time.monotonic() < self.valid_until
+
+    def readiness(self) -> tuple[bool, bool, str | None]:
+        """(ready, leader, why not ready)."""
+        if self.state is None:
+            return False, False, (f"state store: {self.db_problem}" if self.db_problem
+                                  else STANDBY)
+        if not self.leading():  # its renewal is late: the database is away, or this was paused
+            return False, False, (f"state store: {self.db_problem or UNAVAILABLE} (the leader "
+                                  "lease was not renewed in time)")
+        if self.db_problem:  # still leading on its lease, but it cannot reach the database
+            return False, True, f"state store: {self.db_problem}"
+        ready, reason = self.state.readiness()
+        return ready, True, reason
+
+    async def start(self) -> None:
+        # A first attempt before the server answers: a lone replica (or the first) leads at once.
+        await self.tick()
+        if self.state is None:
+            log.warning("standby: another replica leads on %s (holder %s); answering 503 "
+                        "until this one leads", describe_location(self.db), self.holder)
+        self.task = asyncio.ensure_future(self.run())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+        term = self.term
+        await self.step_down("stopping")
+        if term is not None:
+            from .store.postgres_lease import release_lease
+
+            try:
+                await asyncio.to_thread(release_lease, self.store, self.holder, term)
+            except StoreError as exc:
+                log.warning("cannot give the leader lease up (%s): a standby takes it when it "
+                            "expires", exc.reason)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.renew)
+            try:
+                await self.tick()
+            except Exception:  # the lease loop must outlive any surprise; say so, rarely
+                limited.log(logging.ERROR, "lease", "leader lease loop failed", exc_info=True)
+
+    async def tick(self) -> None:
+        """One attempt to take or renew the lease, and the role change it calls for."""
+        from .store.postgres_lease import take_lease
+
+        asked = time.monotonic()
+        try:
+            term = await asyncio.to_thread(take_lease, self.store, self.holder, self.term,
+                                           self.lease)
+        except StoreError as exc:
+            self.db_problem = exc.reason
+            limited.error("lease", "leader lease: %s", exc)
+            if self.state is not None and not self.leading():
+                await self.step_down(f"the database did not renew the lease in time "
+                                     f"({exc.reason})")
+            return
+        self.db_problem = None
+        if term is None:
+            if self.state is not None:
+                await self.step_down("another replica holds the lease")
+            return
+        if term == self.term and self.state is not None:
+            self.valid_until = asked + self.lease - self.margin
+            return
+        if self.state is not None:
+            await self.step_down(f"term {self.term} is over")
+        await self.take(term, asked)
+
+    async def take(self, term: int, asked: float) -> None:
+        from .store.postgres_lease import Fenced
+
+        t0 = time.monotonic()
+        state = ResponderState(self.fleet, Fenced(self.store, term, self.holder))
+        try:
+            await state.start()
+        except StoreError as exc:
+            log.error("cannot lead (term %d): %s; trying again", term, exc)
+            await state.stop()
+            return
+        self.term, self.state = term, state
+        self.valid_until = asked + self.lease - self.margin
+        self.app.state.responder = state
+        log.warning("leading (term %d, holder %s): state loaded and planned in %.0f ms",
+                    term, self.holder, 1000 * (time.monotonic() - t0))
+        _log_ready(state, self.db)
+
+    async def step_down(self, why: str) -> None:
+        state, term = self.state, self.term
+        self.state, self.term, self.valid_until = None, None, 0.0
+        if state is None:
+            return
+        log.warning("standing down from term %s: %s; answering 503 until this replica leads "
+                    "again", term, why)
+        await state.stop()
+
+
+class LeaderGate:
+    """ASGI middleware in front of everything: a replica that does not lead (or whose lease
+    runs out) answers 503, so a standby never serves stale state and a load balancer that
+    health-checks /readyz, or a follower that moves on after a 5xx, finds the leader."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        lead = getattr(scope["app"].state, "leadership", None) if "app" in scope else None
+        if (scope["type"] == "http" and isinstance(lead, Leadership) and not lead.leading()
+                and scope.get("path") not in OPEN_PATHS):
+            resp: Response
+            if scope.get("path") == "/metrics":
+                # Scrapable, so a standby is not a target that is down.
+                resp = Response("# a standby replica: the leader has the figures\n"
+                                "wg_failover_responder_leader 0\n",
+                                media_type="text/plain; version=0.0.4")
+            else:
+                _, _, reason = lead.readiness()
+                resp = JSONResponse({"detail": f"{reason}; retry (another responder)"},
+                                    status_code=503, headers={"Retry-After": "1"})
+            await resp(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _log_ready(state: ResponderState, db: str) -> None:
+    log.info("responder ready: %d workers, %d clients (fleet version %d), db %s",
+             len(state.fleet.workers), len(state.fleet.clients), state.fleet_doc.version,
+             describe_location(db))

@@ -1,0 +1,208 @@
+"""Responder replicas on one real PostgreSQL (issue 15): one leads, the others wait as standbys
+and refuse everything (503, nothing changed); kill -9 of the leader hands over within seconds
+with every acknowledged change; a leader paused past its lease cannot write when it wakes (the
+fencing term); PostgreSQL away: no replica is ready, none writes, one leads again after."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.helpers.postgres import PgServer
+from tests.helpers.responder import ResponderProc, make_fleet
+from tests.helpers.wait import wait_until
+from wg_failover.responder.leader import LEASE
+from wg_failover.responder.store import StoreError, Tx, WorkerRow, open_store
+from wg_failover.responder.store.base import NOT_LEADER
+from wg_failover.responder.store.postgres_lease import (
+    Fenced,
+    check_fence,
+    lease_row,
+    take_lease,
+)
+
+
+def readyz(p: ResponderProc) -> dict[str, Any]:
+    try:
+        r = httpx.get(p.url + "/readyz", timeout=2)
+    except httpx.HTTPError:
+        return {"ready": False, "leader": False, "down": True}
+    body = r.json()
+    assert (r.status_code == 200) == body["ready"], r.text
+    return body
+
+
+def leaders(ps: list[ResponderProc]) -> list[ResponderProc]:
+    return [p for p in ps if readyz(p)["leader"]]
+
+
+def one_leader(ps: list[ResponderProc], timeout: float = 15) -> ResponderProc:
+    wait_until("one leader, ready",
+               lambda: len(leaders(ps)) == 1 and readyz(leaders(ps)[0])["ready"], timeout)
+    (lead,) = leaders(ps)
+    return lead
+
+
+def clients(p: ResponderProc) -> dict[str, tuple[str | None, int]]:
+    r = httpx.get(p.url + "/v1/clients", headers=p.headers("admin"), timeout=10)
+    assert r.status_code == 200, r.text
+    return {c["name"]: (c["worker"], c["version"]) for c in r.json()}
+
+
+def db_state(server: PgServer, url: str) -> tuple[list[Any], list[Any], int]:
+    return (server.sql(url, "SELECT name, state FROM workers ORDER BY name"),
+            server.sql(url, "SELECT client, worker, version FROM assignments ORDER BY client"),
+            server.sql(url, "SELECT COUNT(*) FROM events")[0][0])
+
+
+def replicas(factory, url: str, n: int = 3, **kw: Any) -> list[ResponderProc]:
+    gen = make_fleet(3, 6, **kw)
+    first = factory(gen, args=("--db", url))
+    return [first, *(factory(gen, args=("--db", url), standby=True) for _ in range(n - 1))]
+
+
+def test_one_replica_leads_standbys_refuse_and_kill_9_hands_over_with_every_change(
+        pg_server: PgServer, pg_url: str, responder_factory):
+    ps = replicas(responder_factory, pg_url)
+    lead = one_leader(ps)
+    assert lead is ps[0]
+    for s in ps[1:]:
+        body = readyz(s)
+        assert body["ready"] is False and body["leader"] is False
+        assert body["reason"] == "standby: not the leader"
+    # A standby refuses writes and reads alike (never stale data as fresh); nothing changes.
+    before = db_state(pg_server, pg_url)
+    r = ps[1].alert("w1")
+    assert r.status_code == 503 and r.headers["Retry-After"] == "1", r.text
+    assert "standby" in r.json()["detail"]
+    assert httpx.get(ps[2].url + "/v1/clients", headers=ps[2].headers("admin"),
+                     timeout=5).status_code == 503
+    assert db_state(pg_server, pg_url) == before
+    assert "wg_failover_responder_leader 0" in httpx.get(ps[1].url + "/metrics").text
+
+    # Acknowledged changes on the leader, then kill -9 of it.
+    assert lead.alert("w1").status_code == 200
+    acked = clients(lead)
+    lead.kill()
+    t0 = time.monotonic()
+    rest = ps[1:]
+    new = one_leader(rest, timeout=LEASE + 10)
+    r = new.alert("w2")
+    took = time.monotonic() - t0
+    assert r.status_code == 200, r.text
+    assert took < LEASE + 5, took  # the bench measures it; here only that it hands over at all
+    now = clients(new)
+    for c, (worker, version) in acked.items():
+        # w1 stays failed on the new leader: its acknowledged move is there, versions only grow
+        assert now[c][1] >= version, (c, acked[c], now[c])
+        assert now[c][0] != "w1" and worker != "w1"
+    assert sum(now[c][1] for c in now) > sum(acked[c][1] for c in acked)  # w2's failover moved
+    assert len(leaders(rest)) == 1
+    # The killed replica comes back as a standby.
+    lead.standby = True
+    lead.restart()
+    assert readyz(lead)["leader"] is False and len(leaders(ps)) == 1
+    for p in ps:
+        assert pg_server.password not in p.log() and "Traceback" not in p.log()
+
+
+def test_a_term_that_is_over_writes_nothing(pg_url: str, pg_server: PgServer):
+    a, b = open_store(pg_url), open_store(pg_url)
+    try:
+        t1 = take_lease(a, "a", None, 0.5)
+        assert t1 is not None and take_lease(b, "b", None, 0.5) is None  # a's lease is live
+        Fenced(a, t1, "a").commit(Tx(workers={"w1": WorkerRow("w1", "up", 1.0)}))
+        wait_until("the lease expired", lambda: lease_row(a)[2] < 0, 5)
+        t2 = take_lease(b, "b", None, 30)
+        assert t2 == t1 + 1
+        # a, paused past its lease, wakes: its writes are refused and roll back entirely.
+        with pytest.raises(StoreError) as info:
+            Fenced(a, t1, "a").commit(Tx(workers={"w1": WorkerRow("w1", "down", 2.0),
+                                                  "w9": WorkerRow("w9", "up", 2.0)}))
+        assert info.value.reason == NOT_LEADER
+        for op in (lambda: Fenced(a, t1, "a").writable(),
+                   lambda: Fenced(a, t1, "a").prune_events(time.time(), 0, 10)):
+            with pytest.raises(StoreError):
+                op()
+        assert pg_server.sql(pg_url, "SELECT name, state FROM workers") == [("w1", "up")]
+        assert take_lease(a, "a", t1, 30) is None  # nor does it renew a term that is over
+        # The share lock of a running commit holds a take-over back until it ends, so the new
+        # leader's load sees it.
+        assert take_lease(b, "b", t2, 0.5) == t2  # renewed, for half a second
+        with b._conn("test") as conn, conn.transaction():
+            check_fence(conn, (t2, "b"))
+            conn.execute("UPDATE workers SET state = 'down' WHERE name = 'w1'")
+            time.sleep(0.8)  # b's lease expires while its commit is still running
+            got: list[int | None] = []
+            th = threading.Thread(target=lambda: got.append(take_lease(a, "a", None, 30)))
+            th.start()
+            th.join(0.5)
+            assert th.is_alive() and not got  # waits for b's transaction
+        th.join(5)
+        assert got == [t2 + 1]
+        assert a.load().workers["w1"].state == "down"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_leader_paused_past_its_lease_cannot_write_when_it_wakes(
+        pg_server: PgServer, pg_url: str, responder_factory):
+    # Hold-down 2 s: a worker coming back has a timer the paused leader would fire on waking.
+    ps = replicas(responder_factory, pg_url, n=2, hold_down_seconds=2)
+    old, other = ps
+    assert one_leader(ps) is old
+    assert old.alert("w1").status_code == 200
+    assert old.alert("w1", status="resolved").status_code == 200  # w1 recovering: a timer
+    os.kill(old.pid, signal.SIGSTOP)
+    try:
+        assert one_leader([other], timeout=LEASE + 10) is other
+        wait_until("the new leader ended the hold-down (its own timer)",
+                   lambda: pg_server.sql(pg_url, "SELECT state FROM workers WHERE name = 'w1'")
+                   == [("up",)], 10)
+        events = db_state(pg_server, pg_url)[2]
+    finally:
+        os.kill(old.pid, signal.SIGCONT)
+    # Woken: it answers 503 (its own clock says the lease is over), and whatever its timers try
+    # is refused by the term; it becomes a standby.
+    r = old.alert("w2")
+    assert r.status_code == 503, r.text
+    wait_until("the woken one stands down", lambda: readyz(old)["leader"] is False, 5)
+    time.sleep(1)
+    assert db_state(pg_server, pg_url)[2] == events  # nothing it did landed
+    assert leaders(ps) == [other] and other.alert("w2").status_code == 200
+    assert "standing down" in old.log()
+
+
+def test_postgresql_away_no_replica_is_ready_or_writes_and_one_leads_after(
+        responder_factory):
+    server = PgServer.start()  # its own: this test stops it
+    try:
+        url = server.create_db()
+        ps = replicas(responder_factory, url, n=2)
+        lead = one_leader(ps)
+        assert lead.alert("w1").status_code == 200
+        acked = clients(lead)
+        server.stop()
+        wait_until("no replica ready", lambda: not any(readyz(p)["ready"] for p in ps), 5)
+        for p in ps:
+            t0 = time.monotonic()
+            assert p.alert("w2").status_code == 503 and time.monotonic() - t0 < 4
+        # The lease ran out: nothing is served.
+        wait_until("no leader", lambda: not leaders(ps), LEASE + 2)
+        assert httpx.get(lead.url + "/v1/clients", headers=lead.headers("admin"),
+                         timeout=5).status_code == 503
+        server.start_again()
+        lead = one_leader(ps, timeout=20)
+        assert clients(lead) == acked
+        assert lead.alert("w2").status_code == 200
+        for p in ps:
+            assert server.password not in p.log() and "Traceback" not in p.log()
+    finally:
+        server.close()
