@@ -125,7 +125,7 @@ def add_node(fleet: Fleet, data: dict[str, Any], kind: str, node: dict[str, Any]
     problems = []
     ip = ipaddress.ip_address(model.tunnel_address) if isinstance(model, Worker) \
         else ipaddress.ip_interface(model.address).ip
-    taken = {ipaddress.ip_interface(c.address).ip: i for i, c in enumerate(fleet.clients)}
+    taken = client_ips(fleet)
     if ip in taken:
         other = f"clients[{taken[ip]}].address"
         field = "tunnel_address" if kind == "worker" else "address"
@@ -136,6 +136,8 @@ def add_node(fleet: Fleet, data: dict[str, Any], kind: str, node: dict[str, Any]
     if problems:
         raise FleetError(source, problems)
     new = fleet.model_copy(update={section: [*getattr(fleet, section), model]})
+    if kind == "client":
+        _ips[:] = [new, {**taken, ip: index}]
     out = dict(data)
     out[section] = [*(data.get(section) or []), model.model_dump(mode="json", exclude_none=True)]
     return new, out
@@ -165,10 +167,23 @@ def without_node(fleet: Fleet, kind: str, name: str) -> dict[str, Any]:
     return data
 
 
-def used_addresses(fleet: Fleet) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    used = {ipaddress.ip_address(w.tunnel_address) for w in fleet.workers}
-    used |= {ipaddress.ip_interface(c.address).ip for c in fleet.clients}
-    return used
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+# The clients' addresses of the last fleet asked about: parsing 10,000 addresses costs ~0.25 s,
+# and every join asks about the fleet the previous join made (add_node keeps this current).
+_ips: list[Any] = [None, {}]
+
+
+def client_ips(fleet: Fleet) -> dict[IP, int]:
+    """Every client's address -> its index in the fleet."""
+    if _ips[0] is not fleet:
+        _ips[:] = [fleet, {ipaddress.ip_interface(c.address).ip: i
+                           for i, c in enumerate(fleet.clients)}]
+    return _ips[1]
+
+
+def used_addresses(fleet: Fleet) -> set[IP]:
+    return {ipaddress.ip_address(w.tunnel_address) for w in fleet.workers} | \
+        client_ips(fleet).keys()
 
 
 def allocate_address(fleet: Fleet, pool: str) -> str | None:

@@ -57,8 +57,7 @@ class ResponderState:
         self.epoch = store.epoch
         self.clock = clock  # unix time for drafts and pruning (bench/retention.py fakes it)
         # The served fleet and what is derived from it; replaced only by _serve_fleet.
-        self.fleet = fleet
-        self.settings = fleet.responder
+        self.fleet, self.settings = fleet, fleet.responder
         self.client_by_name = {c.name: c for c in fleet.clients}
         self.worker_by_name = {w.name: w for w in fleet.workers}
         self.prefs = prefs_of(fleet)
@@ -92,8 +91,6 @@ class ResponderState:
         self._holddown_timers: dict[str, asyncio.TimerHandle] = {}
         self._preempt_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-
-    # ----------------------------------------------------------------- reads
 
     def worker_row(self, name: str) -> WorkerRow:
         # A fleet worker has a row once the start-up change is committed; until then (a store
@@ -241,9 +238,11 @@ class ResponderState:
             self._schedule_preempt()
 
     def _serve_fleet(self, fleet: Fleet, doc: FleetDoc) -> None:
-        """Serve a committed fleet: clients that left keep their rows aside (a client that comes
-        back continues its versions), their streams end, and every view follower wakes."""
+        """Serve a committed fleet: clients that left keep their rows aside (to continue their
+        versions if they come back) and their streams end; every view follower wakes. Metric
+        labels are made for new names only (all of them cost ~50 ms per join at 10,000)."""
         self.fleet, self.fleet_doc, self.settings = fleet, doc, fleet.responder
+        old_w, old_c = self.worker_by_name, self.client_by_name
         self.client_by_name = {c.name: c for c in fleet.clients}
         self.worker_by_name = {w.name: w for w in fleet.workers}
         self.prefs = prefs_of(fleet)
@@ -254,7 +253,8 @@ class ResponderState:
         for c in self.client_by_name:
             if c not in self.assignments and c in self.retired:
                 self.assignments[c] = self.retired.pop(c)
-        self.metrics.known_labels(list(self.worker_by_name), list(self.client_by_name))
+        self.metrics.known_labels([w for w in self.worker_by_name if w not in old_w],
+                                  [c for c in self.client_by_name if c not in old_c])
         self.fleet_changed.set()
         self.fleet_changed = asyncio.Event()
 
