@@ -183,13 +183,12 @@ class ViewFollower:
                         self.view.version, exc)
             return
         plan = plan_view(sw.fleet, sw.client, fleet, client)
-        old = self.view
+        if not plan.empty():
+            log.info("view v%d (was v%d): %s", view.version, self.view.version, plan.describe())
+            self.apply(fleet, client, plan)
+        # Only once applied: a surprise half way leaves the old view, so the same view is
+        # news again when the source reconnects, and the plan (idempotent) is made again.
         self.view = view
-        if plan.empty():
-            self.save()
-            return
-        log.info("view v%d (was v%d): %s", view.version, old.version, plan.describe())
-        self.apply(fleet, client, plan)
         self.save()
 
     def apply(self, fleet: Fleet, client: Client, plan: ViewPlan) -> None:
