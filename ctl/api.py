@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from wg_failover.cli import CliError
+from wg_failover.endpoints import Endpoints
 
 ENV_TOKEN_FILE = "WG_FAILOVER_TOKEN_FILE"
 
@@ -72,11 +73,16 @@ def _detail(resp: httpx.Response) -> str:
 
 
 class Api:
-    """An admin-token client for one responder URL."""
+    """An admin-token client for one responder URL, or several (replicas: one leads, the others
+    answer 503): a request that cannot connect, or meets a 503, goes to the next URL at once
+    (wg_failover/endpoints.py); a change whose answer timed out is not sent again elsewhere,
+    since it may have been applied."""
 
-    def __init__(self, url: str, token: str, verify: ssl.SSLContext | bool, timeout: float):
-        self.url = url.rstrip("/")
-        self._client = httpx.Client(base_url=self.url, verify=verify, timeout=timeout,
+    def __init__(self, url: str | list[str], token: str, verify: ssl.SSLContext | bool,
+                 timeout: float):
+        self.endpoints = Endpoints([url] if isinstance(url, str) else url)
+        self.url = self.endpoints.current()
+        self._client = httpx.Client(verify=verify, timeout=timeout,
                                     headers={"Authorization": f"Bearer {token}"})
 
     def close(self) -> None:
@@ -94,16 +100,47 @@ class Api:
     def delete(self, path: str, timeout: float | None = None) -> Any:
         return self._call("DELETE", path, None, None, timeout)
 
-    def _call(self, method: str, path: str, params: dict[str, Any] | None, body: Any = None,
+    def _send(self, method: str, path: str, params: dict[str, Any] | None, body: Any = None,
               timeout: float | None = None) -> Any:
-        where = f"{self.url}{path}"
+        urls = self.endpoints.order()
+        for n, url in enumerate(urls):
+            last = n == len(urls) - 1
+            self.url = url
+            try:
+                resp = self._client.request(method, url + path, params=params, json=body,
+                                            **({"timeout": timeout} if timeout else {}))
+            except (httpx.ConnectError, httpx.ConnectTimeout):
+                if last:
+                    raise
+                self.endpoints.failed(url)
+                continue
+            except httpx.TransportError:
+                if last or method != "GET":
+                    raise
+                self.endpoints.failed(url)
+                continue
+            if resp.status_code == 503 and not last:
+                self.endpoints.failed(url)
+                continue
+            self.endpoints.ok(url)
+            return resp
+        raise AssertionError("unreachable: the last URL returns or raises")
+
+    def _where(self, path: str) -> str:
+        n = len(self.endpoints.urls)
+        return f"{self.url}{path}" + (f" (and the {n - 1} other URLs before it)" if n > 1
+                                      else "")
+
+    def _call(self, method: str, path: str, params: dict[str, Any] | None,
+              body: Any = None, timeout: float | None = None) -> Any:
         try:
-            resp = self._client.request(method, path, params=params, json=body,
-                                        **({"timeout": timeout} if timeout else {}))
+            resp = self._send(method, path, params, body, timeout)
         except httpx.TimeoutException:
+            where = self._where(path)
             raise CliError(f"cannot reach the responder at {where}: timed out "
                            "(--timeout)") from None
         except httpx.HTTPError as exc:
+            where = self._where(path)
             bad = _verify_failed(exc)
             if bad is not None:
                 raise CliError(f"cannot verify the responder's certificate at {self.url}: "
@@ -111,6 +148,7 @@ class Api:
                                "that signed the responder's certificate)") from None
             raise CliError(f"cannot reach the responder at {where}: "
                            f"{exc.__class__.__name__}: {exc or 'no answer'}") from None
+        where = f"{self.url}{path}"
         if resp.status_code == 401:
             raise CliError("the responder refused the token (401): check --token-file "
                            "(the admin token)")

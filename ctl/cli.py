@@ -11,6 +11,7 @@ from urllib.parse import quote, urlsplit
 
 from wg_failover import tls
 from wg_failover.cli import CliError
+from wg_failover.endpoints import split_urls
 from wg_failover.fleet import FleetError, fleet_data, load_fleet, resolve_fleet_path
 from wg_failover.tls import TlsError, client_context
 
@@ -27,8 +28,10 @@ remove a worker. Human tables by default, --json prints the API's JSON as it cam
 
 It needs the admin token (--token-file, default ${ENV_TOKEN_FILE}); the token is sent as a
 bearer token and never printed. The responder is --responder URL, else ${ENV_RESPONDER}, else
-responder.url of the fleet file (--fleet, $WG_FAILOVER_FLEET, /etc/wg-failover/fleet.yaml) when
-there is one. Pin the responder's CA with --ca-file; --tls-cert/--tls-key for mutual TLS. A plain
+responder.urls (or .url) of the fleet file (--fleet, $WG_FAILOVER_FLEET,
+/etc/wg-failover/fleet.yaml) when there is one. Several URLs (replicas; --responder again, or
+comma-separated) are tried in order: a replica that is down or a standby (503) is passed over.
+Pin the responder's CA with --ca-file; --tls-cert/--tls-key for mutual TLS. A plain
 http:// responder that is not on this machine is refused unless --insecure-http is given: the
 admin token would cross the network in clear text.
 
@@ -54,9 +57,10 @@ def _connection_options(p: argparse.ArgumentParser, *, suppress: bool) -> None:
     def d(value: Any) -> Any:
         return argparse.SUPPRESS if suppress else value
 
-    p.add_argument("--responder", metavar="URL", default=d(None),
-                   help=f"responder base URL (default: ${ENV_RESPONDER}, then responder.url "
-                   "from the fleet file)")
+    p.add_argument("--responder", metavar="URL", action="append", default=d(None),
+                   help=f"responder base URL; several (replicas) by giving it again or "
+                   f"comma-separated, tried in order (default: ${ENV_RESPONDER}, then "
+                   "responder.urls / responder.url from the fleet file)")
     p.add_argument("--fleet", metavar="FILE", default=d(None),
                    help="fleet file, only for its responder.url (default: $WG_FAILOVER_FLEET, "
                    "then /etc/wg-failover/fleet.yaml if it exists)")
@@ -138,15 +142,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # ------------------------------------------------------------------------------ connection
 
 
-def responder_url(args: argparse.Namespace) -> str:
-    """--responder, else $WG_FAILOVER_RESPONDER, else the fleet file's responder.url (only when
-    a fleet file was named or the default one exists)."""
-    url = args.responder or os.environ.get(ENV_RESPONDER)
-    if url:
-        return url
+def responder_urls(args: argparse.Namespace) -> list[str]:
+    """--responder (each may hold several, comma-separated), else $WG_FAILOVER_RESPONDER (the
+    same), else the fleet file's responder.urls or responder.url (only when a fleet file was
+    named or the default one exists)."""
+    urls = split_urls(args.responder or os.environ.get(ENV_RESPONDER) or [])
+    if urls:
+        return urls
     named = args.fleet or os.environ.get("WG_FAILOVER_FLEET")
     if named or resolve_fleet_path(None).exists():
-        return load_fleet(named).responder.url
+        return load_fleet(named).responder.replica_urls()
     raise CliError(f"no responder: give --responder URL, set ${ENV_RESPONDER}, or --fleet FILE "
                    "(its responder.url)")
 
@@ -160,15 +165,16 @@ def check_url(url: str, *, insecure_http: bool) -> None:
 
 
 def connect(args: argparse.Namespace) -> Api:
-    url = responder_url(args)
-    check_url(url, insecure_http=args.insecure_http)
+    urls = responder_urls(args)
+    for url in urls:
+        check_url(url, insecure_http=args.insecure_http)
     verify: Any = True
-    if urlsplit(url).scheme == "https":
+    if any(urlsplit(url).scheme == "https" for url in urls):
         try:
             verify = client_context(args.ca_file, args.tls_cert, args.tls_key)
         except TlsError as exc:
             raise CliError(str(exc)) from None
-    return Api(url, read_token(args.token_file), verify, args.timeout)
+    return Api(urls, read_token(args.token_file), verify, args.timeout)
 
 
 def _run(args: argparse.Namespace, body: Any) -> int:

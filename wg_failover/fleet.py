@@ -257,6 +257,10 @@ class WebhookTarget(_Strict):
 
 class ResponderSettings(_Strict):
     url: Url = "http://127.0.0.1:8080"
+    # Every responder replica's base URL, in the order followers and `ctl` try them (moving on
+    # after a failure: wg_failover/endpoints.py), and every one Alertmanager delivers to. Unset:
+    # just `url`.
+    urls: list[Url] | None = Field(default=None, min_length=1, max_length=16)
     alert_token_sha256: Hex64 | None = None
     admin_token_sha256: Hex64 | None = None
     # Reads the fleet's inventory (GET /v1/workers, GET /v1/targets): Prometheus's http_sd and
@@ -297,6 +301,10 @@ class ResponderSettings(_Strict):
 
     # YAML writes `hold_down_seconds: 60` as an int; strict mode would reject it for a float.
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+    def replica_urls(self) -> list[str]:
+        """`urls` when given (duplicates dropped), else `[url]`."""
+        return list(dict.fromkeys(u.rstrip("/") for u in (self.urls or [self.url])))
 
 
 class Fleet(_Strict):

@@ -5,6 +5,7 @@ fencing term); PostgreSQL away: no replica is ready, none writes, one leads agai
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -14,9 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.helpers.ctl import run, token_file
 from tests.helpers.postgres import PgServer
 from tests.helpers.responder import ResponderProc, make_fleet
-from tests.helpers.wait import wait_until
+from tests.helpers.wait import free_port, wait_until
 from wg_failover.responder.leader import LEASE
 from wg_failover.responder.store import StoreError, Tx, WorkerRow, open_store
 from wg_failover.responder.store.base import NOT_LEADER
@@ -86,6 +88,13 @@ def test_one_replica_leads_standbys_refuse_and_kill_9_hands_over_with_every_chan
     assert db_state(pg_server, pg_url) == before
     assert "wg_failover_responder_leader 0" in httpx.get(ps[1].url + "/metrics").text
 
+    # ctl with every replica's URL passes over a dead one and the standbys.
+    dead = f"http://127.0.0.1:{free_port()}"
+    tf = str(token_file(lead))
+    r = run("--responder", f"{dead},{ps[1].url}", "--responder", ps[2].url, "--responder",
+            lead.url, "--token-file", tf, "--json", "workers")
+    assert r.returncode == 0 and len(json.loads(r.stdout)) == 3, r.stderr
+
     # Acknowledged changes on the leader, then kill -9 of it.
     assert lead.alert("w1").status_code == 200
     acked = clients(lead)
@@ -104,6 +113,8 @@ def test_one_replica_leads_standbys_refuse_and_kill_9_hands_over_with_every_chan
         assert now[c][0] != "w1" and worker != "w1"
     assert sum(now[c][1] for c in now) > sum(acked[c][1] for c in acked)  # w2's failover moved
     assert len(leaders(rest)) == 1
+    r = run("--responder", ",".join(p.url for p in ps), "--token-file", tf, "drain", "w3")
+    assert r.returncode == 0, r.stderr  # the killed one, a standby, the leader: in any order
     # The killed replica comes back as a standby.
     lead.standby = True
     lead.restart()
