@@ -17,7 +17,7 @@ functions take the shipped text and swap exactly these things, nothing else:
   sections lose their `tls_config`.
 - `render_alertmanager_config(*, responder_url, token_file, ca_file=None) -> str`: the
   responder's webhook URL (`{responder_url}/v1/alerts`), the bearer token file and the CA (as
-  above).
+  above). Several responder URLs (replicas; a list or comma-separated): one webhook config each.
 - `render_*_text(source, ...)`: the same on text, pure (no file I/O); `duration_seconds("5s")`.
 
 Running the real binaries is the lab's job (`wg_failover.lab.procs`).
@@ -26,6 +26,7 @@ The shipped files live in `prometheus/` at the repository root (`SHIPPED_DIR`).
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +34,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
+
+from .endpoints import split_urls
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "prometheus"
 PROMETHEUS_YML = SHIPPED_DIR / "prometheus.yml"
@@ -180,21 +183,32 @@ def _sd_extra(job: dict[str, Any], refresh: str | None) -> dict[str, Any]:
     return out
 
 
-def render_alertmanager_text(source: str, *, responder_url: str, token_file: Path | str,
-                             ca_file: Path | str | None = None) -> str:
-    """The shipped alertmanager.yml text pointing at this responder, token file and CA (pure)."""
+def render_alertmanager_text(source: str, *, responder_url: str | Sequence[str],
+                             token_file: Path | str, ca_file: Path | str | None = None) -> str:
+    """The shipped alertmanager.yml text pointing at this responder, token file and CA (pure).
+    Several responder URLs (replicas, comma-separated or a list): one webhook config per URL,
+    made from the shipped one, so every alert goes to every replica (the leader acts on it, a
+    standby answers 503, and a duplicate is harmless)."""
     config = yaml.safe_load(source)
-    scheme, _, _ = _split_url(responder_url, "responder_url")
+    urls = split_urls(responder_url)
+    if not urls:
+        raise PromConfigError("responder_url: no URL")
     for receiver in config.get("receivers") or []:
         if receiver.get("name") == RESPONDER_RECEIVER:
-            hooks = receiver.get("webhook_configs") or []
-            if not hooks:
+            shipped = receiver.get("webhook_configs") or []
+            if not shipped:
                 break
-            for hook in hooks:
-                hook["url"] = f"{responder_url.rstrip('/')}/v1/alerts"
-                auth = hook.setdefault("http_config", {}).setdefault("authorization", {})
-                auth["credentials_file"] = str(Path(token_file).resolve())
-                _responder_tls(hook["http_config"], scheme, ca_file)
+            hooks = []
+            for url in urls:
+                scheme, _, _ = _split_url(url, "responder_url")
+                for template in shipped:
+                    hook = copy.deepcopy(template)
+                    hook["url"] = f"{url}/v1/alerts"
+                    auth = hook.setdefault("http_config", {}).setdefault("authorization", {})
+                    auth["credentials_file"] = str(Path(token_file).resolve())
+                    _responder_tls(hook["http_config"], scheme, ca_file)
+                    hooks.append(hook)
+            receiver["webhook_configs"] = hooks
             return yaml.safe_dump(config, sort_keys=False)
     raise PromConfigError(
         f"alertmanager.yml has no receiver {RESPONDER_RECEIVER!r} with webhook_configs")
@@ -223,8 +237,8 @@ def render_prometheus_config(
 
 
 def render_alertmanager_config(
-    *, responder_url: str, token_file: Path | str, ca_file: Path | str | None = None,
-    source: Path = ALERTMANAGER_YML
+    *, responder_url: str | Sequence[str], token_file: Path | str,
+    ca_file: Path | str | None = None, source: Path = ALERTMANAGER_YML
 ) -> str:
     """The shipped alertmanager.yml (or `source`) rendered for a deployment."""
     return render_alertmanager_text(source.read_text(), responder_url=responder_url,

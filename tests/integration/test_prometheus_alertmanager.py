@@ -26,7 +26,7 @@ TOKEN = "s3cret-alert-token"
 class Hook:
     """Records every webhook POST: (path, Authorization header, JSON body)."""
 
-    def __init__(self) -> None:
+    def __init__(self, status: int = 200) -> None:
         self.calls: list[tuple[str, str, dict[str, Any]]] = []
         self.cond = threading.Condition()
         hook = self
@@ -38,7 +38,7 @@ class Hook:
                     hook.calls.append((self.path, self.headers.get("Authorization", ""),
                                        json.loads(body)))
                     hook.cond.notify_all()
-                self.send_response(200)
+                self.send_response(status)
                 self.end_headers()
 
             def log_message(self, *args: Any) -> None:
@@ -148,3 +148,22 @@ def test_all_workers_down_inhibits_per_worker_alerts(am):
     source = next(a for a in alerts if a["labels"]["alertname"] == "WgAllWorkersDown")
     assert source["status"]["state"] == "active"
     assert all(a["status"]["state"] == "suppressed" for a in per_worker)
+
+
+def test_every_responder_replica_gets_the_alert(tmp_path):
+    # Replicas: the rendered config delivers to every URL; a standby answers 503 (Alertmanager
+    # retries it), the leader 200; the leader's copy is the one that acts.
+    standby, leader = Hook(status=503), Hook()
+    server = None
+    try:
+        server = start_alertmanager(tmp_path, f"{standby.url},{leader.url}", TOKEN)
+        post_alerts(server.url, failover("w1"))
+        for hook in (leader, standby):
+            body = hook.wait_for(lambda b: b["status"] == "firing")
+            assert [a["labels"]["worker"] for a in body["alerts"]] == ["w1"]
+            assert hook.calls[0][:2] == ("/v1/alerts", f"Bearer {TOKEN}")
+    finally:
+        if server is not None:
+            server.stop()
+        standby.close()
+        leader.close()

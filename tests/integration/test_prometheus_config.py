@@ -169,6 +169,23 @@ def test_render_alertmanager_points_at_responder(tmp_path):
     assert route["matchers"] == ['action=~"failover|drain"']
 
 
+def test_render_alertmanager_delivers_to_every_replica(tmp_path):
+    for urls in ("http://a:1,https://b:2/", ["http://a:1", "https://b:2"]):
+        text = promconfig.render_alertmanager_config(responder_url=urls,
+                                                     token_file=tmp_path / "tok",
+                                                     ca_file=tmp_path / "ca.crt")
+        hooks = next(r for r in yaml.safe_load(text)["receivers"]
+                     if r["name"] == promconfig.RESPONDER_RECEIVER)["webhook_configs"]
+        assert [h["url"] for h in hooks] == ["http://a:1/v1/alerts", "https://b:2/v1/alerts"]
+        assert "tls_config" not in hooks[0]["http_config"]
+        assert hooks[1]["http_config"]["tls_config"] == {"ca_file": str(tmp_path / "ca.crt")}
+        assert all(h["send_resolved"] and h["http_config"]["authorization"]["credentials_file"]
+                   == str(tmp_path / "tok") for h in hooks)
+    with pytest.raises(promconfig.PromConfigError, match="no URL"):
+        promconfig.render_alertmanager_text("receivers: []\n", responder_url=" , ",
+                                            token_file="/t")
+
+
 def test_start_prometheus_reports_a_bad_config_with_its_log(tmp_path):
     cfg = tmp_path / "prometheus.yml"
     cfg.write_text("scrape_configs:\n  - job_name: x\n    scrape_interval: fast\n")
