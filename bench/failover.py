@@ -78,6 +78,9 @@ def run_kills(sl: kit.SwitcherLab, sw: kit.SwitcherProc, ping: kit.Pinger, kills
     print(f"\ntraffic gap over {len(ms)} kills (ms): p50 {pct(ms, 50):.0f}  p95 {pct(ms, 95):.0f}"
           f"  max {max(ms):.0f}  mean {statistics.mean(ms):.0f}  min {min(ms):.0f}")
     print(f"switcher's silence at decision (ms): p50 {pct(decided, 50)}  max {max(decided)}")
+    # Other test runs share these cores: the figures are only comparable at a similar load.
+    print("load average (1, 5, 15 min) after the kills: "
+          + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     return gaps
 
 
@@ -167,8 +170,10 @@ def main() -> int:
                 return 1
         ping = sl.start_ping(0.01)
         poll_until(lambda: len(ping.snapshot()) > 50, 10)
+        print("load average (1, 5, 15 min) at start: "
+              + " ".join(f"{x:.2f}" for x in os.getloadavg()))
         print(f"lab {prefix}: 3 workers, 1 client; switcher defaults "
-              f"{' '.join(args.switcher_arg) or '(interval 100 ms, K=3)'}; "
+              f"{' '.join(args.switcher_arg) or '(interval 100 ms, K=3, burst 10 ms)'}; "
               f"responder {'in the lab' if args.drains else 'cut off (fast path only)'}; "
               "ping every 10 ms\n", flush=True)
         try:
