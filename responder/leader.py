@@ -80,14 +80,14 @@ class Leadership:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.term: int | None = None
         self.state: ResponderState | None = None
-        self.valid_until = 0.0  # time.monotonic() until which this replica may serve
+        self.valid_until = 0.0  # _now() until which this replica may serve
         self.db_problem: str | None = None  # the last lease attempt's failure, if it failed
         self.expires_in = renew  # a standby: seconds until the leader's lease expires
         self.task: asyncio.Task[None] | None = None
         app.state.leadership = self
 
     def leading(self) -> bool:
-        return self.state is not None and time.monotonic() < self.valid_until
+        return self.state is not None and _now() < self.valid_until
 
     def readiness(self) -> tuple[bool, bool, str | None]:
         """(ready, leader, why not ready)."""
@@ -140,7 +140,7 @@ class Leadership:
         """One attempt to take or renew the lease, and the role change it calls for."""
         from .store.postgres_lease import lease_row, take_lease
 
-        asked = time.monotonic()
+        asked = _now()
         self.expires_in = self.renew
         try:
             term = await asyncio.to_thread(take_lease, self.store, self.holder, self.term,
@@ -169,7 +169,7 @@ class Leadership:
     async def take(self, term: int, asked: float) -> None:
         from .store.postgres_lease import Fenced
 
-        t0 = time.monotonic()
+        t0 = _now()
         state = ResponderState(self.fleet, Fenced(self.store, term, self.holder))
         try:
             await state.start()
@@ -181,7 +181,7 @@ class Leadership:
         self.valid_until = asked + self.lease - self.margin
         self.app.state.responder = state
         log.warning("leading (term %d, holder %s): state loaded and planned in %.0f ms",
-                    term, self.holder, 1000 * (time.monotonic() - t0))
+                    term, self.holder, 1000 * (_now() - t0))
         _log_ready(state, self.db)
 
     async def step_down(self, why: str) -> None:
@@ -219,6 +219,16 @@ class LeaderGate:
             await resp(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+def _now() -> float:
+    """Seconds on a clock that also counts time the machine was suspended (CLOCK_BOOTTIME): a
+    leader resumed after its lease ran out must see that it did (monotonic time stops while
+    suspended)."""
+    return time.clock_gettime(_CLOCK)
+
+
+_CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
 
 
 def _log_ready(state: ResponderState, db: str) -> None:

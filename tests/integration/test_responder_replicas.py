@@ -189,6 +189,13 @@ def test_a_leader_paused_past_its_lease_cannot_write_when_it_wakes(
     assert db_state(pg_server, pg_url)[2] == events  # nothing it did landed
     assert leaders(ps) == [other] and other.alert("w2").status_code == 200
     assert "standing down" in old.log()
+    # A clean stop gives the lease up: the standby leads sooner than the lease would expire.
+    term = pg_server.sql(pg_url, "SELECT term FROM leader")[0][0]
+    other.stop()
+    t0 = time.monotonic()
+    assert one_leader([old], timeout=LEASE) is old and time.monotonic() - t0 < LEASE - 0.5
+    assert pg_server.sql(pg_url, "SELECT term FROM leader")[0][0] == term + 1
+    assert "cannot give the leader lease up" not in other.log()
 
 
 def test_postgresql_away_no_replica_is_ready_or_writes_and_one_leads_after(
