@@ -143,9 +143,13 @@ class Leadership:
         asked = _now()
         self.expires_in = self.renew
         try:
-            term = await asyncio.to_thread(take_lease, self.store, self.holder, self.term,
-                                           self.lease)
-        except StoreError as exc:
+            # Bounded here too: a call stuck on a dead connection must not keep a leader whose
+            # lease ran out from standing down (the thread ends with libpq's own timeouts).
+            term = await asyncio.wait_for(asyncio.to_thread(
+                take_lease, self.store, self.holder, self.term, self.lease), self.lease)
+        except (StoreError, TimeoutError) as exc:
+            exc = exc if isinstance(exc, StoreError) else StoreError(
+                f"the leader lease: no answer from the database within {self.lease:g} s")
             self.db_problem = exc.reason
             limited.error("lease", "leader lease: %s", exc)
             if self.state is not None and not self.leading():
@@ -156,8 +160,9 @@ class Leadership:
         if term is None:
             if self.state is not None:
                 await self.step_down("another replica holds the lease")
-            with contextlib.suppress(StoreError):
-                self.expires_in = (await asyncio.to_thread(lease_row, self.store))[2]
+            with contextlib.suppress(StoreError, TimeoutError):
+                self.expires_in = (await asyncio.wait_for(
+                    asyncio.to_thread(lease_row, self.store), self.lease))[2]
             return
         if term == self.term and self.state is not None:
             self.valid_until = asked + self.lease - self.margin

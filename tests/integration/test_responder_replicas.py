@@ -5,9 +5,12 @@ fencing term); PostgreSQL away: no replica is ready, none writes, one leads agai
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
+import struct
 import threading
 import time
 from typing import Any
@@ -45,9 +48,12 @@ def leaders(ps: list[ResponderProc]) -> list[ResponderProc]:
 
 
 def one_leader(ps: list[ResponderProc], timeout: float = 15) -> ResponderProc:
-    wait_until("one leader, ready",
-               lambda: len(leaders(ps)) == 1 and readyz(leaders(ps)[0])["ready"], timeout)
-    (lead,) = leaders(ps)
+    def ready_leader() -> ResponderProc | None:
+        found = [p for p in ps if readyz(p)["ready"]]  # ready implies leader
+        return found[0] if len(found) == 1 and len(leaders(ps)) == 1 else None
+
+    lead = wait_until("one leader, ready", ready_leader, timeout)
+    assert leaders(ps) == [lead]
     return lead
 
 
@@ -224,3 +230,86 @@ def test_postgresql_away_no_replica_is_ready_or_writes_and_one_leads_after(
             assert server.password not in p.log() and "Traceback" not in p.log()
     finally:
         server.close()
+
+
+class TcpRelay:
+    """127.0.0.1:port -> the database's port, for one replica's connections only. `cut()`
+    resets every connection through it and refuses new ones (a network cut as a router with
+    RST/ICMP unreachable sees it; a silent blackhole is libpq's tcp_user_timeout's); `heal()`
+    listens again on the same port."""
+
+    def __init__(self, upstream: int):
+        self.upstream, self.port = upstream, free_port()
+        self.conns: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.listener: socket.socket | None = None
+        self.heal()
+
+    def heal(self) -> None:
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(("127.0.0.1", self.port))
+        ls.listen(16)
+        self.listener = ls
+        threading.Thread(target=self._accept, args=(ls,), daemon=True).start()
+
+    def _accept(self, ls: socket.socket) -> None:
+        while True:
+            try:
+                a, _ = ls.accept()
+            except OSError:
+                return
+            b = socket.create_connection(("127.0.0.1", self.upstream))
+            with self.lock:
+                self.conns += [a, b]
+            for x, y in ((a, b), (b, a)):
+                threading.Thread(target=self._pipe, args=(x, y), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+
+    def cut(self) -> None:
+        assert self.listener is not None
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked on it
+        self.listener.close()
+        with self.lock:
+            for c in self.conns:
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                with contextlib.suppress(OSError):
+                    c.shutdown(socket.SHUT_RDWR)  # wakes the pipe threads blocked on it
+                c.close()
+            self.conns.clear()
+
+
+def test_a_leader_cut_from_the_database_stops_serving_and_a_standby_takes_over(
+        pg_server: PgServer, pg_url: str, responder_factory):
+    relay = TcpRelay(pg_server.port)
+    try:
+        gen = make_fleet(3, 6)
+        via_relay = pg_url.replace(f":{pg_server.port}/", f":{relay.port}/")
+        old = responder_factory(gen, args=("--db", via_relay))
+        other = responder_factory(gen, args=("--db", pg_url), standby=True)
+        assert one_leader([old, other]) is old
+        assert old.alert("w1").status_code == 200
+        acked = clients(old)
+        relay.cut()
+        t0 = time.monotonic()
+        wait_until("the cut leader stops serving", lambda: httpx.get(
+            old.url + "/v1/clients", headers=old.headers("admin"), timeout=5).status_code == 503,
+            LEASE)
+        assert time.monotonic() - t0 < LEASE  # before the database can give the lease on
+        assert readyz(old)["ready"] is False
+        assert one_leader([old, other], timeout=LEASE + 10) is other
+        assert clients(other) == acked and other.alert("w2").status_code == 200
+        relay.heal()
+        time.sleep(2 * LEASE)  # the old one reaches the database again: a standby now
+        assert leaders([old, other]) == [other] and old.alert("w3").status_code == 503
+        assert "standing down" in old.log() and "Traceback" not in old.log()
+    finally:
+        relay.cut()
