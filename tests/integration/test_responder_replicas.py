@@ -20,8 +20,9 @@ import pytest
 
 from tests.helpers.ctl import run, token_file
 from tests.helpers.postgres import PgServer
-from tests.helpers.responder import ResponderProc, make_fleet
+from tests.helpers.responder import ResponderProc, alert_payload, make_fleet
 from tests.helpers.wait import free_port, wait_until
+from wg_failover.endpoints import Endpoints
 from wg_failover.responder.leader import LEASE
 from wg_failover.responder.store import StoreError, Tx, WorkerRow, open_store
 from wg_failover.responder.store.base import NOT_LEADER
@@ -313,3 +314,70 @@ def test_a_leader_cut_from_the_database_stops_serving_and_a_standby_takes_over(
         assert "standing down" in old.log() and "Traceback" not in old.log()
     finally:
         relay.cut()
+
+
+def test_kill_9_of_the_leader_in_a_failover_storm_loses_no_acknowledged_change(
+        pg_server: PgServer, pg_url: str, responder_factory):
+    ps = replicas(responder_factory, pg_url)
+    lead = one_leader(ps)
+    urls = [p.url for p in ps]
+    acked: list[str] = []
+    seen: dict[str, int] = {}  # the newest version a reader saw per client, on any replica
+    went_back: list[str] = []
+    stop = threading.Event()
+
+    def storm() -> None:  # Alertmanager: every alert retried over the replicas until a 2xx
+        eps = Endpoints(urls)
+        for i in range(60):
+            fp = f"storm-{i}"
+            body = alert_payload(("w1", "w2")[i % 2], fingerprint=fp)
+            for _ in range(400):
+                url = eps.current()
+                try:
+                    r = httpx.post(url + "/v1/alerts", json=body, timeout=5,
+                                   headers=lead.headers("alert"))
+                    if r.status_code == 200:
+                        eps.ok(url)
+                        acked.append(fp)
+                        break
+                except httpx.HTTPError:
+                    pass
+                eps.failed(url)
+                if eps.all_failed():
+                    time.sleep(0.05)
+            time.sleep(0.05)
+
+    def reader() -> None:  # a follower's view: versions never go backwards
+        eps = Endpoints(urls)
+        while not stop.is_set():
+            url = eps.current()
+            try:
+                r = httpx.get(url + "/v1/clients", headers=lead.headers("admin"), timeout=5)
+            except httpx.HTTPError:
+                r = None
+            if r is None or r.status_code != 200:
+                eps.failed(url)
+                time.sleep(0.05)
+                continue
+            for c in r.json():
+                if c["version"] < seen.get(c["name"], 0):
+                    went_back.append(f"{c['name']}: {seen[c['name']]} -> {c['version']}")
+                seen[c["name"]] = max(seen.get(c["name"], 0), c["version"])
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=storm), threading.Thread(target=reader)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until("the storm under way", lambda: len(acked) >= 10, 20)
+        lead.kill()
+        threads[0].join(120)
+        assert not threads[0].is_alive()
+    finally:
+        stop.set()
+        threads[1].join(10)
+    assert len(acked) == 60 and not went_back, went_back[:5]
+    stored = {r[0] for r in pg_server.sql(pg_url, "SELECT fingerprint FROM active_alerts")}
+    assert set(acked) <= stored
+    new = one_leader([p for p in ps if p is not lead])
+    assert {w for w, _ in clients(new).values()} == {"w3"}  # every client on the healthy one
