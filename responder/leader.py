@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import secrets
@@ -197,6 +198,9 @@ class Leadership:
         log.warning("standing down from term %s: %s; answering 503 until this replica leads "
                     "again", term, why)
         await state.stop()
+        # The term's state was frozen out of the collector (ResponderState.start): let its
+        # cycles be collected now that it is dropped; the next term freezes its own.
+        gc.unfreeze()
 
 
 class LeaderGate:
