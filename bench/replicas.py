@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import sys
 import tempfile
@@ -204,6 +205,7 @@ def main() -> None:
         for p in ps:
             p.stop()
         server.close()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _payload(n: int) -> dict[str, object]:
