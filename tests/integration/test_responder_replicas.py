@@ -1,7 +1,9 @@
 """Responder replicas on one real PostgreSQL (issue 15): one leads, the others wait as standbys
 and refuse everything (503, nothing changed); kill -9 of the leader hands over within seconds
 with every acknowledged change; a leader paused past its lease cannot write when it wakes (the
-fencing term); PostgreSQL away: no replica is ready, none writes, one leads again after."""
+fencing term); a leader cut from the database stops serving and a standby takes over;
+PostgreSQL away: no replica is ready, none writes, one leads again after; kill -9 in a failover
+storm loses no acknowledged alert; an outbound webhook is delivered once across a hand-over."""
 
 from __future__ import annotations
 
@@ -381,3 +383,35 @@ def test_kill_9_of_the_leader_in_a_failover_storm_loses_no_acknowledged_change(
     assert set(acked) <= stored
     new = one_leader([p for p in ps if p is not lead])
     assert {w for w, _ in clients(new).values()} == {"w3"}  # every client on the healthy one
+
+
+def test_an_outbound_webhook_is_delivered_once_across_a_kill_9_hand_over(
+        pg_server: PgServer, pg_url: str, responder_factory, tmp_path):
+    from tests.integration.test_notify_live import Receiver, current, notify_fleet
+
+    hook = Receiver(fail_first=10**6)  # down until we say so
+    try:
+        gen = notify_fleet(tmp_path, hook_url=hook.url)
+        old = responder_factory(gen, args=("--db", pg_url))
+        other = responder_factory(gen, args=("--db", pg_url), standby=True)
+        assert one_leader([old, other]) is old
+        first = current(old)
+        assert old.alert(first["worker"]).status_code == 200
+        newest = current(old)
+        assert hook.wait(lambda: any(r["json"]["version"] == newest["version"]
+                                     for r in hook.requests))
+        old.kill()  # its delivery was refused: nothing recorded as delivered
+        with hook.lock:
+            hook.fail_first = 0
+        assert one_leader([other], timeout=LEASE + 10) is other  # the new leader's notifier
+        assert hook.wait(lambda: hook.accepted(), timeout=20), other.log()
+        assert [r["json"] for r in hook.accepted()] == [newest]
+        # Handed back (a clean stop): the delivery log says it is delivered; nothing again.
+        old.standby = True
+        old.restart()
+        other.stop()
+        assert one_leader([old], timeout=LEASE + 10) is old
+        time.sleep(1.5)
+        assert [r["json"] for r in hook.accepted()] == [newest]
+    finally:
+        hook.close()
