@@ -254,7 +254,7 @@ class PostgresStore:
         for c, w in q("SELECT client, worker FROM unusable"):
             unusable.setdefault(c, set()).add(w)
         last = q("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]  # type: ignore[index]
-        fleet, keys = load_fleet(q)  # the same columns as SQLite's: one reader and its checks
+        fleet, keys = load_fleet(q, "{}")  # SQLite's columns: one reader and its checks
         return Loaded(workers, assignments, alerts, unusable, int(last), fleet, keys)
 
     def verify(self) -> None:

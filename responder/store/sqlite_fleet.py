@@ -12,13 +12,20 @@ from .base import EnrollKeyRow, FleetDoc, Tx
 Query = Callable[..., sqlite3.Cursor]
 
 
-def load_fleet(query: Query) -> tuple[FleetDoc | None, dict[str, EnrollKeyRow]]:
+def load_fleet(query: Query, as_bytes: str = "CAST({} AS BLOB)"
+               ) -> tuple[FleetDoc | None, dict[str, EnrollKeyRow]]:
     """The stored fleet (None before the first one) and every enrollment key. Raises ValueError
     or TypeError for rows no commit could have written (the caller reports a damaged store)."""
     doc = None
-    row = query("SELECT version, data, enrolled FROM fleet WHERE id = 1").fetchone()
+    # As bytes: sqlite3's own decode error would quote the damaged text (keys, hashes).
+    # `as_bytes` is the backend's way to read a text column as bytes ("{}" when it need not).
+    row = query(f"SELECT version, {as_bytes.format('data')}, {as_bytes.format('enrolled')} "
+                "FROM fleet WHERE id = 1").fetchone()
     if row is not None:
-        version, data, enrolled = row[0], json.loads(row[1]), json.loads(row[2])
+        try:
+            version, data, enrolled = row[0], json.loads(row[1]), json.loads(row[2])
+        except (UnicodeDecodeError, TypeError, ValueError):
+            raise ValueError("the stored fleet row does not parse") from None
         if not (isinstance(version, int) and version >= 1 and isinstance(data, dict)
                 and isinstance(enrolled, list) and all(isinstance(e, str) for e in enrolled)):
             raise ValueError("the stored fleet row is malformed")
