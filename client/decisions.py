@@ -221,12 +221,12 @@ class Decider:
         return Report.of(ProbeEvent(workers={w: self.health[w].summary() for w in self.workers}))
 
     # ------------------------------------------------------------------ decisions
-    def best_backup(self, now: float) -> str | None:
+    def best_backup(self, now: float, heard_since: float | None = None) -> str | None:
         """The answering worker to fail over to: preference order, workers that flapped last."""
         ranked = []
         for idx, w in enumerate(self.order):
             h = self.health[w]
-            if w == self.active or h.state != UP:
+            if w == self.active or h.state != UP or not h.heard_since(heard_since):
                 continue
             ranked.append((h.held_down(now, self.settings.hold_down),
                            h.consecutive_misses > 0, idx, w))
@@ -237,9 +237,9 @@ class Decider:
         out: list[Action] = []
         active_h = self.health.get(self.active) if self.active else None
         if self.settings.fast_path and active_h is not None and active_h.state == DOWN:
-            to = self.best_backup(now)
+            to = self.best_backup(now, self._quiet_since(active_h))
             if to is None:
-                if not self.active_stuck_noted:
+                if not self.active_stuck_noted and self.best_backup(now) is None:
                     out.append(Note(f"active {self.active} is down and no backup answers; "
                                     "keeping it"))
                     self.active_stuck_noted = True
@@ -294,6 +294,9 @@ class Decider:
         return [self._switch_to(w, "gray", reason, cause=cause),
                 Report.of(SwitchEvent(from_worker=active_h.name, to_worker=w, reason=reason,
                                       cause=cause))]
+
+    def _quiet_since(self, h: WorkerHealth | None) -> float | None:
+        return h.quiet_since if h is not None and self.settings.burst_interval else None
 
     def _first_up(self, now: float) -> str | None:
         ups = [(self.health[w].held_down(now, self.settings.hold_down), i, w)
@@ -377,7 +380,8 @@ class Decider:
                     Report.of(AppliedEvent(version=a.version, worker=a.worker))]
         # The responder is the authority: a fresh assignment to an answering worker is applied
         # at once; one we rejected earlier waits out the hold-down once its worker is back.
-        if h.state == UP and (first or not h.held_down(now, self.settings.hold_down)):
+        if h.state == UP and (first or not h.held_down(now, self.settings.hold_down)) and \
+                h.heard_since(self._quiet_since(self.health.get(self.active or ""))):
             self.pending = None
             reason = f"responder v{a.version}" + (f": {a.reason}" if a.reason else "")
             return [self._switch_to(a.worker, "assignment", reason, version=a.version),

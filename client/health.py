@@ -55,6 +55,7 @@ class WorkerHealth:
     up_since: float | None = None  # when it last came up (after being unknown or down)
     down_since: float | None = None
     last_reply: float | None = None  # monotonic time of the last answer
+    quiet_since: float | None = None  # when the current run of misses began (None: answering)
     flapped: bool = False  # it was down at least once since the switcher started
     results: deque = field(default_factory=deque)
     rtts: deque = field(default_factory=lambda: deque(maxlen=64))  # recent answers' RTTs
@@ -92,7 +93,7 @@ class WorkerHealth:
         """An answered probe. Returns True when the state changed."""
         self._push(True)
         self.last_rtt = rtt
-        self.last_reply = now
+        self.last_reply, self.quiet_since = now, None
         if self.state != UP:
             # The first answer after a silence usually waited for a WireGuard handshake: it says
             # nothing about the path's RTT, and would stretch every deadline for a while.
@@ -114,7 +115,7 @@ class WorkerHealth:
         learnt from the answers that beat it only, and jitter would turn into ever more misses."""
         if self.state != UP:
             return  # the next timely answer brings it up
-        self.last_reply = now
+        self.last_reply, self.quiet_since = now, None
         self.consecutive_misses = 0
         if self.trial and self.trial_lost > 0:
             self.trial_lost -= 1  # late, not lost
@@ -123,11 +124,19 @@ class WorkerHealth:
             self.rttvar += 0.25 * (abs(self.srtt - rtt) - self.rttvar)
             self.srtt += self.alpha * (rtt - self.srtt)
 
+    def heard_since(self, t: float | None) -> bool:
+        """Answered at or after `t` (None: no bound). With the burst, an active worker's silence
+        is judged before the backups' next probes are due: when every worker died at once, the
+        backups' last answers predate it, and moving to them would hop through dead workers."""
+        return t is None or (self.last_reply is not None and self.last_reply >= t)
+
     def record_miss(self, now: float, k: int, min_silence: float = 0.0) -> bool:
         """A probe whose deadline passed unanswered. Returns True when the state changed: down
         after `k` misses in a row and at least `min_silence` seconds without an answer."""
         self._push(False)
         self.consecutive_misses += 1
+        if self.consecutive_misses == 1:
+            self.quiet_since = now
         silent = self.last_reply is None or now - self.last_reply >= min_silence
         if self.consecutive_misses >= k and silent and self.state != DOWN:
             if self.state == UP:

@@ -235,3 +235,89 @@ def test_wireguard_go_is_ready_only_when_its_socket_listens(tmp_path):
         assert path.exists() and not uapi_ready(path)  # bound, not listening yet
         s.listen(1)
         assert uapi_ready(path)
+
+
+BURST = dict(k=3, burst_interval=0.02, burst_misses=3)
+
+
+def _decider():
+    from wg_failover.client.decisions import Decider, Settings
+
+    d = Decider(W, Settings(**BURST), active="w1")
+    for t in (0.0, 0.1, 0.2):
+        for w in W:
+            d.on_reply(w, 0.001, t + 0.001)
+    return d
+
+
+def _moves(actions) -> list[tuple[str | None, str]]:
+    from wg_failover.client.decisions import Switch
+
+    return [(a.from_, a.to) for a in actions if isinstance(a, Switch)]
+
+
+def test_every_worker_down_at_once_no_hop_through_dead_backups():
+    # chaos all-down (seed 1, episode 13): the burst judged the active dead in ~190 ms, before
+    # the backups' next probes could fail, so the switcher hopped w1 -> w2 -> w3 through dead
+    # workers, then moved again on the way back (3 moves for one fault). A backup must have
+    # answered since the active went quiet.
+    d = _decider()
+    for w in ("w2", "w3"):
+        d.on_reply(w, 0.001, 0.28)  # their last answers: after w1's, before the kill at 0.29
+    moves = []
+    for t in (0.35, 0.37, 0.39, 0.41):  # w1's first miss, then the burst: down at the 4th
+        moves += _moves(d.on_miss("w1", t))
+    assert d.health["w1"].state == "down" and moves == []
+    for t in (0.43, 0.53, 0.63):
+        for w in ("w2", "w3"):
+            moves += _moves(d.on_miss(w, t))
+    assert moves == [] and d.active == "w1"
+    # every worker back: the first that answers takes the routes, once
+    moves += _moves(d.on_reply("w3", 0.001, 5.0))
+    moves += _moves(d.on_reply("w1", 0.001, 5.01) + d.on_reply("w2", 0.001, 5.02))
+    assert moves == [("w1", "w3")]
+
+
+def test_one_worker_killed_the_fast_path_still_moves_at_once():
+    d = _decider()
+    d.on_reply("w2", 0.001, 0.36)  # w2 answers after w1's first miss: alive
+    moves = []
+    for t in (0.35, 0.37, 0.39):
+        moves += _moves(d.on_miss("w1", t))
+    assert moves == []
+    assert _moves(d.on_miss("w1", 0.41)) == [("w1", "w2")]
+
+
+def test_the_fast_path_waits_for_a_backup_answer_newer_than_the_silence():
+    d = _decider()
+    moves = []
+    for t in (0.35, 0.37, 0.39, 0.41):
+        moves += _moves(d.on_miss("w1", t))
+    assert moves == []  # w2 and w3 last answered at 0.201: nothing known since w1 went quiet
+    assert _moves(d.on_reply("w3", 0.001, 0.43)) == [("w1", "w3")]
+
+
+def test_an_assignment_waits_for_a_target_heard_since_the_active_went_quiet():
+    from wg_failover.wire import Assignment
+
+    d = _decider()
+    d.on_reply("w2", 0.001, 0.28)
+    d.on_reply("w3", 0.001, 0.28)
+    for t in (0.35, 0.37, 0.39, 0.41):
+        d.on_miss("w1", t)
+    a = Assignment(client="c1", worker="w3", version=2, backups=("w2",), reason="client-rejected")
+    assert _moves(d.on_assignment(a, 0.42)) == [] and d.active == "w1"
+    assert _moves(d.on_reply("w3", 0.001, 0.45)) == [("w1", "w3")]
+
+
+def test_an_assignment_does_not_move_blind_while_the_active_is_going_quiet():
+    # chaos all-down (seed 1, episode 21): the responder's answer to the other clients' reports
+    # came while this client's active worker had only begun to miss, and took it onto a worker
+    # that had died with the rest.
+    from wg_failover.wire import Assignment
+
+    d = _decider()
+    d.on_miss("w1", 0.35)  # one miss: a burst starts, w1 is not down yet
+    a = Assignment(client="c1", worker="w2", version=2, backups=("w3",), reason="suspect")
+    assert _moves(d.on_assignment(a, 0.36)) == []
+    assert _moves(d.on_reply("w2", 0.001, 0.38)) == [("w1", "w2")]

@@ -66,6 +66,7 @@ def test_the_active_worker_is_down_after_its_first_miss_and_three_burst_misses()
     assert switches(d.on_miss("w1", t) + d.on_miss("w1", t + 0.02)
                     + d.on_miss("w1", t + 0.04)) == []
     assert d.health["w1"].state == UP, "3 misses in a row are not enough while bursting"
+    d.on_reply("w2", 0.001, t + 0.05)  # a backup heard since w1 went quiet (see test_chaos_units)
     acts = d.on_miss("w1", t + 0.06)
     [sw] = switches(acts)
     assert (sw.to, sw.kind, sw.cause) == ("w2", "failover", "dead")
@@ -249,6 +250,7 @@ def test_a_late_answer_proves_the_worker_alive_and_reaches_the_rtt_estimate():
     acts = []
     for i in range(4):
         acts += d.on_miss("w1", t + i * 0.02)
+    acts += d.on_reply("w2", 0.001, t + 0.07)  # a backup heard since w1 went quiet
     [sw] = switches(acts)
     assert sw.cause == "dead"
 
@@ -261,6 +263,7 @@ def test_a_short_stall_is_not_a_death():
     d.on_reply("w1", 0.001, t)
     acts = [a for i in range(4) for a in d.on_miss("w1", t + 0.03 + i * 0.02)]
     assert switches(acts) == [] and d.health["w1"].state == UP
+    d.on_reply("w2", 0.001, t + 0.1)  # a backup heard since w1 went quiet
     [sw] = switches(d.on_miss("w1", t + 0.16))
     assert sw.cause == "dead"
 
