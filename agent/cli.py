@@ -14,6 +14,7 @@ from typing import Any
 
 from wg_failover import tls, wg
 from wg_failover.cli import CliError
+from wg_failover.endpoints import split_urls
 
 from .cache import DEFAULT_STATE_DIR, cache_path
 from .follow import PeersFollower
@@ -90,7 +91,9 @@ def register_agent(subparsers: argparse._SubParsersAction) -> None:
                    help="node.json written by `wg-failover join` (defaults for the flags below)")
     p.add_argument("--worker", metavar="NAME", help="this worker's fleet name")
     p.add_argument("--interface", metavar="IFACE", help="the worker's WireGuard interface (wg0)")
-    p.add_argument("--responder", metavar="URL", help="responder base URL")
+    p.add_argument("--responder", metavar="URL", action="append",
+                   help="responder base URL; repeat it (or separate with commas) for replicas: "
+                   "a URL that fails or answers 503 (a standby) is passed over at once")
     p.add_argument("--token-file", metavar="FILE",
                    help="file holding this worker's API token (from join, or the fleet's "
                    "token_sha256)")
@@ -124,8 +127,12 @@ def _node_defaults(args: argparse.Namespace) -> None:
     for flag, key in (("worker", "name"), ("interface", "interface"),
                       ("responder", "responder"), ("token_file", "token_file"),
                       ("ca_file", "ca_file")):
-        if getattr(args, flag) is None and isinstance(node.get(key), str):
-            setattr(args, flag, node[key])
+        value = node.get(key)
+        if getattr(args, flag) is None and flag == "responder" and isinstance(value, list) \
+                and all(isinstance(v, str) for v in value):
+            setattr(args, flag, value)
+        elif getattr(args, flag) is None and isinstance(value, str):
+            setattr(args, flag, [value] if flag == "responder" else value)
 
 
 def run_agent(args: argparse.Namespace) -> int:
@@ -138,14 +145,18 @@ def run_agent(args: argparse.Namespace) -> int:
                                                      "token_file") if not getattr(args, f)]
     if missing:
         raise CliError(f"agent needs {', '.join(missing)} (or --node FILE from join)")
+    urls = split_urls(args.responder)
+    if not urls:
+        raise CliError("--responder: no URL")
     try:
         token = read_secret(args.token_file, "--token-file")
-        tls.check_responder_url(args.responder, insecure_http=args.insecure_http,
-                                tls_files=bool(args.ca_file or args.tls_cert or args.tls_key),
-                                token="the worker's token (and peers that could be forged on "
-                                      "the way)")
+        for url in urls:
+            tls.check_responder_url(url, insecure_http=args.insecure_http,
+                                    tls_files=bool(args.ca_file or args.tls_cert or args.tls_key),
+                                    token="the worker's token (and peers that could be forged "
+                                          "on the way)")
         verify: Any = (tls.client_context(args.ca_file, args.tls_cert, args.tls_key)
-                       if args.responder.startswith("https") else True)
+                       if any(u.startswith("https") for u in urls) else True)
     except (JoinError, tls.TlsError) as exc:
         raise CliError(str(exc)) from None
     try:
@@ -157,13 +168,13 @@ def run_agent(args: argparse.Namespace) -> int:
         state.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise CliError(f"--state-dir {state}: {exc.strerror or exc}") from None
-    follower = PeersFollower(args.responder, args.worker, token, verify=verify,
+    follower = PeersFollower(urls, args.worker, token, verify=verify,
                              ca_file=args.ca_file)
     agent = Agent(args.worker, args.interface, cache_path(state, args.worker), follower,
                   reconcile_every=args.reconcile_every, manage_routes=args.routes)
     logging.getLogger("wg_failover.agent").info(
         "agent: worker %s, interface %s, following %s", args.worker, args.interface,
-        args.responder)
+        ", ".join(urls))
     signal.signal(signal.SIGTERM, _stop)  # systemd's stop: unwind, a wg call finishes first
     try:
         asyncio.run(agent.run())

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from pydantic_core import from_json
 
 from wg_failover.backoff import Backoff
+from wg_failover.endpoints import Endpoints
 from wg_failover.sse import SseReader, SseTooLarge
 from wg_failover.wire import PeerEntry, WorkerPeers
 
@@ -81,12 +82,14 @@ class _Limiter:
 
 
 class PeersFollower:
-    def __init__(self, base_url: str, worker: str, token: str | None, *,
+    def __init__(self, base_url: str | list[str], worker: str, token: str | None, *,
                  verify: ssl.SSLContext | bool = True, ca_file: str | None = None,
                  longpoll_wait: float = 25.0, read_timeout: float = 45.0,
                  backoff: Backoff | None = None,
                  on_connected: Callable[[bool], None] | None = None) -> None:
-        self.base = base_url.rstrip("/")
+        # Several URLs are replicas (only one serves, the others answer 503): a failure moves
+        # on to the next at once; the back-off applies only once every URL failed in a row.
+        self.eps = Endpoints([base_url] if isinstance(base_url, str) else base_url)
         self.worker = worker
         self.headers = {"Accept-Encoding": "identity"}
         if token:
@@ -100,6 +103,10 @@ class PeersFollower:
         self.mode = "sse"
         self.limiter = _Limiter()
         self._known: dict[tuple[str, str, tuple[str, ...]], PeerEntry] = {}
+
+    @property
+    def base(self) -> str:
+        return self.eps.current()
 
     @property
     def poll_url(self) -> str:
@@ -169,7 +176,7 @@ class PeersFollower:
         sse_again = loop.time() + SSE_AGAIN  # only read while long-polling
         async with httpx.AsyncClient(verify=self.verify, timeout=10.0) as http:
             while True:
-                started, before = loop.time(), position()
+                started, before, url = loop.time(), position(), self.base
                 if self.mode == "longpoll" and started >= sse_again:
                     self.mode = "sse"
                 level, kind = logging.INFO, "ended"
@@ -205,6 +212,12 @@ class PeersFollower:
                 self.on_connected(False)
                 if position() != before or loop.time() - started >= STABLE_SECONDS:
                     self.backoff.reset()
+                    self.eps.ok(url)
+                if kind != "auth" and len(self.eps.urls) > 1:
+                    self.eps.failed(url)
+                    if not self.eps.all_failed():
+                        log.info("responder %s: %s; trying %s", url, reason, self.base)
+                        continue
                 delay = self.backoff.next()
                 self.limiter.log(level, kind, "responder: %s; reconnecting in %.1f s (%s)",
                                  reason, delay, self.mode)
@@ -231,6 +244,7 @@ class PeersFollower:
                                             response=r)
             _identity(r)
             self.on_connected(True)
+            self.eps.ok(self.base)
             reader = SseReader(max_line=MAX_BODY, max_event=MAX_BODY)
             async for chunk in r.aiter_raw():
                 for ev in reader.feed(chunk):
@@ -258,6 +272,7 @@ class PeersFollower:
                                             response=r)
             _identity(r)
             self.on_connected(True)
+            self.eps.ok(self.base)
             body = bytearray()
             async for chunk in r.aiter_raw():
                 body += chunk

@@ -99,3 +99,38 @@ def test_follower_with_a_refused_token_delivers_nothing(responder_factory):
             await _follow(src, lambda g: len(g) >= 1, 1.0)
 
     asyncio.run(scenario())
+
+
+def test_follower_passes_over_a_dead_replica_and_a_standby(responder_factory):
+    """Replicas: a URL where nothing listens and one that answers 503 (as a standby does) are
+    passed over at once, without the back-off that applies only when every URL failed."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    from tests.helpers.wait import free_port
+
+    class Standby(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(503)
+            self.send_header("Retry-After", "1")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    standby = ThreadingHTTPServer(("127.0.0.1", 0), Standby)
+    Thread(target=standby.serve_forever, daemon=True).start()
+    p = responder_factory(_fleet())
+    urls = [f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{standby.server_port}", p.url]
+
+    async def scenario() -> None:
+        # A slow back-off: were it applied between URLs, the peers would not come in time.
+        src = PeersFollower(urls, "w1", p.tokens["w1"], backoff=Backoff(base=20, cap=20))
+        got = await _follow(src, lambda g: len(g) >= 1, 5)
+        assert {e.name for e in got[0].peers} == {"c2", "c3"}
+        assert src.base == p.url
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        standby.shutdown()
