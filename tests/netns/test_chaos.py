@@ -12,6 +12,7 @@ violations with their time and faults; `bench/chaos.py --seed 4` replays the sch
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -25,7 +26,9 @@ from wg_failover.lab import build, netns
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 CHAOS = Path(__file__).resolve().parents[2] / "bench" / "chaos.py"
-PREFIX = "chts"
+# Unique per run: two runs of the suite at once (or a campaign beside it) never share a lab.
+PREFIX = f"ch{os.getpid() % 10000:04d}"
+SUBNET = f"198.18.{120 + os.getpid() % 100}.0/24"
 SEED = 4
 MINUTES = 3.0
 WALL = 280  # seconds: the run's own budget, under the suite's 300 s per-test timeout
@@ -40,7 +43,7 @@ def test_seeded_campaign_breaks_no_invariant(tmp_path):
     out = tmp_path / "chaos.json"
     proc = subprocess.Popen(
         [sys.executable, str(CHAOS), "--seed", str(SEED), "--minutes", str(MINUTES),
-         "--prefix", PREFIX, "--subnet", "198.18.73.0/24", "--json", str(out)],
+         "--prefix", PREFIX, "--subnet", SUBNET, "--json", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         stdout, _ = proc.communicate(timeout=WALL)
