@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -169,6 +170,7 @@ def main() -> int:
         finally:
             for r in relays.values():
                 r.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
