@@ -38,6 +38,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from wg_failover.fleet import Fleet
 
+from .intake.alerts import expire_alerts
 from .limits import LogLimiter
 from .state import ResponderState
 from .store import Store, StoreError, describe_location
@@ -53,6 +54,13 @@ STANDBY = "standby: not the leader"
 OPEN_PATHS = ("/healthz", "/readyz")  # served by a standby too
 
 
+def new_state(fleet: Fleet, store: Store) -> ResponderState:
+    """A responder state with the upkeep checks of the intake (alert expiry)."""
+    state = ResponderState(fleet, store)
+    state.upkeep.checks.append(lambda: expire_alerts(state))
+    return state
+
+
 class Solo:
     """One responder on its own store (SQLite): it always leads."""
 
@@ -61,7 +69,7 @@ class Solo:
         self.state: ResponderState | None = None
 
     async def start(self) -> None:
-        self.state = ResponderState(self.fleet, self.store)
+        self.state = new_state(self.fleet, self.store)
         self.app.state.responder = self.state
         await self.state.start()
         _log_ready(self.state, self.db)
@@ -176,7 +184,7 @@ class Leadership:
         from .store.postgres_lease import Fenced
 
         t0 = _now()
-        state = ResponderState(self.fleet, Fenced(self.store, term, self.holder))
+        state = new_state(self.fleet, Fenced(self.store, term, self.holder))
         try:
             await state.start()
         except StoreError as exc:

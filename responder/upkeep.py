@@ -4,6 +4,8 @@
   and `events_max_rows`, oldest first, in batches of PRUNE_BATCH rows: each batch is one short
   transaction under the write lock, with a pause between batches, so a large backlog never holds
   up a webhook. Only events go: assignments are state, and a follower resumes from those.
+- **Checks** others add (`checks`): run every tick while the store can write, e.g. the expiry of
+  alerts Alertmanager stopped repeating (intake/alerts.py).
 - **Store health.** While the store cannot write (a full disk, a read-only open) or the start-up
   plan is not committed yet, every CHECK_EVERY seconds it tries a tiny write; when that works,
   the responder is ready again and the start-up plan is committed.
@@ -15,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from .limits import LogLimiter
@@ -37,6 +40,7 @@ class Upkeep:
     def __init__(self, state: ResponderState):
         self.state = state
         self.task: asyncio.Task[None] | None = None
+        self.checks: list[Callable[[], Awaitable[None]]] = []
 
     def start(self) -> None:
         self.task = asyncio.ensure_future(self.run())
@@ -55,6 +59,9 @@ class Upkeep:
                 st = self.state
                 if st.store_problem is not None or st.start_pending:
                     await self.check_store()
+                if st.store_problem is None and not st.start_pending:
+                    for check in self.checks:
+                        await check()
                 if st.store_problem is None and time.monotonic() >= next_prune:
                     _, more = await self.prune()
                     next_prune = time.monotonic() + (CHECK_EVERY if more else PRUNE_EVERY)

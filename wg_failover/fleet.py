@@ -272,6 +272,12 @@ class ResponderSettings(_Strict):
     # Finite and at most a day: `.inf` would parse as a float and silently disable recovery.
     hold_down_seconds: float = Field(default=60, ge=0, le=86400, allow_inf_nan=False)
     preempt: bool = False
+    # A firing failover/drain alert that Alertmanager has not sent again for this long is taken
+    # as resolved. Alertmanager repeats a firing alert every repeat_interval (5 min in the shipped
+    # config), so only a lost resolve ends one this way: an Alertmanager that lost its
+    # notification log never sends it, and the worker would stay down for good (issue 17).
+    # Keep it above twice the repeat_interval (shorter: a still-firing alert flaps off and on).
+    alert_expire_seconds: float = Field(default=900, ge=10, le=7 * 86400, allow_inf_nan=False)
     preempt_batch_size: int = Field(default=10, ge=1, le=MAX_CAPACITY)
     # Placement (docs/responder.md "Placement"): `latency` puts a client on the healthy worker
     # with room its own probes measure fastest, and moves it for latency alone only when the

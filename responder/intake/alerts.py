@@ -22,6 +22,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from weakref import WeakKeyDictionary
 
 from wg_failover.fleet import NAME_RE
 from wg_failover.wire import MAX_TEXT
@@ -86,6 +87,47 @@ def dedup_key(a: AMAlert) -> str:
     return f"{alert_fingerprint(a)}|{a.status}|{a.startsAt}"
 
 
+# When each firing alert was last delivered (repeats too, which de-duplication drops): memory
+# only; after a start every stored alert counts as delivered at the start.
+_last_seen: WeakKeyDictionary[ResponderState, dict[str, float]] = WeakKeyDictionary()
+
+
+def _seen(state: ResponderState) -> dict[str, float]:
+    return _last_seen.setdefault(state, {})
+
+
+async def expire_alerts(state: ResponderState) -> None:
+    """Take as resolved every firing alert not delivered again for `alert_expire_seconds`: only
+    a lost resolve gets there (Alertmanager repeats firing ones), and it must not hold a worker
+    down or drained for good. One change for all of them, with an `alert-expired` event each."""
+    seen, now = _seen(state), state.clock()
+    for fp in state.alerts:
+        seen.setdefault(fp, now)
+    limit = state.settings.alert_expire_seconds
+    old = [fp for fp in state.alerts if now - seen[fp] > limit]
+    if not old:
+        return
+
+    def build(d: Draft) -> None:
+        for fp in old:
+            held = d.committed.alerts.get(fp)
+            if held is None or not d.knows_worker(held[0]):
+                if held is not None:
+                    d.tx.alerts_del.add(fp)
+                continue
+            name, action = held
+            d.event("alert-expired", worker=name, fingerprint=fp, action=action,
+                    silent_seconds=round(now - seen[fp]))
+            _apply_alert(d, name, action, "resolved", fp, "expired")
+            d.tx.dedup_forget.add(f"{fp}|firing|")
+
+    await state.change(build)
+    for fp in old:
+        seen.pop(fp, None)
+    log.warning("alerts not repeated by Alertmanager for %g s taken as resolved: %d",
+                limit, len(old))
+
+
 async def take_delivery(state: ResponderState, payload: AMPayload) -> Delivery:
     """Apply one webhook delivery in one transaction. Raises StoreError when it cannot commit
     (then nothing was applied)."""
@@ -102,7 +144,12 @@ async def take_delivery(state: ResponderState, payload: AMPayload) -> Delivery:
         ignored = apply_alerts(d, payload, fresh)
         return Delivery(len(fresh), len(payload.alerts) - len(fresh), ignored)
 
-    return await state.change(build)
+    done = await state.change(build)
+    seen, now = _seen(state), state.clock()
+    for a in payload.alerts:
+        if a.status == "firing":
+            seen[alert_fingerprint(a)] = now
+    return done
 
 
 def apply_alerts(d: Draft, payload: AMPayload, fresh: list[AMAlert]) -> Counter[str]:

@@ -116,6 +116,9 @@ class Tx:
     unusable_add: set[tuple[str, str]] = field(default_factory=set)
     unusable_del: set[tuple[str, str]] = field(default_factory=set)
     dedup: set[str] = field(default_factory=set)
+    # De-duplication keys to forget, by prefix: an expired alert's ("FP|firing|"), so that
+    # Alertmanager's next repeat of it, if it still fires, is applied again, not dropped.
+    dedup_forget: set[str] = field(default_factory=set)
     events: list[Event] = field(default_factory=list)
     fleet: FleetDoc | None = None  # the new fleet, when this change changes it
     keys: dict[str, EnrollKeyRow] = field(default_factory=dict)  # enrollment keys, by id
@@ -123,6 +126,7 @@ class Tx:
     def empty(self) -> bool:
         return not (self.workers or self.assignments or self.alerts_add or self.alerts_del
                     or self.unusable_add or self.unusable_del or self.dedup or self.events
+                    or self.dedup_forget
                     or self.fleet is not None or self.keys)
 
 

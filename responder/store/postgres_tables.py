@@ -218,6 +218,8 @@ def write_tx(conn: psycopg.Connection, tx: Tx) -> list[int]:
               int(k.uses), bool(k.revoked), k.name, k.address) for k in tx.keys.values()],
             "(id) DO UPDATE SET uses = excluded.uses, revoked = excluded.revoked")
     now = time.time()
+    for prefix in sorted(tx.dedup_forget):
+        conn.execute("DELETE FROM dedup WHERE left(key, %s) = %s", (len(prefix), prefix))
     _upsert(conn, "dedup", "key, ts", "text float8", [(k, now) for k in sorted(tx.dedup)],
             "DO NOTHING")
     if not tx.events:

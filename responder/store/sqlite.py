@@ -334,6 +334,8 @@ class SQLiteStore:
         db.executemany("INSERT OR IGNORE INTO unusable (client, worker) VALUES (?, ?)",
                        sorted(tx.unusable_add))
         now = time.time()
+        db.executemany("DELETE FROM dedup WHERE substr(key, 1, ?) = ?",
+                       [(len(p), p) for p in sorted(tx.dedup_forget)])
         db.executemany("INSERT OR IGNORE INTO dedup (key, ts) VALUES (?, ?)",
                        [(k, now) for k in tx.dedup])
         ids = []
