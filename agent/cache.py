@@ -9,14 +9,13 @@ only (0600 in a 0700 directory).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from wg_failover.files import atomic_write
 from wg_failover.wire import WorkerPeers
 
 DEFAULT_STATE_DIR = "/var/lib/wg-failover"
@@ -25,26 +24,6 @@ MAX_CACHE_BYTES = 64 * 1024 * 1024  # 100,000 peers with room; a larger file is 
 
 def cache_path(state_dir: str | os.PathLike[str], worker: str) -> Path:
     return Path(state_dir) / f"agent-{worker}.json"
-
-
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def save(path: Path, peers: WorkerPeers) -> None:

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from wg_failover import tls
 from wg_failover.backoff import Backoff
+from wg_failover.files import atomic_write
 from wg_failover.fleet import parse_host_port
 from wg_failover.wgquick import (
     KeyFileError,
@@ -35,7 +36,6 @@ from wg_failover.wgquick import (
 from wg_failover.wire import Enrolled, EnrollRequest
 
 from . import keys
-from .cache import atomic_write
 
 IFACE_RE = re.compile(r"^[A-Za-z0-9_=+.-]{1,15}$")  # what wg-quick takes as an interface name
 NODE_FILE = "node.json"

@@ -6,16 +6,15 @@ a crash leaves either the old file or the new one, never half of one.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from wg_failover.files import atomic_write
 from wg_failover.wire import (
     MAX_VERSION,
     Assignment,
@@ -66,26 +65,6 @@ def cache_path(state_dir: str | os.PathLike[str], client: str) -> Path:
 def view_path(state_dir: str | os.PathLike[str], client: str) -> Path:
     """The client's last view from the responder (when it follows one: no fleet file)."""
     return Path(state_dir) / f"switcher-{client}.view.json"
-
-
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def save(path: Path, state: CachedState) -> None:
