@@ -95,7 +95,12 @@ def test_view_source_streams_long_polls_and_names_a_revoked_token(responder, cap
         await _views(HttpViewSource(responder.url, "c1", token), got, 1, 10)
         first = got[0]
         assert first.client == "c1" and [w.name for w in first.workers] == ["w1", "w2", "w3"]
-        assert "c2" not in first.model_dump_json()  # nothing about other clients
+        # Nothing about other clients: no other client's name or key (a substring test on the
+        # JSON failed once on a random key that happened to contain "c2").
+        others = [c for c in responder.fleet.clients if c.name != "c1"]
+        values = set(_strings(first.model_dump()))
+        assert not values & {c.name for c in others} and \
+            not values & {c.public_key for c in others}
 
         # Long-poll (the fallback) answers the next fleet version that changes the view.
         lp = HttpViewSource(responder.url, "c1", token, longpoll_wait=5)
@@ -213,3 +218,14 @@ def test_switcher_follows_its_view_without_a_fleet_file(netlab, tmp_path, monkey
         assert sw.stop() == 0
     finally:
         ping.stop()
+
+
+def _strings(value: object) -> list[str]:
+    """Every string in a JSON-like value, keys included."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (*_strings(k), *_strings(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
