@@ -98,10 +98,8 @@ def check_version(known_epoch: str | None, known_version: int, a: Assignment) ->
         f"v{known_version})"))
 
 
-# --------------------------------------------------------------------------- the decider
-
-
 BURST_DEADLINE = 0.02  # seconds: the shortest wait for a burst probe's answer
+BACKUP_BURST = 0.04  # seconds between a backup's probes while the active is silent
 
 
 @dataclass
@@ -152,7 +150,6 @@ class Decider:
         self.gray_at = -1e9  # when the fast path last left a worker for a gray failure
         self.gray_stuck_noted = False
 
-    # ------------------------------------------------------------------ probe input
     def on_reply(self, worker: str, rtt: float, now: float) -> list[Action]:
         h = self.health.get(worker)
         if h is None:
@@ -203,10 +200,14 @@ class Decider:
     def probe_interval(self, worker: str) -> float | None:
         """The burst interval while `worker` is the active one in a burst; else None (the
         shell's normal interval)."""
-        h = self.health.get(worker)
-        if self.settings.burst_interval > 0 and worker == self.active and h is not None \
-                and h.trial and h.state != DOWN:
-            return self.settings.burst_interval
+        h, b = self.health.get(worker), self.settings.burst_interval
+        if b > 0 and worker == self.active and h is not None and h.trial and h.state != DOWN:
+            return b
+        a = self.health.get(self.active or "")
+        if b > 0 and a is not None and a.quiet_since is not None and a.state != DOWN:
+            # While the active is silent, the backups too: a failover takes only a backup
+            # heard since then, so each must answer before the verdict, first choice included.
+            return max(b, BACKUP_BURST)
         return None
 
     def probe_deadline(self, worker: str, interval: float, floor: float | None) -> float:
@@ -220,7 +221,6 @@ class Decider:
     def probe_report(self) -> Report:
         return Report.of(ProbeEvent(workers={w: self.health[w].summary() for w in self.workers}))
 
-    # ------------------------------------------------------------------ decisions
     def best_backup(self, now: float, heard_since: float | None = None) -> str | None:
         """The answering worker to fail over to: preference order, workers that flapped last."""
         ranked = []
@@ -342,7 +342,6 @@ class Decider:
         if self.pending is not None and self.pending.worker not in self.health:
             self.pending, self.pending_rejected = None, False
 
-    # ------------------------------------------------------------------ responder input
     def on_assignment(self, a: Assignment, now: float) -> list[Action]:
         """A responder assignment: each version once, in order (within one store epoch); never
         onto a dead worker."""

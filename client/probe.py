@@ -258,6 +258,11 @@ class IcmpProber:
         fast = self.interval_for(worker)
         return self.interval if fast is None else min(fast, self.interval)
 
+    def reschedule_all(self) -> None:
+        """Every worker's interval may have just got shorter (the active went silent)."""
+        for worker in list(self.next_due):
+            self._reschedule(worker)
+
     def _reschedule(self, worker: str) -> None:
         """After a result: a worker whose interval just got shorter is probed on its new
         schedule now, not after the old interval."""

@@ -194,6 +194,8 @@ class Switcher:
     def _on_miss(self, worker: str, now: float) -> None:
         assert self.decider is not None
         self.handle(self.decider.on_miss(worker, now))
+        if worker == self.decider.active and self.prober is not None:
+            self.prober.reschedule_all()  # the backups are probed faster while it is silent
 
     def _on_late(self, worker: str, rtt: float, now: float) -> None:
         assert self.decider is not None

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import pytest
 
 from wg_failover.client.decisions import (
+    BACKUP_BURST,
     DOWN,
     UP,
     Decider,
@@ -55,9 +56,10 @@ def test_a_first_miss_on_the_active_worker_starts_a_burst_that_a_reply_ends():
     assert d.probe_interval("w1") is None
     d.on_miss("w1", t)
     assert d.probe_interval("w1") == 0.01
-    assert d.probe_interval("w2") is None, "only the active worker is probed fast"
+    # The backups faster too, but not as fast: each must answer before a verdict can take it.
+    assert d.probe_interval("w2") == BACKUP_BURST > d.probe_interval("w1")
     d.on_reply("w1", 0.001, t + 0.02)
-    assert d.probe_interval("w1") is None
+    assert d.probe_interval("w1") is None and d.probe_interval("w2") is None
 
 
 def test_the_active_worker_is_down_after_its_first_miss_and_three_burst_misses():
@@ -387,3 +389,18 @@ def test_prober_answers_over_ipv4_and_ipv6_and_bursts_when_asked():
     fast = asyncio.run(main())
     assert replies["v4"] >= 3 and replies["v6"] >= 3, replies
     assert fast >= 15, f"10 ms bursts should give ~30 answers in 0.3 s, got {fast}"
+
+
+def test_backups_are_probed_faster_while_the_active_is_silent():
+    """The verdict takes only a backup heard since the active went quiet; probing the backups
+    faster meanwhile lets the first choice answer in time (CI once saw w1 -> w3, not w2)."""
+    d = Decider(["w1", "w2", "w3"], Settings(burst_interval=0.01))
+    d.active = "w1"
+    for w in ("w1", "w2", "w3"):
+        d.on_reply(w, 0.001, 0.0)
+    assert d.probe_interval("w2") is None
+    d.on_miss("w1", 0.1)
+    assert d.probe_interval("w1") == 0.01
+    assert d.probe_interval("w2") == d.probe_interval("w3") == BACKUP_BURST
+    d.on_reply("w1", 0.001, 0.15)
+    assert d.probe_interval("w2") is None
