@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -65,7 +64,10 @@ def test_half_open_connections_are_dropped_and_capped() -> None:
         baseline = _threads(proc.pid)
 
         held = [_half_open(port) for _ in range(4)]
-        time.sleep(0.2)  # the server accepts them and starts a thread each
+        # The server accepts them and starts a thread each; a fixed 0.2 s was not always
+        # enough on a loaded machine (CI saw the fifth connection answered 200).
+        assert poll_until(lambda: _threads(proc.pid) >= baseline + 4, 5, 0.02), \
+            "the exporter did not take the four connections"
         extra = socket.create_connection(("127.0.0.1", port), timeout=10)
         extra.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
         answer = extra.recv(4096)
