@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from wg_failover import tls, wg
-from wg_failover.cli import CliError
+from wg_failover.cli import CliError, positive_float
 from wg_failover.endpoints import split_urls
 
 from .cache import DEFAULT_STATE_DIR, cache_path
@@ -65,16 +65,6 @@ tried again a few times with backoff.
 """
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
-    return value
-
-
 def _count(text: str) -> int:
     try:
         return int(text)
@@ -105,7 +95,7 @@ def register_agent(subparsers: argparse._SubParsersAction) -> None:
                    help="allow a plain http:// responder that is not on this machine")
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
                    help=f"where the last peers are cached (default {DEFAULT_STATE_DIR})")
-    p.add_argument("--reconcile-every", type=_positive, default=10.0, metavar="SECONDS",
+    p.add_argument("--reconcile-every", type=positive_float, default=10.0, metavar="SECONDS",
                    help="read the interface back and put it right this often (default 10)")
     p.add_argument("--no-routes", dest="routes", action="store_false",
                    help="do not route the clients' addresses to the interface (by default each "
@@ -208,7 +198,7 @@ def register_join(subparsers: argparse._SubParsersAction) -> None:
                    help="CA certificate(s) the https:// responder must chain to")
     p.add_argument("--insecure-http", action="store_true",
                    help="allow a plain http:// responder that is not on this machine")
-    p.add_argument("--timeout", type=_positive, default=10.0, metavar="SECONDS",
+    p.add_argument("--timeout", type=positive_float, default=10.0, metavar="SECONDS",
                    help="per-request timeout (default 10)")
     g = p.add_argument_group("clients")
     g.add_argument("--address", metavar="CIDR",

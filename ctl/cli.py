@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from wg_failover import tls
-from wg_failover.cli import CliError
+from wg_failover.cli import CliError, positive_float
 from wg_failover.endpoints import split_urls
 from wg_failover.fleet import FleetError, fleet_data, load_fleet, resolve_fleet_path
 from wg_failover.tls import TlsError, client_context
@@ -40,16 +40,6 @@ certificate not verified, store unavailable), with one line on stderr saying wha
 """
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
-    return value
-
-
 def _connection_options(p: argparse.ArgumentParser, *, suppress: bool) -> None:
     """The options every ctl command takes; given before or after the subcommand. On the
     subcommands their default is SUPPRESS, so an option given before the subcommand is not
@@ -76,7 +66,7 @@ def _connection_options(p: argparse.ArgumentParser, *, suppress: bool) -> None:
                    help="allow a plain http:// responder that is not on this machine")
     p.add_argument("--json", action="store_true", default=d(False),
                    help="print the API's JSON instead of a table")
-    p.add_argument("--timeout", type=_positive, default=d(10.0), metavar="SECONDS",
+    p.add_argument("--timeout", type=positive_float, default=d(10.0), metavar="SECONDS",
                    help="per-request timeout (default 10)")
 
 

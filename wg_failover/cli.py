@@ -22,6 +22,17 @@ class CliError(Exception):
     """An error for the user: printed as one clean message, exit code 2, no traceback."""
 
 
+def positive_float(text: str) -> float:
+    """argparse `type=` for a number greater than 0 (seconds, intervals)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    return value
+
+
 def fleet_argument(parser: argparse.ArgumentParser, required: bool = False) -> None:
     """The shared `--fleet` option: components call this so all commands read the fleet alike."""
     parser.add_argument(
