@@ -21,6 +21,7 @@ from .bounds import WireInputError
 from .decisions import DOWN, Action, Decider, GraySettings, Note, Report, Settings, Switch
 from .metrics import SwitcherMetrics
 from .probe import IcmpProber
+from .report_policy import DEFAULT_HEARTBEAT, ReportPolicy, Summary, Tracker, heartbeat_to_send
 from .reporter import Reporter
 from .sources import AssignmentSource, AuthError, HttpAssignmentSource, describe
 
@@ -38,7 +39,8 @@ class Options:
     hold_down: float = 10.0
     probe_timeout: float | None = None  # floor of a probe's deadline; default one interval
     keepalive: int = 25
-    report_every: float = 5.0
+    report_every: float = 5.0  # how often the probe summary is checked for a change to report
+    report_heartbeat: float = DEFAULT_HEARTBEAT  # ...and sent even without one, at least this often
     check_every: float = 2.0  # how often the interface is checked for drift
     fast_path: bool = True  # False: --no-fast-path, move only on the responder's assignment
     burst_interval: float = 0.01  # probe the active worker this fast after a miss (0: off)
@@ -65,6 +67,9 @@ class Switcher:
         # An assignment to a worker the view does not have yet (the assignment stream can be
         # ahead of the view stream when a worker joins): delivered once the view has it.
         self.held: Assignment | None = None
+        # Probe reports go out on a change that matters or a heartbeat (client/report_policy.py).
+        self.reports = Tracker(ReportPolicy(heartbeat=opts.report_heartbeat))
+        self.heartbeat_s = heartbeat_to_send(opts.report_heartbeat, opts.report_every)
 
     # ------------------------------------------------------------------ start
     def resume(self) -> Decider:
@@ -131,7 +136,9 @@ class Switcher:
                 failed = not self._carry_out(act)
                 changed = True
             elif isinstance(act, Report):
-                if not failed:
+                if not failed and act.event["type"] == "probe":
+                    self.post_probes(act.event)  # an up/down change, reported at once
+                elif not failed:
                     self.reporter.post(act.event)
                 if act.event["type"] == "rejected" and self.metrics:
                     self.metrics.rejected.inc()
@@ -226,11 +233,28 @@ class Switcher:
         return self.prober
 
     # ------------------------------------------------------------------ run
+    def probe_summary(self) -> Summary:
+        assert self.decider is not None
+        d = self.decider
+        return Summary(d.active, {w: d.health[w].summary() for w in d.workers})
+
+    def post_probes(self, event: dict | None = None) -> None:
+        """Send a probe report (the decider's, else the current one) saying how often the next
+        ones come at least, and remember it as the last one sent."""
+        assert self.decider is not None
+        ev = dict(event if event is not None else self.decider.probe_report().event)
+        self.reporter.post({**ev, "heartbeat_s": self.heartbeat_s})
+        self.reports.record(self.probe_summary(), time.monotonic())
+
     async def _report_probes(self) -> None:
+        """Each check, the probe summary goes out if it changed in a way that matters since the
+        last report or the heartbeat is due (client/report_policy.py)."""
         assert self.decider is not None
         while True:
             await asyncio.sleep(self.opts.report_every)
-            self.reporter.post(self.decider.probe_report().event)
+            if (decision := self.reports.due(self.probe_summary(), time.monotonic())).send:
+                log.debug("probe report: %s", decision.why)
+                self.post_probes()
             if self.metrics:
                 self.metrics.update(self.decider)
 

@@ -21,7 +21,20 @@ from wg_failover.wire import ProbeResult
 
 from .planner import REASONS, WorkerView, loads
 
+# A client's probe report counts in the data-plane vote (wgfo_client_observed_*) while it is
+# fresh: PROBE_MAX_AGE seconds for switchers that report every few seconds (and say nothing of a
+# heartbeat), else the heartbeat the report carries (change-only reporting, client/
+# report_policy.py) plus HEARTBEAT_GRACE, the switcher reporter's longest retry wait: a
+# heartbeat that needed one retry still lands in time, a silent client loses its vote soon after
+# its next heartbeat was due (and never sooner than before, PROBE_MAX_AGE).
 PROBE_MAX_AGE = 30.0
+HEARTBEAT_GRACE = 15.0
+
+
+def probe_max_age(heartbeat_s: float | None) -> float:
+    """How long a probe report that promised `heartbeat_s` (None: nothing) stays a vote."""
+    return PROBE_MAX_AGE if heartbeat_s is None else max(PROBE_MAX_AGE,
+                                                         heartbeat_s + HEARTBEAT_GRACE)
 STATES = ("up", "down", "recovering", "draining")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 DELAY_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
@@ -41,6 +54,8 @@ class Snapshot:
 class Metrics:
     def __init__(self) -> None:
         self.collector_registry = CollectorRegistry()
+        # client -> how long its latest probe report stays a vote (intake/clients.py sets it).
+        self.probe_max_age: dict[str, float] = {}
         r = self.collector_registry
         self.failovers = Counter("wgfo_failovers_total",
                                  "Times a worker was marked down", ["worker"], registry=r)
@@ -114,7 +129,7 @@ class Metrics:
 
     def watch(self, snapshot: Callable[[], Snapshot]) -> None:
         """Produce the state gauges from `snapshot()` at every scrape."""
-        self.collector_registry.register(_StateCollector(snapshot))
+        self.collector_registry.register(_StateCollector(snapshot, self.probe_max_age))
 
     def watch_connections(self, stats: Callable[[], ConnectionStats]) -> None:
         """The HTTP server's connection figures (server.py), read at every scrape."""
@@ -150,8 +165,10 @@ class _ConnectionCollector(Collector):
 
 
 class _StateCollector(Collector):
-    def __init__(self, snapshot: Callable[[], Snapshot]):
+    def __init__(self, snapshot: Callable[[], Snapshot],
+                 max_age: Mapping[str, float] | None = None):
         self.snapshot = snapshot
+        self.max_age = max_age if max_age is not None else {}
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         snap = self.snapshot()
@@ -191,10 +208,12 @@ class _StateCollector(Collector):
         now = time.time()
         obs_up = GaugeMetricFamily(
             "wgfo_client_observed_up",
-            "Share of reporting clients whose latest probe (<30 s old) to the worker answered",
+            "Share of reporting clients whose latest probe (fresh: under 30 s old, or the "
+            "client's heartbeat + 15 s) to the worker answered",
             labels=["worker"])
         obs_n = GaugeMetricFamily("wgfo_client_observed_reporters",
-                                  "Clients with a probe report (<30 s old) for the worker",
+                                  "Clients with a fresh probe report (under 30 s old, or "
+                                  "the client's heartbeat + 15 s) for the worker",
                                   labels=["worker"])
         rtt = GaugeMetricFamily("wgfo_client_probe_rtt_seconds",
                                 "Latest probe round-trip time reported by the client",
@@ -205,7 +224,7 @@ class _StateCollector(Collector):
         n_up: dict[str, int] = {}
         n_all: dict[str, int] = {}
         for client, (ts, workers) in sorted(snap.probes.items()):
-            fresh = now - ts <= PROBE_MAX_AGE
+            fresh = now - ts <= self.max_age.get(client, PROBE_MAX_AGE)
             for w, p in sorted(workers.items()):
                 if fresh:
                     n_all[w] = n_all.get(w, 0) + 1

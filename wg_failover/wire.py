@@ -134,6 +134,12 @@ class ProbeEvent(_Wire):
 
     type: Literal["probe"] = "probe"
     workers: dict[WorkerName, ProbeResult] = Field(max_length=1000)
+    # The longest gap the switcher promises between two probe reports (it reports on a change
+    # and at least this often): the responder keeps the vote fresh that long and a bit. None from
+    # switchers that report every few seconds (older ones, `--once`): the responder's default,
+    # and then left out, so the report keeps the shape older responders always got.
+    heartbeat_s: float | None = Field(default=None, gt=0, le=300, allow_inf_nan=False,
+                                      exclude_if=lambda v: v is None)
 
 
 class SwitchEvent(_Wire):

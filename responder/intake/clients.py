@@ -17,6 +17,7 @@ from wg_failover.wire import AppliedEvent, ProbeEvent, ProbeResult, RejectedEven
 
 from .. import latency, planner
 from ..draft import Draft, ProbeRecord
+from ..metrics import probe_max_age
 from ..state import ResponderState
 from ..store import AssignmentRow, StoreError
 from .suspect import suspects_of
@@ -29,13 +30,16 @@ ClientReport = ProbeEvent | SwitchEvent | AppliedEvent | RejectedEvent
 async def take_report(state: ResponderState, name: str, ev: ClientReport) -> None:
     """Apply one report of fleet client `name`. Raises StoreError when it cannot commit."""
     # The usual case, a probe report that changes nothing durable: memory only, no lock, no
-    # transaction (10,000 switchers reporting every 5 s send 2,000 a second).
+    # transaction. Switchers report on a change and a heartbeat (client/report_policy.py), so
+    # most reports are heartbeats that land here.
     if not (isinstance(ev, ProbeEvent) and record_unremarkable_probe(state, name, ev)):
         # Client reports are frequent and re-sent: no fsync (see Store.commit).
         suspect = await state.change(lambda d: client_report(d, name, ev), durable=False)
         if suspect is not None:
             suspects_of(state).schedule_end(state, suspect)
     if isinstance(ev, ProbeEvent):
+        # Kept once the report is (a commit that failed leaves the last report's window).
+        state.metrics.probe_max_age[name] = probe_max_age(ev.heartbeat_s)
         observe_latency(state, name, ev)
     state.metrics.client_events.labels(type=ev.type).inc()
     if isinstance(ev, SwitchEvent):
