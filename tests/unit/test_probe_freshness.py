@@ -15,7 +15,7 @@ from responder.metrics import (
     Snapshot,
     probe_max_age,
 )
-from responder.placement_base import WorkerView
+from responder.planner import WorkerView
 from wg_failover.wire import ProbeResult
 
 
