@@ -11,6 +11,13 @@ however often it reports, and only about the worker it was on, so one client's r
 move others, and a few lying or broken clients move nobody in a fleet where the ratio asks for
 more.
 
+The re-plan waits `SETTLE` seconds after the quorum (the mark is `settling` until then): the
+worker's other clients run the same fast path as the voters and switch within the same moment,
+and a switch report still in flight when the quorum forms must land before the responder moves
+that client too, or it would move twice for one fault (its own switch, the re-plan, then its
+report making a third; chaos campaign, issue 17). A client whose report landed is on its new
+worker by then, so the re-plan leaves it there.
+
 Prometheus stays the authority for down and recovered: a mark changes no worker state. It ends
 `suspect_expire_seconds` after it was set, re-planning again; `confirmed` if the worker went down
 (an alert) meanwhile, else `expired`. Marks and switch reports live in memory only (after a
@@ -40,6 +47,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("wg_failover.responder")
 
 RECENT = 30.0  # seconds: a client whose last probe report is older is not counted as reporting
+# seconds from the quorum to the re-plan: the other clients' fast-path switch reports of the same
+# death come within a few hundred ms (25 ms apart in the campaign), and the mark still beats the
+# alert (8-13 s) by far
+SETTLE = 1.0
 OUTCOMES = ("marked", "confirmed", "expired")
 
 
@@ -49,6 +60,10 @@ class Mark:
     until: float
     voters: tuple[str, ...]
     confirmed: bool = False  # the worker was seen not up while marked
+    settle: float = 0.0  # when the planner starts to treat the worker as unavailable
+
+    def settling(self, now: float) -> bool:
+        return now < self.settle
 
 
 class Suspects:
@@ -72,7 +87,7 @@ class Suspects:
         for w, m in self.marks.items():
             if state_of(w) != planner.UP:
                 m.confirmed = True
-            elif not m.confirmed and now < m.until:
+            elif not m.confirmed and m.settle <= now < m.until:
                 out.append(w)
         return frozenset(out)
 
@@ -101,13 +116,15 @@ class Suspects:
         if len(votes) < need:
             return None
         voters = tuple(sorted(votes))
-        self.marks[from_worker] = Mark(now, now + s.suspect_expire_seconds, voters)
+        # No re-plan in this change: `schedule_end` re-plans after SETTLE (see the module doc).
+        self.marks[from_worker] = Mark(now, now + s.suspect_expire_seconds, voters,
+                                       settle=now + SETTLE)
         del self.switches[from_worker]
         self.marks_total.labels(outcome="marked").inc()
         self.suspect.labels(worker=from_worker).set(1)
-        d.worker_changed.add(from_worker)  # re-plan in this change, and tell the notifiers
         d.event("worker-suspect", worker=from_worker, clients=list(voters[:20]),
-                count=len(voters), quorum=need, expires_in=s.suspect_expire_seconds)
+                count=len(voters), quorum=need, expires_in=s.suspect_expire_seconds,
+                replan_in=SETTLE)
         log.warning("%s suspect: %d clients switched away from it within %g s (quorum %d)",
                     from_worker, len(voters), window, need)
         return from_worker
@@ -127,16 +144,34 @@ class Suspects:
     # ----------------------------------------------------------------- the mark's end
 
     def schedule_end(self, state: ResponderState, worker: str) -> None:
-        """After the change that set the mark committed: end it when it expires."""
+        """After the change that set the mark committed: re-plan when it settles, end it when
+        it expires."""
         m = self.marks.get(worker)
         if m is None:
             return
-        old = self._timers.pop(worker, None)
-        if old is not None:
-            old.cancel()
-        delay = max(0.0, m.until - state.clock())
-        self._timers[worker] = asyncio.get_running_loop().call_later(
-            delay, self._spawn, lambda: self._end(state, worker))
+        for key in (worker, f"{worker}|settle"):
+            old = self._timers.pop(key, None)
+            if old is not None:
+                old.cancel()
+        loop, now = asyncio.get_running_loop(), state.clock()
+        self._timers[f"{worker}|settle"] = loop.call_later(
+            max(0.0, m.settle - now), self._spawn, lambda: self._settled(state, worker, m))
+        self._timers[worker] = loop.call_later(
+            max(0.0, m.until - now), self._spawn, lambda: self._end(state, worker))
+
+    async def _settled(self, state: ResponderState, worker: str, mark: Mark) -> None:
+        """The mark takes effect: its worker's remaining clients are re-planned."""
+        self._timers.pop(f"{worker}|settle", None)
+
+        def build(d: Draft) -> None:
+            if self.marks.get(worker) is mark:  # not ended or replaced meanwhile
+                d.worker_changed.add(worker)  # re-plan, and tell the notifiers
+
+        try:
+            await state.change(build, always_plan=True)
+        except StoreError as exc:
+            # The mark stays in force: the next change that plans re-plans with it.
+            log.error("re-planning the clients of suspect %s: %s", worker, exc)
 
     def _spawn(self, coro_fn: Callable[[], Any]) -> None:
         task = asyncio.ensure_future(coro_fn())

@@ -8,6 +8,7 @@ import time
 from tests.helpers.responder import ResponderProc, make_fleet, unlimited_reports
 from tests.helpers.wait import wait_until
 from wg_failover.lab.gen import Generated
+from wg_failover.responder.intake.suspect import SETTLE
 
 WINDOW = 2.0
 EXPIRE = 5.0
@@ -87,8 +88,11 @@ def test_quorum_marks_suspect_replans_its_clients_and_the_mark_expires(responder
     switch(p, w1[1], "w1", "w3")
     (mark,) = events(p, "worker-suspect")
     assert mark["worker"] == "w1" and mark["data"]["count"] == 2
-    now = assignments(p)
-    # Its remaining client was re-planned at once, by the responder, away from w1.
+    # Its remaining client is re-planned by the responder, away from w1, once the mark settled
+    # (SETTLE: switch reports of the same death still in flight land first).
+    wait_until("the suspect re-plan", lambda: assignments(p)[w1[2]]["reason"] == "suspect",
+               SETTLE + 3)
+    now = assignments(p)  # all read after the re-plan
     assert now[w1[2]]["worker"] != "w1" and now[w1[2]]["reason"] == "suspect"
     assert all("w1" not in a["backups"] for a in now.values())
     assert p.metric('wgfo_worker_suspect{worker="w1"}') == 1
@@ -102,6 +106,32 @@ def test_quorum_marks_suspect_replans_its_clients_and_the_mark_expires(responder
     assert "w1" in assignments(p)[w1[2]]["backups"]
     # Sticky: nobody went back on its own.
     assert on(p, "w1") == []
+
+
+def test_a_switch_reported_while_the_mark_settles_is_not_moved_again(responder_factory):
+    """The campaign's race (issue 17, docs/chaos.md): three clients leave a dead w1 by their
+    fast path at the same moment; the first two reports make the quorum, the third arrives a
+    moment later. The re-plan must not move that third client a second time (to another
+    worker than the one it chose), nor anyone twice."""
+    p = start(responder_factory)
+    all_probe(p)
+    time.sleep(WINDOW + 0.2)
+    w1 = on(p, "w1")
+    assert len(w1) == 3, assignments(p)
+    before = assignments(p)
+    switch(p, w1[0], "w1", "w2")
+    switch(p, w1[1], "w1", "w3")
+    assert len(events(p, "worker-suspect")) == 1
+    switch(p, w1[2], "w1", "w2")  # in flight when the quorum formed
+    time.sleep(SETTLE + 1)  # the re-plan ran
+    after = assignments(p)
+    assert after[w1[2]]["worker"] == "w2" and after[w1[2]]["reason"] != "suspect", after
+    # Each client moved once, by its own switch (later versions only drop w1 from the backups).
+    moves = [e for e in events(p, "move")
+             if e["client"] in w1 and e["data"]["reason"] != "initial"]
+    assert sorted((e["client"], e["data"]["reason"]) for e in moves) == [
+        (c, "client-switch") for c in w1], moves
+    assert all(after[c]["version"] > before[c]["version"] for c in w1)
 
 
 def test_a_confirmed_mark_ends_confirmed(responder_factory):
