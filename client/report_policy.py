@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 from wg_failover.wire import ProbeResult
 
 DEFAULT_HEARTBEAT = 30.0  # seconds (--report-heartbeat)
+# Longer heartbeats are taken as this: the responder's latency placement sets aside a client's
+# figures after 120 s without a report (responder/latency.py STALE_AFTER).
+LONGEST_HEARTBEAT = 120.0
 
 
 @dataclass(frozen=True)
@@ -134,11 +137,17 @@ def heartbeat_to_send(heartbeat: float, check_every: float) -> float:
 class Tracker:
     """The switcher's memory of its last sent report (the only state the policy needs)."""
 
-    def __init__(self, policy: ReportPolicy | None = None) -> None:
+    def __init__(self, policy: ReportPolicy | None = None,
+                 heartbeat_s: float | None = None) -> None:
         self.policy = policy or ReportPolicy()
+        self.heartbeat_s = heartbeat_s  # what the reports say of it (`heartbeat_to_send`)
         self.last: Sent | None = None
         self.sent = 0
         self.skipped = 0
+
+    @classmethod
+    def for_switcher(cls, heartbeat: float, check_every: float) -> Tracker:
+        return cls(ReportPolicy(heartbeat=heartbeat), heartbeat_to_send(heartbeat, check_every))
 
     def due(self, current: Summary, now: float) -> Decision:
         d = decide(self.last, current, now, self.policy)

@@ -21,7 +21,7 @@ from .bounds import WireInputError
 from .decisions import DOWN, Action, Decider, GraySettings, Note, Report, Settings, Switch
 from .metrics import SwitcherMetrics
 from .probe import IcmpProber
-from .report_policy import DEFAULT_HEARTBEAT, ReportPolicy, Summary, Tracker, heartbeat_to_send
+from .report_policy import DEFAULT_HEARTBEAT, LONGEST_HEARTBEAT, Summary, Tracker
 from .reporter import Reporter
 from .sources import AssignmentSource, AuthError, HttpAssignmentSource, describe
 
@@ -68,8 +68,8 @@ class Switcher:
         # ahead of the view stream when a worker joins): delivered once the view has it.
         self.held: Assignment | None = None
         # Probe reports go out on a change that matters or a heartbeat (client/report_policy.py).
-        self.reports = Tracker(ReportPolicy(heartbeat=opts.report_heartbeat))
-        self.heartbeat_s = heartbeat_to_send(opts.report_heartbeat, opts.report_every)
+        self.reports = Tracker.for_switcher(min(opts.report_heartbeat, LONGEST_HEARTBEAT),
+                                            opts.report_every)
 
     # ------------------------------------------------------------------ start
     def resume(self) -> Decider:
@@ -243,7 +243,7 @@ class Switcher:
         ones come at least, and remember it as the last one sent."""
         assert self.decider is not None
         ev = dict(event if event is not None else self.decider.probe_report().event)
-        self.reporter.post({**ev, "heartbeat_s": self.heartbeat_s})
+        self.reporter.post({**ev, "heartbeat_s": self.reports.heartbeat_s})
         self.reports.record(self.probe_summary(), time.monotonic())
 
     async def _report_probes(self) -> None:

@@ -3,7 +3,10 @@ sends one. Plain data, time an argument: no I/O."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -185,3 +188,60 @@ def test_the_heartbeat_field_is_optional_and_bounded_on_the_wire():
     for bad in (0, -1, 301, "30", True, None.__class__):
         with pytest.raises(ValueError):
             ClientEvent.validate_python({**old, "heartbeat_s": bad}, strict=True)
+
+
+# --------------------------------------------------------------------------- the switcher's use
+
+
+def test_tracker_for_a_switcher_says_its_heartbeat():
+    t = Tracker.for_switcher(30.0, 5.0)
+    assert (t.policy.heartbeat, t.heartbeat_s) == (30.0, 35.0)
+
+
+def _switcher(report_every: float, heartbeat: float):
+    from client.decisions import Decider, Settings
+    from client.reporter import Reporter
+    from client.switcher import Options, Switcher
+    from tests.helpers.responder import make_fleet
+
+    fleet = make_fleet(2, 1).fleet
+    client = fleet.clients[0]
+    sw = Switcher(fleet, client, Options(interface="wfrp0", report_every=report_every,
+                                         report_heartbeat=heartbeat), Path("/nonexistent"),
+                  reporter=Reporter("http://127.0.0.1:9", client.name, None))
+    sw.decider = Decider(sw.prefs, Settings(k=2), active=sw.prefs[0])
+    return sw
+
+
+def test_the_switcher_reports_up_down_at_once_with_its_heartbeat():
+    sw = _switcher(5.0, 30.0)
+    sw.handle(sw.decider.on_reply("w1", 0.002, 0.0))  # w1 comes up: reported at once
+    [ev] = list(sw.reporter.queue)
+    assert ev["type"] == "probe" and ev["heartbeat_s"] == 35.0 and ev["workers"]["w1"]["up"]
+    assert ClientEvent.validate_python(ev, strict=True).heartbeat_s == 35.0
+    # ...and is the last one sent: the next check has nothing new to say.
+    assert not sw.reports.due(sw.probe_summary(), time.monotonic()).send
+
+
+def test_the_switcher_loop_sends_heartbeats_not_a_report_per_check():
+    sw = _switcher(0.01, 0.1)  # checks every 10 ms, heartbeat 100 ms
+    for w in sw.prefs:
+        sw.handle(sw.decider.on_reply(w, 0.002, 0.0))
+    first = sw.reports.sent
+
+    async def run() -> None:
+        task = asyncio.create_task(sw._report_probes())
+        await asyncio.sleep(0.55)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(run())
+    # About 50 checks: 5 heartbeats (scheduling noise: 3 to 6), nothing else changed.
+    assert 3 <= sw.reports.sent - first <= 6, sw.reports.sent
+    assert sw.reports.skipped >= 30
+    assert all(e["heartbeat_s"] == pytest.approx(0.11) for e in sw.reporter.queue)
+
+
+def test_a_long_heartbeat_is_taken_as_the_longest():
+    sw = _switcher(5.0, 1000.0)
+    assert sw.reports.policy.heartbeat == 120.0 and sw.reports.heartbeat_s == 125.0
