@@ -152,7 +152,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--keepalive", type=_positive(int), default=25, metavar="SECONDS",
                    help="PersistentKeepalive set on worker peers that have none (default 25)")
     p.add_argument("--report-every", type=_positive(float), default=5.0, metavar="SECONDS",
-                   help="how often probe results go to the responder (default 5)")
+                   help="how often the probe results are checked for a change worth reporting "
+                   "(up/down, active, a large RTT or loss change; default 5)")
+    p.add_argument("--report-heartbeat", type=_positive(float), default=30.0, metavar="SECONDS",
+                   help="send the probe results at least this often even when nothing changed "
+                   "(at most 120; default 30); the responder keeps this client's vote that long")
     p.add_argument("--metrics-listen", metavar="HOST:PORT",
                    help="serve Prometheus metrics here, e.g. 127.0.0.1:9587 (default: off)")
     p.add_argument("--mqtt", metavar="URL",
@@ -349,6 +353,7 @@ def _switcher(args: argparse.Namespace, fleet: Fleet, client: Client, url: str,
     opts = Options(interface=args.interface, interval=args.interval, k=args.k,
                    hold_down=args.hold_down, probe_timeout=args.probe_timeout,
                    keepalive=args.keepalive, report_every=args.report_every,
+                   report_heartbeat=args.report_heartbeat,
                    fast_path=args.fast_path, burst_interval=args.burst_interval,
                    burst_misses=args.burst_misses,
                    gray=GraySettings(loss=args.gray_loss, rtt_factor=args.gray_rtt_factor)
