@@ -1,0 +1,71 @@
+"""A real responder keeps a client's data-plane vote while the client only heartbeats, and drops
+it once the client falls silent past its heartbeat + 15 s; a report without a heartbeat (an
+older switcher) keeps the old 30 s. Takes about 40 s: the windows are real seconds."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from tests.helpers.responder import ResponderProc, make_fleet, unlimited_reports
+
+HEARTBEAT = 20.0  # the responder keeps the vote max(30, 20 + 15) = 35 s
+
+
+def post(p: ResponderProc, client: str, body: dict[str, Any]) -> httpx.Response:
+    return httpx.post(f"{p.url}/v1/clients/{client}/events", json=body,
+                      headers=p.headers(client), timeout=10, verify=p.verify)
+
+
+def reporters(p: ResponderProc, worker: str) -> tuple[float | None, float | None]:
+    """(wgfo_client_observed_up, wgfo_client_observed_reporters) for `worker`."""
+    text = httpx.get(f"{p.url}/metrics", timeout=10, verify=p.verify).text
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        for name in ("wgfo_client_observed_up", "wgfo_client_observed_reporters"):
+            if line.startswith(f'{name}{{worker="{worker}"}} '):
+                found[name] = float(line.rsplit(" ", 1)[1])
+    return found.get("wgfo_client_observed_up"), found.get("wgfo_client_observed_reporters")
+
+
+def sleep_until(t: float) -> None:
+    time.sleep(max(0.0, t - time.monotonic()))
+
+
+def test_heartbeats_keep_the_vote_silence_loses_it(tmp_path):
+    p = ResponderProc.start(tmp_path / "r", make_fleet(2, 3), args=unlimited_reports())
+    try:
+        vote = {"type": "probe", "workers": {"w1": {"up": False, "rtt_ms": None, "loss": 1.0},
+                                             "w2": {"up": True, "rtt_ms": 3.0, "loss": 0.0}}}
+        # A heartbeat the wire does not allow is refused with its field path, never kept.
+        for bad in (0, -5, 301, "20", None.__class__.__name__):
+            r = post(p, "c1", {**vote, "heartbeat_s": bad})
+            assert r.status_code == 422, r.text
+            assert "heartbeat_s" in r.text
+        assert reporters(p, "w1") == (None, 0.0)
+
+        sent = {}
+        for client, extra in (("c1", {"heartbeat_s": HEARTBEAT}),
+                              ("c2", {"heartbeat_s": HEARTBEAT}), ("c3", {})):
+            sent[client] = time.monotonic()
+            assert post(p, client, {**vote, **extra}).status_code == 202
+        assert reporters(p, "w1") == (0.0, 3.0)  # three clients vote w1 down
+
+        # c1 only heartbeats (the same summary again); c2 and c3 fall silent.
+        sleep_until(sent["c1"] + HEARTBEAT)
+        assert post(p, "c1", {**vote, "heartbeat_s": HEARTBEAT}).status_code == 202
+
+        # Past 30 s: the older switcher's vote (no heartbeat) is gone as it always was; the
+        # heartbeating clients' votes hold.
+        sleep_until(sent["c3"] + 30.5)
+        assert time.monotonic() < sent["c2"] + 34, "the machine is too slow for this check"
+        assert reporters(p, "w1") == (0.0, 2.0)
+
+        # Past c2's heartbeat + 15 s in silence: its vote is gone; c1's (heard 16 s ago) holds.
+        sleep_until(sent["c2"] + HEARTBEAT + 15 + 0.5)
+        assert reporters(p, "w1") == (0.0, 1.0)
+        assert reporters(p, "w2") == (1.0, 1.0)
+    finally:
+        p.stop()
