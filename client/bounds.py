@@ -1,7 +1,8 @@
 """Limits on what the switcher takes from the wire, and how it speaks of what it refused.
 
 Whatever the responder (or a broker, or anything posing as one) sends is read with a bound:
-SSE lines and events, response bodies, MQTT payloads and JSON nesting. A message over a bound is
+SSE lines and events (the core's reader, `wg_failover.sse`, with MAX_LINE and MAX_EVENT),
+response bodies, MQTT payloads and JSON nesting. A message over a bound is
 refused like any malformed one, in one log line without a traceback; a stream line over its bound
 drops the connection (a stream that sends one will send more). Log lines about refused input are
 rate-limited per kind, and whatever part of the input they show is escaped and truncated, so the
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,14 +30,6 @@ LOG_EVERY = 10.0  # seconds between two log lines of the same kind of refused in
 
 class WireInputError(ValueError):
     """Input from the wire the switcher refuses: malformed, too large or nested too deep."""
-
-
-class LineTooLong(WireInputError):
-    pass
-
-
-class EventTooLarge(WireInputError):
-    pass
 
 
 class BodyTooLarge(WireInputError):
@@ -67,45 +59,6 @@ def loads_json(data: bytes | str, what: str = "message") -> Any:
         raise WireInputError(f"{what}: not UTF-8") from None
     except ValueError as exc:  # JSONDecodeError's message names a position, never the input
         raise WireInputError(f"{what}: not JSON ({shown(exc, 80)})") from None
-
-
-_EOL = re.compile(rb"\r\n?|\n")
-
-
-class LineSplitter:
-    """Bytes in, complete lines out (without their CR, LF or CRLF, as text/event-stream allows),
-    and never more than `max_line` bytes held for a line that has not ended yet."""
-
-    def __init__(self, max_line: int = MAX_LINE) -> None:
-        self.max_line = max_line
-        self._buf = bytearray()
-        self._after_cr = False  # the last chunk ended in CR: an LF opening the next one is its
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        """The lines `chunk` completes; LineTooLong when a line passes `max_line` bytes."""
-        start = 1 if self._after_cr and chunk[:1] == b"\n" else 0
-        self._after_cr = False
-        out: list[bytes] = []
-        for m in _EOL.finditer(chunk, start):
-            piece = chunk[start:m.start()]
-            if self._buf:
-                self._buf += piece
-                line = bytes(self._buf)
-                self._buf.clear()
-            else:
-                line = piece
-            if len(line) > self.max_line:
-                raise LineTooLong(f"a line longer than {self.max_line} bytes")
-            out.append(line)
-            start = m.end()
-            if m.group() == b"\r" and start == len(chunk):
-                self._after_cr = True
-        rest = len(chunk) - start
-        if len(self._buf) + rest > self.max_line:
-            self._buf.clear()
-            raise LineTooLong(f"a line longer than {self.max_line} bytes")
-        self._buf += chunk[start:]
-        return out
 
 
 @dataclass

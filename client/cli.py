@@ -13,6 +13,7 @@ from pathlib import Path
 
 from wg_failover import tls, wg
 from wg_failover.cli import CliError, fleet_argument
+from wg_failover.endpoints import split_urls
 from wg_failover.fleet import FLEET_ENV, Client, Fleet, load_fleet, parse_host_port
 from wg_failover.tls import TlsError, client_context
 
@@ -54,7 +55,9 @@ follows the new store and logs a WARNING saying so.
 
 The responder is reached over HTTPS (pin its CA with --ca-file; --tls-cert/--tls-key for mutual
 TLS). A plain http:// responder is refused unless it is on this machine (loopback) or
---insecure-http is given: the token would cross the network in clear text.
+--insecure-http is given: the token would cross the network in clear text. Several responder
+URLs (--responder repeated or comma-separated, else the fleet's responder.urls) are replicas:
+one that fails or answers 503 is passed over at once; the backoff only once all failed.
 
 What the responder sends is read with bounds: an SSE line {_KIB['line']} KiB (a longer one
 drops the connection), an SSE event {_KIB['event']} KiB, a response body or an MQTT payload
@@ -103,9 +106,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--interface", metavar="IFACE",
                    help="the client's WireGuard interface (e.g. wg0; default: `interface` in "
                    "--state-dir/node.json)")
-    p.add_argument("--responder", metavar="URL",
-                   help="responder base URL (default: responder.url from the fleet file; "
-                   "without a fleet file the switcher follows its view from here)")
+    p.add_argument("--responder", metavar="URL", action="append",
+                   help="responder base URL; repeat it (or separate with commas) for replicas: "
+                   "one that fails or answers 503 (a standby) is passed over at once (default: "
+                   "responder.urls, else responder.url, from the fleet file; without a fleet "
+                   "file the switcher follows its view from here)")
     p.add_argument("--token-file", metavar="FILE",
                    help="file holding this client's API token (sent as a bearer token)")
     p.add_argument("--ca-file", metavar="FILE",
@@ -237,6 +242,8 @@ def node_defaults(args: argparse.Namespace) -> None:
     for key, field in zip(wanted, ("name", "interface", "responder", "token_file", "ca_file"),
                           strict=True):
         value = data.get(field)
+        if key == "responder" and isinstance(value, list):  # replicas' URLs: split_urls
+            value = ",".join(v for v in value if isinstance(v, str))  # takes them joined
         if not getattr(args, key) and isinstance(value, str) and value:
             setattr(args, key, value)
     for key in wanted[:2]:
@@ -259,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
     name = args.client
     fleet = client = None
     if follows_view(args):
-        url = args.responder
+        urls = split_urls(args.responder)
         if not args.token_file:
             raise CliError("without a fleet file the switcher follows its view from the "
                            "responder: --token-file is required (or give --fleet)")
@@ -273,10 +280,13 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(exc.args[0]) from None
         if not fleet.preferences(client):
             raise CliError(f"client {client.name} has no workers")
-        url = args.responder or fleet.responder.url
+        urls = split_urls(args.responder or fleet.responder.replica_urls())
+    if not urls:
+        raise CliError("--responder: no URL")
     token = read_token(args.token_file)
-    check_responder_url(url, insecure_http=args.insecure_http,
-                        tls_files=bool(args.ca_file or args.tls_cert or args.tls_key))
+    for url in urls:  # every replica carries the token
+        check_responder_url(url, insecure_http=args.insecure_http,
+                            tls_files=bool(args.ca_file or args.tls_cert or args.tls_key))
     verify = tls_context(args)
     if args.metrics_listen:
         try:
@@ -290,20 +300,20 @@ def run(args: argparse.Namespace) -> int:
     try:
         if fleet is None:
             device = dump.devices.get(args.interface)
-            return asyncio.run(_follow_view(args, name, url, token, verify,
+            return asyncio.run(_follow_view(args, name, urls, token, verify,
                                             device.public_key if device else None))
         assert client is not None
-        return _run(args, fleet, client, url, token, verify)
+        return _run(args, fleet, client, urls, token, verify)
     except ProbeError as exc:
         raise CliError(str(exc)) from None
     except wg.WgError as exc:
         raise CliError(f"interface {args.interface}: {exc}") from None
 
 
-async def _follow_view(args: argparse.Namespace, name: str, url: str, token: str | None,
-                       verify: ssl.SSLContext, public_key: str | None) -> int:
+async def _follow_view(args: argparse.Namespace, name: str, urls: list[str],
+                       token: str | None, verify: ssl.SSLContext, public_key: str | None) -> int:
     """Get the view (cache first: the responder may be away), then run on it and follow it."""
-    source = HttpViewSource(url, name, token, verify=verify, ca_file=args.ca_file)
+    source = HttpViewSource(urls, name, token, verify=verify, ca_file=args.ca_file)
     path = view_path(args.state_dir, name)
     view = load_view(path, name)
     where = str(path)
@@ -332,23 +342,23 @@ async def _follow_view(args: argparse.Namespace, name: str, url: str, token: str
             return 1
         save_view(path, view)
     try:
-        fleet, client = view_fleet(view, public_key, url)
+        fleet, client = view_fleet(view, public_key, urls[0])
     except ValueError as exc:
         raise CliError(f"view v{view.version} of {name}: {exc}") from None
-    switcher = _switcher(args, fleet, client, url, token, verify)
+    switcher = _switcher(args, fleet, client, urls, token, verify)
     switcher.follower = ViewFollower(switcher, view, path, None if args.once else source)
     return await (switcher.run_once() if args.once else switcher.run())
 
 
-def _run(args: argparse.Namespace, fleet: Fleet, client: Client, url: str, token: str | None,
-         verify: ssl.SSLContext) -> int:
-    switcher = _switcher(args, fleet, client, url, token, verify)
+def _run(args: argparse.Namespace, fleet: Fleet, client: Client, urls: list[str],
+         token: str | None, verify: ssl.SSLContext) -> int:
+    switcher = _switcher(args, fleet, client, urls, token, verify)
     if args.once:
         return asyncio.run(switcher.run_once())
     return asyncio.run(switcher.run())
 
 
-def _switcher(args: argparse.Namespace, fleet: Fleet, client: Client, url: str,
+def _switcher(args: argparse.Namespace, fleet: Fleet, client: Client, urls: list[str],
               token: str | None, verify: ssl.SSLContext) -> Switcher:
     opts = Options(interface=args.interface, interval=args.interval, k=args.k,
                    hold_down=args.hold_down, probe_timeout=args.probe_timeout,
@@ -377,8 +387,8 @@ def _switcher(args: argparse.Namespace, fleet: Fleet, client: Client, url: str,
         except ValueError as exc:
             raise CliError(str(exc)) from None
     else:
-        source = HttpAssignmentSource(url, client.name, token, on_connected=on_connected,
+        source = HttpAssignmentSource(urls, client.name, token, on_connected=on_connected,
                                       verify=verify, ca_file=args.ca_file)
     return Switcher(fleet, client, opts, cache_path(args.state_dir, client.name),
-                    source=source, reporter=Reporter(url, client.name, token, verify=verify),
+                    source=source, reporter=Reporter(urls, client.name, token, verify=verify),
                     metrics=metrics)

@@ -3,6 +3,10 @@
 Reports must never slow the fast path, so they go through a bounded queue drained by one task.
 While the responder is away the queue keeps the important events (switch, applied, rejected) and
 only the newest probe summary; older probe summaries are worthless once a newer one exists.
+
+Several responder URLs (replicas): an event that meets a connection error or a 5xx (503: a
+standby) goes at once to the next URL (`wg_failover.endpoints.Endpoints`); the backoff applies
+once every URL failed in a row, and the first URL is tried again after a while away from it.
 """
 
 from __future__ import annotations
@@ -11,11 +15,13 @@ import asyncio
 import logging
 import ssl
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
 
 from wg_failover.backoff import Backoff
+from wg_failover.endpoints import Endpoints
 
 from .bounds import MAX_BODY
 
@@ -23,10 +29,12 @@ log = logging.getLogger("wg_failover.switcher")
 
 
 class Reporter:
-    def __init__(self, base_url: str | None, client: str, token: str | None,
+    def __init__(self, base_url: str | Sequence[str] | None, client: str, token: str | None,
                  max_queue: int = 200, backoff: Backoff | None = None,
                  verify: ssl.SSLContext | bool = True) -> None:
-        self.url = f"{base_url.rstrip('/')}/v1/clients/{client}/events" if base_url else None
+        urls = [base_url] if isinstance(base_url, str) else list(base_url or [])
+        self.eps = Endpoints(urls) if urls else None
+        self.path = f"/v1/clients/{client}/events"
         self.headers = {"Accept-Encoding": "identity"}
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
@@ -37,6 +45,11 @@ class Reporter:
         self.wakeup = asyncio.Event()
         self.sent = 0
         self.dropped = 0
+
+    @property
+    def url(self) -> str | None:
+        """Where the next event goes (None: no responder to report to)."""
+        return self.eps.current() + self.path if self.eps else None
 
     def post(self, event: dict[str, Any]) -> None:
         if self.url is None:
@@ -61,22 +74,21 @@ class Reporter:
                     self.wakeup.clear()
                     await self.wakeup.wait()
                     continue
-                event = self.queue[0]
+                event, url = self.queue[0], self.url or ""
                 try:
-                    status = await self._send(http, event)
+                    status = await self._send(http, url, event)
                 except (httpx.HTTPError, OSError) as exc:
-                    delay = self.backoff.next()
-                    log.debug("report %s not delivered (%s); retry in %.1f s",
-                              event.get("type"), type(exc).__name__, delay)
-                    await asyncio.sleep(delay)
+                    await self._failed(url, event, type(exc).__name__)
                     continue
                 if self.queue and self.queue[0] is event:
                     self.queue.popleft()
                 if status >= 500:
-                    # The responder is in trouble: keep the event and retry later.
+                    # A standby (503) or a responder in trouble: keep the event, try the next.
                     self.queue.appendleft(event)
-                    await asyncio.sleep(self.backoff.next())
+                    await self._failed(url, event, f"HTTP {status}")
                     continue
+                assert self.eps is not None
+                self.eps.ok(url.removesuffix(self.path))
                 self.backoff.reset()
                 if status >= 400:
                     log.warning("responder refused a %s report: HTTP %d", event.get("type"),
@@ -84,10 +96,22 @@ class Reporter:
                 else:
                     self.sent += 1
 
-    async def _send(self, http: httpx.AsyncClient, event: dict[str, Any]) -> int:
+    async def _failed(self, url: str, event: dict[str, Any], why: str) -> None:
+        """`url` did not take `event`: the next URL at once, the backoff once all failed."""
+        assert self.eps is not None
+        self.eps.failed(url.removesuffix(self.path))
+        if not self.eps.all_failed():
+            log.debug("report %s not delivered to %s (%s); trying %s", event.get("type"), url,
+                      why, self.url)
+            return
+        delay = self.backoff.next()
+        log.debug("report %s not delivered (%s); retry in %.1f s", event.get("type"), why, delay)
+        await asyncio.sleep(delay)
+
+    async def _send(self, http: httpx.AsyncClient, url: str, event: dict[str, Any]) -> int:
         """POST one event; its HTTP status. Only the status matters: the body is read up to a
         bound (so the connection can be reused) and never kept, whatever its size."""
-        async with http.stream("POST", self.url or "", json=event, headers=self.headers) as r:
+        async with http.stream("POST", url, json=event, headers=self.headers) as r:
             seen = 0
             async for chunk in r.aiter_raw():
                 seen += len(chunk)

@@ -5,7 +5,13 @@
 proxy on the way does not do SSE; reconnects with bounded exponential backoff and jitter. Both
 also send `epoch=E`, the responder store's epoch the switcher last saw, so a responder whose store
 was replaced (versions restarted at 1) answers its current assignment at once instead of waiting
-for a version past the old store's. Everything read is bounded (`client.bounds`).
+for a version past the old store's. Everything read is bounded (`client.bounds`; the SSE reader
+is the core's, `wg_failover.sse`).
+
+Several responder URLs (replicas, DESIGN.md "How it grows past one machine") are tried in turn
+(`wg_failover.endpoints.Endpoints`): a URL that refuses the connection, times out or answers 5xx
+(503: a standby) is passed over at once for the next; the backoff applies only once every URL
+failed in a row, and the first URL is tried again after a while away from it.
 `client.mqtt_source.MqttAssignmentSource` (`--mqtt`) plugs in beside it with the same
 `run(deliver, after, epoch)` method.
 """
@@ -15,13 +21,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import httpx
 
 from wg_failover.backoff import Backoff
+from wg_failover.endpoints import Endpoints
+from wg_failover.sse import SseReader, SseTooLarge
 from wg_failover.wire import Assignment, AssignmentError, parse_assignment
 
 from .bounds import (
@@ -29,8 +36,6 @@ from .bounds import (
     MAX_EVENT,
     MAX_LINE,
     BodyTooLarge,
-    EventTooLarge,
-    LineSplitter,
     LogLimiter,
     WireInputError,
     loads_json,
@@ -59,55 +64,6 @@ class AssignmentSource(Protocol):
 
     async def run(self, deliver: Deliver, after: Callable[[], int],
                   epoch: EpochOf | None = None) -> None: ...
-
-
-@dataclass
-class SseEvent:
-    event: str = "message"
-    data: str = ""
-    id: str | None = None
-
-
-@dataclass
-class SseParser:
-    """The text/event-stream format (WHATWG HTML, "server-sent events"), one line at a time.
-    An event whose data passes `max_event` characters raises EventTooLarge (and is dropped)."""
-
-    max_event: int = MAX_EVENT
-    _event: str = ""
-    _data: list[str] = field(default_factory=list)
-    _size: int = 0
-    _id: str | None = None
-    last_id: str | None = None
-
-    def feed(self, line: str) -> SseEvent | None:
-        line = line.rstrip("\r\n")
-        if not line:
-            if not self._data and not self._event:
-                return None
-            ev = SseEvent(self._event or "message", "\n".join(self._data), self._id)
-            if self._id is not None:
-                self.last_id = self._id
-            self._reset()
-            return ev
-        if line.startswith(":"):
-            return None  # a comment: keep-alive
-        name, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if name == "event":
-            self._event = value
-        elif name == "data":
-            self._size += len(value) + 1
-            if self._size > self.max_event:
-                self._reset()
-                raise EventTooLarge(f"an SSE event larger than {self.max_event} bytes")
-            self._data.append(value)
-        elif name == "id" and "\0" not in value:
-            self._id = value
-        return None
-
-    def _reset(self) -> None:
-        self._event, self._data, self._size, self._id = "", [], 0, None
 
 
 class AuthError(Exception):
@@ -167,13 +123,13 @@ class HttpAssignmentSource:
     # Appended to "responder refused the token": what a refused token means for this source.
     AUTH_HINT = ""
 
-    def __init__(self, base_url: str, client: str, token: str | None, *,
+    def __init__(self, base_url: str | Sequence[str], client: str, token: str | None, *,
                  longpoll_wait: float = 25.0, read_timeout: float = 45.0,
                  backoff: Backoff | None = None,
                  on_connected: Callable[[bool], None] | None = None,
                  verify: ssl.SSLContext | bool = True, ca_file: str | None = None,
                  limiter: LogLimiter | None = None) -> None:
-        self.base = base_url.rstrip("/")
+        self.eps = Endpoints([base_url] if isinstance(base_url, str) else base_url)
         self.client = client
         self.headers = {"Accept-Encoding": "identity"}
         if token:
@@ -186,6 +142,11 @@ class HttpAssignmentSource:
         self.ca_file = ca_file  # only to name it when the responder's certificate fails
         self.limiter = limiter or LogLimiter(log)
         self.mode = "sse"
+
+    @property
+    def base(self) -> str:
+        """The responder URL in use now (one of `eps.urls`)."""
+        return self.eps.current()
 
     @property
     def stream_url(self) -> str:
@@ -222,13 +183,30 @@ class HttpAssignmentSource:
             return None
 
     async def fetch_current(self, http: httpx.AsyncClient) -> Assignment | None:
-        """The current assignment, without waiting (for `--once`)."""
-        async with http.stream("GET", self.poll_url, headers=self.headers, timeout=5.0) as r:
-            if r.status_code in (401, 403):
-                raise self._auth_error(r.status_code)
-            if r.status_code != 200:
-                return None
-            return self._parse(await read_body(r))
+        """The current assignment, without waiting (for `--once` and a first view): every URL
+        in turn until one answers; None when none had one, the last error when none answered."""
+        error: Exception | None = None
+        for _ in self.eps.urls:
+            url = self.base
+            try:
+                async with http.stream("GET", self.poll_url, headers=self.headers,
+                                       timeout=5.0) as r:
+                    if r.status_code in (401, 403):
+                        raise self._auth_error(r.status_code)
+                    if r.status_code >= 500:
+                        self.eps.failed(url)  # a standby (503) or a replica in trouble
+                        error = None
+                        continue
+                    self.eps.ok(url)
+                    if r.status_code != 200:
+                        return None
+                    return self._parse(await read_body(r))
+            except (httpx.HTTPError, OSError) as exc:
+                self.eps.failed(url)
+                error = exc
+        if error is not None:
+            raise error
+        return None
 
     async def run(self, deliver: Deliver, after: Callable[[], int],
                   epoch: EpochOf | None = None) -> None:
@@ -236,7 +214,7 @@ class HttpAssignmentSource:
         loop = asyncio.get_running_loop()
         async with self.http_client() as http:
             while True:
-                started = loop.time()
+                started, url = loop.time(), self.base
                 position = (after(), epoch_of())
                 level = logging.INFO
                 kind = "ended"
@@ -256,7 +234,7 @@ class HttpAssignmentSource:
                 except AuthError as exc:
                     reason, kind, level = str(exc), "auth", logging.WARNING
                     self.backoff.attempt = max(self.backoff.attempt, 6)  # no point hurrying
-                except WireInputError as exc:
+                except (WireInputError, SseTooLarge) as exc:
                     reason, level = f"{exc}: dropped the connection", logging.WARNING
                     kind = f"input:{type(exc).__name__}"
                 except (httpx.HTTPError, OSError) as exc:
@@ -272,7 +250,16 @@ class HttpAssignmentSource:
                                            logging.ERROR)
                 self.on_connected(False)
                 if (after(), epoch_of()) != position or loop.time() - started >= STABLE_SECONDS:
+                    # Only a connection that brought news or lasted counts as this URL working:
+                    # one that answers and hangs up at once is a failure like a refused one.
                     self.backoff.reset()
+                    self.eps.ok(url)
+                if kind != "auth" and len(self.eps.urls) > 1:
+                    self.eps.failed(url)
+                    if not self.eps.all_failed():
+                        self.limiter.log(level, f"moved:{kind}", "responder %s: %s; trying %s",
+                                         url, reason, self.base)
+                        continue
                 delay = self.backoff.next()
                 self.limiter.log(level, kind, "responder: %s; reconnecting in %.1f s (%s)",
                                  reason, delay, self.mode)
@@ -296,16 +283,10 @@ class HttpAssignmentSource:
                                             response=r)
             _check_encoding(r)
             self.on_connected(True)
-            parser = SseParser()
-            lines = LineSplitter(MAX_LINE)
-            first = True
+            reader = SseReader(max_line=MAX_LINE, max_event=MAX_EVENT)
             async for chunk in r.aiter_raw():
-                for raw in lines.feed(chunk):
-                    text = raw.decode("utf-8", "replace")
-                    if first:
-                        text, first = text.removeprefix("\ufeff"), False
-                    ev = parser.feed(text)
-                    if ev is None or ev.event != self.EVENT:
+                for ev in reader.feed(chunk):
+                    if ev.event != self.EVENT:
                         continue
                     a = self._parse(ev.data)
                     if a is not None:
@@ -324,12 +305,14 @@ class HttpAssignmentSource:
                 raise self._auth_error(r.status_code)
             if r.status_code in (204, 304):
                 self.on_connected(True)
+                self.eps.ok(self.base)
                 body = None
             elif r.status_code != 200:
                 raise httpx.HTTPStatusError(f"HTTP {r.status_code}", request=r.request,
                                             response=r)
             else:
                 self.on_connected(True)
+                self.eps.ok(self.base)
                 body = await read_body(r)
         if body is not None:
             a = self._parse(body)

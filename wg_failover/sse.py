@@ -2,9 +2,10 @@
 
 Bytes in, whole events out, and never more than `max_line` bytes held for a line that has not
 ended nor more than `max_event` bytes for an event: a stream that passes a bound raises
-`SseTooLarge` (the caller drops the connection; a stream that sends one will send more). For the
-followers of the responder that live outside the switcher (the worker agent), so components need
-not import each other.
+`SseTooLarge` (the caller drops the connection; a stream that sends one will send more): its
+subclass `SseLineTooLong` or `SseEventTooLarge` says which bound. The one reader of every follower
+of the responder (the worker agent, the switcher's assignment and view streams), in the core so
+components need not import each other.
 """
 
 from __future__ import annotations
@@ -17,6 +18,14 @@ _EOL = re.compile(rb"\r\n?|\n")
 
 class SseTooLarge(ValueError):
     """A line or an event past its bound."""
+
+
+class SseLineTooLong(SseTooLarge):
+    """A line past `max_line` bytes (held or not: it is refused before it is all read)."""
+
+
+class SseEventTooLarge(SseTooLarge):
+    """An event whose data passes `max_event` bytes."""
 
 
 @dataclass
@@ -66,14 +75,14 @@ class SseReader:
             else:
                 line = piece
             if len(line) > self.max_line:
-                raise SseTooLarge(f"an SSE line longer than {self.max_line} bytes")
+                raise SseLineTooLong(f"an SSE line longer than {self.max_line} bytes")
             out.append(line)
             start = m.end()
             if m.group() == b"\r" and start == len(chunk):
                 self._after_cr = True
         if len(self._buf) + len(chunk) - start > self.max_line:
             self._buf = bytearray()
-            raise SseTooLarge(f"an SSE line longer than {self.max_line} bytes")
+            raise SseLineTooLong(f"an SSE line longer than {self.max_line} bytes")
         self._buf += chunk[start:]
         return out
 
@@ -97,7 +106,7 @@ class SseReader:
             self._size += len(value) + 1
             if self._size > self.max_event:
                 self._event, self._data, self._size, self._id = "", [], 0, None
-                raise SseTooLarge(f"an SSE event larger than {self.max_event} bytes")
+                raise SseEventTooLarge(f"an SSE event larger than {self.max_event} bytes")
             self._data.append(value)
         elif name == "id" and "\0" not in value:
             self._id = value

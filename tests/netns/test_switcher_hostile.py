@@ -261,7 +261,7 @@ def test_a_300_mb_line_or_event_costs_no_memory_and_the_switcher_reconnects(lab,
         assert peak < 100, f"switcher peak RSS {peak:.0f} MiB"
         assert len(srv.sent_bytes) == 2
         assert all(sent < 20 * MB for sent in srv.sent_bytes), srv.sent_bytes
-        assert re.search(r"WARNING responder: a line longer than 65536 bytes: dropped the "
+        assert re.search(r"WARNING responder: an SSE line longer than 65536 bytes: dropped the "
                          r"connection; reconnecting in", text), text
         assert "an SSE event larger than 262144 bytes: dropped the connection" in text, text
         assert_clean_log(text)

@@ -11,9 +11,6 @@ import pytest
 from wg_failover.backoff import Backoff
 from wg_failover.client import cache
 from wg_failover.client.bounds import (
-    EventTooLarge,
-    LineSplitter,
-    LineTooLong,
     LogLimiter,
     WireInputError,
     loads_json,
@@ -31,7 +28,6 @@ from wg_failover.client.decisions import (
     check_version,
 )
 from wg_failover.client.probe import checksum, echo_request, parse_echo_reply
-from wg_failover.client.sources import SseParser
 from wg_failover.client.wgctl import plan_reconcile
 from wg_failover.wg import Peer, find_active
 from wg_failover.wire import (
@@ -361,45 +357,6 @@ def test_an_assignment_without_an_epoch_keeps_the_known_epoch():
 
 
 # --------------------------------------------------------------------------- wire formats
-
-
-def test_sse_parser():
-    p = SseParser()
-    lines = [": keep-alive", "id: 7", "event: assignment", 'data: {"worker":', 'data: "w2"}', "",
-             "", "data: plain", ""]
-    events = [e for e in (p.feed(line) for line in lines) if e]
-    assert [(e.event, e.id, e.data) for e in events] == [
-        ("assignment", "7", '{"worker":\n"w2"}'), ("message", None, "plain")]
-    assert p.last_id == "7"
-
-
-def test_sse_event_size_is_bounded():
-    p = SseParser(max_event=100)
-    for _ in range(9):
-        p.feed("data: " + "x" * 10)
-    with pytest.raises(EventTooLarge):
-        p.feed("data: " + "x" * 10)
-    # The parser starts afresh after a refused event.
-    assert p.feed("data: ok") is None and p.feed("").data == "ok"
-
-
-def test_line_splitter_takes_lf_cr_and_crlf_even_across_chunks():
-    s = LineSplitter(max_line=16)
-    assert s.feed(b"a\nb\r\nc\rd") == [b"a", b"b", b"c"]
-    assert s.feed(b"e\r") == [b"de"]
-    assert s.feed(b"\nf\n\n") == [b"f", b""]  # the LF finishing a CRLF is no empty line
-
-
-def test_line_splitter_refuses_a_long_line_without_holding_it():
-    s = LineSplitter(max_line=16)
-    assert s.feed(b"x" * 16) == []
-    with pytest.raises(LineTooLong):
-        s.feed(b"y")
-    with pytest.raises(LineTooLong):
-        LineSplitter(max_line=16).feed(b"z" * 17 + b"\n")
-    s = LineSplitter(max_line=16)
-    for _ in range(1000):  # short lines, as many as come, are fine
-        assert s.feed(b"0123456789\n") == [b"0123456789"]
 
 
 def test_json_too_deep_or_not_json_is_refused_in_one_short_line():
