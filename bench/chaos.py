@@ -49,7 +49,27 @@ START_MARGIN = 40.0  # seconds an episode needs beyond its faults to be worth st
 REPLY_RE = re.compile(r"^\[(\d+\.\d+)\].*bytes from")
 # Every move a switcher makes, in its log: `... INFO switch w1 -> w2 (failover) ...`. The log
 # catches back-and-forth moves quicker than a poll of `wg show` could.
-SWITCH_RE = re.compile(r"^\S+ \w+ switch (\S+) -> (\S+) \(")
+SWITCH_RE = re.compile(r"^(\S+) \w+ switch (\S+) -> (\S+) \((.*)$")
+
+
+def loadavg() -> tuple[float, float, float]:
+    try:
+        a, b, c = Path("/proc/loadavg").read_text().split()[:3]
+        return float(a), float(b), float(c)
+    except (OSError, ValueError):
+        return (0.0, 0.0, 0.0)
+
+
+def cpu_pressure() -> float:
+    """The share of the last 10 s some runnable task waited for a CPU (PSI), in %: the direct
+    measure of CPU starvation (0 where the kernel has no PSI)."""
+    try:
+        for line in Path("/proc/pressure/cpu").read_text().splitlines():
+            if line.startswith("some "):
+                return float(line.split()[1].split("=")[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
 
 
 def names(n: int, letter: str) -> list[str]:
@@ -77,6 +97,9 @@ class Campaign:
         self.converge: list[float] = []
         self.episodes = 0
         self.errors: list[str] = []  # faults the campaign could not inject or heal
+        self.max_load = 0.0  # the highest 1-minute load average seen
+        self.max_psi = 0.0  # the highest CPU pressure (PSI "some", 10 s average) seen, %
+        self.loads_at_violations: list[tuple[float, float]] = []  # (load1, cpu pressure)
         self.api = ops.Api(state, timeout=2)
         self.pings: list[subprocess.Popen] = []
         self.routes: dict[str, str | None] = {}
@@ -97,7 +120,15 @@ class Campaign:
     def report(self, found: list[invariants.Violation]) -> None:
         for v in found:
             self.violations.append(v)
-            self.say(v.line())
+            # The machine's load with it: CPU starvation (2 shared cores) or a real defect?
+            load, psi = loadavg(), cpu_pressure()
+            self.loads_at_violations.append((load[0], psi))
+            self.say(f"{v.line()}  [load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
+                     f"cpu pressure {psi:.0f} %]")
+
+    def sample_load(self) -> None:
+        self.max_load = max(self.max_load, loadavg()[0])
+        self.max_psi = max(self.max_psi, cpu_pressure())
 
     # ------------------------------------------------------------------ traffic
     def start_pings(self) -> None:
@@ -191,8 +222,11 @@ class Campaign:
                 self.log_pos[c] += cut
                 for line in data[:cut].decode(errors="replace").splitlines():
                     m = SWITCH_RE.match(line)
-                    if m and m.group(1) in self.state.workers and m.group(2) in self.state.workers:
-                        self.report(self.switch.move(t, c, m.group(1), m.group(2), self.labels()))
+                    if m and m.group(2) in self.state.workers and m.group(3) in self.state.workers:
+                        # the switcher's own time and reason: what a violation needs to be read
+                        why = f"at {m.group(1)[11:]}: ({m.group(4)[:160]}"
+                        self.report(self.switch.move(t, c, m.group(2), m.group(3), self.labels(),
+                                                     why))
 
     def _poll_api(self) -> None:
         try:
@@ -239,6 +273,7 @@ class Campaign:
         api = time.monotonic() >= self.next_api
         if api:
             self.next_api = time.monotonic() + API_EVERY
+            self.sample_load()
         self.poll(api)
         return api
 
@@ -339,6 +374,10 @@ class Campaign:
                            "max": max(self.converge, default=None)},
             "leftovers": left,
             "errors": self.errors,
+            "max_load1": round(self.max_load, 2),
+            "max_cpu_pressure": round(self.max_psi, 1),
+            "load1_cpu_pressure_at_violations": [[round(a, 2), round(b, 1)]
+                                                 for a, b in self.loads_at_violations],
         }
 
 
@@ -358,6 +397,10 @@ def print_summary(s: dict[str, Any]) -> None:
     if c["n"]:
         print(f"convergence after the last heal: p50 {c['p50']:.1f} s, p99 {c['p99']:.1f} s, "
               f"max {c['max']:.1f} s (n={c['n']}; bound {invariants.CONVERGE_BOUND:g} s)")
+    at = s["load1_cpu_pressure_at_violations"]
+    print(f"machine: load average (1 min) max {s['max_load1']:.2f}, cpu pressure (some, 10 s) "
+          f"max {s['max_cpu_pressure']:.0f} %" + (
+              "; at violations " + ", ".join(f"{a:.1f}/{b:.0f} %" for a, b in at) if at else ""))
     for e in s["errors"]:
         print(f"campaign error: {e}")
     print(f"route moves: {s['switches']}; after lab down: "
@@ -401,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     camp: Campaign | None = None
     interrupted = False
     try:
+        inj.prepare_alerting()
         inj.prepare_disk()
         build.wait_ready(state, say=print)
         camp = Campaign(state, inj, args.converge_bound)

@@ -31,7 +31,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wg_failover.fleet import load_fleet
+import yaml
+
+from wg_failover.fleet import dump_fleet, load_fleet
+from wg_failover.promconfig import RESPONDER_RECEIVER
 from wg_failover.wgquick import render_worker, strip
 
 from . import netns
@@ -62,6 +65,11 @@ KINDS: dict[str, tuple[str, float, float]] = {
 # Faults that take a worker out of the clients' reach (the data plane), by kind.
 DATA_PLANE = frozenset({"crash-wireguard", "cut-both", "cut-oneway", "all-down"})
 LOSS_PERCENT = 20
+# The campaign's alert timers (prepare_alerting): a repeat every 10 s (one every 10-15 s with the
+# 5 s group_interval), expiry after two missed ones, resends from Prometheus every 5 s.
+ALERT_REPEAT = "10s"
+ALERT_EXPIRE = 30.0
+ALERT_RESEND = "5s"
 DISK_KIB = 32 * 1024  # the responder's tmpfs: room for a long campaign's events, filled by a fault
 NFT_TABLE = "wgfochaos"
 
@@ -178,6 +186,18 @@ def _cmdline(pid: int) -> list[str]:
     return [a.decode() for a in raw.split(b"\0") if a]
 
 
+def responder_repeat(text: str, interval: str) -> str:
+    """An alertmanager.yml with `interval` as the responder route's repeat_interval (pure)."""
+    config = yaml.safe_load(text)
+    routes = [r for r in (config.get("route") or {}).get("routes") or []
+              if r.get("receiver") == RESPONDER_RECEIVER]
+    if not routes:
+        raise LabError(f"alertmanager.yml has no route to {RESPONDER_RECEIVER!r}")
+    for r in routes:
+        r["repeat_interval"] = interval
+    return yaml.safe_dump(config, sort_keys=False)
+
+
 def _nft(ns: str, script: str) -> None:
     proc = subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=script,
                           capture_output=True, text=True, timeout=20)
@@ -259,6 +279,31 @@ class Injector:
             start_time=proc_start_time(iface.process.pid) or -1)]
         self.state.save()
         self.restarted[worker] = time.time()
+
+    # ------------------------------------------------------------------ alerting
+    def prepare_alerting(self) -> None:
+        """Shorter alert timers for a campaign, so a lost resolve cannot hold a worker down past
+        the convergence bound (docs/chaos.md "Alerting in the campaign"). Call before
+        `prepare_disk`, whose responder restart applies the fleet file's new setting.
+
+        - Alertmanager repeats a firing failover alert every ALERT_REPEAT (shipped: 5 min);
+        - the responder takes one not repeated for ALERT_EXPIRE as resolved (shipped: 900 s);
+        - Prometheus re-sends firing alerts every ALERT_RESEND (default 1 min): a restarted
+          Alertmanager learns them in seconds, notifies them and so records them, and then
+          does send their resolve.
+        """
+        fleet = load_fleet(self.state.fleet_path)
+        rs = fleet.responder.model_copy(update={"alert_expire_seconds": ALERT_EXPIRE})
+        self.state.fleet_path.write_text(dump_fleet(fleet.model_copy(update={"responder": rs})))
+        am = self._proc("alertmanager", "master")
+        path = Path(next(a.split("=", 1)[1] for a in _cmdline(am.pid)
+                         if a.startswith("--config.file=")))
+        path.write_text(responder_repeat(path.read_text(), ALERT_REPEAT))
+        os.kill(am.pid, signal.SIGHUP)  # Alertmanager reloads its configuration
+        prom = self._proc("prometheus", "master")
+        argv = [a for a in _cmdline(prom.pid) if not a.startswith("--rules.alert.resend-delay")]
+        kill_procs([prom], signal.SIGTERM, wait=20)
+        self.restart("prometheus", "master", argv + [f"--rules.alert.resend-delay={ALERT_RESEND}"])
 
     # ------------------------------------------------------------------ the disk
     def prepare_disk(self) -> Path:

@@ -128,17 +128,19 @@ class SwitchCheck:
         return out
 
     def move(self, t: float, client: str, before: str, worker: str,
-             faults: tuple[str, ...] = ()) -> list[Violation]:
-        """One move of a client's routes (seen on its interface or in its switcher's log)."""
+             faults: tuple[str, ...] = (), why: str = "") -> list[Violation]:
+        """One move of a client's routes (seen on its interface or in its switcher's log, whose
+        time and reason `why` then gives)."""
         self.switches += 1
+        why = f"; {why}" if why else ""
         if self.episode is None:
             return [Violation(t, "2 flap", f"{client}: routes moved {before} -> {worker} "
-                              "with no fault in force", faults)]
+                              f"with no fault in force{why}", faults)]
         n = self.counts[client] = self.counts.get(client, 0) + 1
         if n == self.max_per_fault * self.n_faults + 1:
             return [Violation(t, "2 switches", f"{client}: {n} moves in episode "
                               f"{self.episode} ({self.n_faults} fault(s); last "
-                              f"{before} -> {worker})", faults)]
+                              f"{before} -> {worker}{why})", faults)]
         return []
 
 

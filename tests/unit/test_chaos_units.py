@@ -321,3 +321,24 @@ def test_an_assignment_does_not_move_blind_while_the_active_is_going_quiet():
     a = Assignment(client="c1", worker="w2", version=2, backups=("w3",), reason="suspect")
     assert _moves(d.on_assignment(a, 0.36)) == []
     assert _moves(d.on_reply("w2", 0.001, 0.38)) == [("w1", "w2")]
+
+
+def test_a_flap_names_the_switchers_own_time_and_reason():
+    """A move read from a switcher's log carries its line's time and reason into the violation,
+    so a flap under CPU starvation reads as such (docs/chaos.md)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "chaos_bench", Path(__file__).resolve().parents[2] / "bench" / "chaos.py")
+    assert spec is not None and spec.loader is not None
+    chaos = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(chaos)
+    line = ("2026-12-01T23:38:58.381 INFO switch w3 -> w2 (failover) after 197 ms: w3 missed 4 "
+            "probes (last reply 197 ms ago); w2 answers [wg set 3.2 ms]")
+    m = chaos.SWITCH_RE.match(line)
+    assert m is not None and m.group(2, 3) == ("w3", "w2")
+    assert chaos.SWITCH_RE.match("2026-12-01T23:38:58.381 ERROR switch w3 -> w2 FAILED (x)") is None
+    (v,) = SwitchCheck().move(5.0, "c1", "w3", "w2", why=f"at 23:38:58.381: ({m.group(4)}")
+    assert v.invariant == "2 flap" and "after 197 ms: w3 missed 4 probes" in v.text
+    assert 0.0 <= chaos.cpu_pressure() <= 100.0 and len(chaos.loadavg()) == 3
