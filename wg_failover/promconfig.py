@@ -14,7 +14,11 @@ functions take the shipped text and swap exactly these things, nothing else:
   responder's read token (http_sd's bearer `credentials_file`; None keeps the shipped path) and
   the CA that signed the responder's certificate (`tls_config.ca_file` of every section that
   talks to the responder; None keeps the shipped path). With an http:// responder_url those
-  sections lose their `tls_config`.
+  sections lose their `tls_config`. Several responder URLs (replicas; a list or
+  comma-separated, one scheme and path for all): one http_sd config per URL in each job that
+  discovers (Prometheus drops a target found twice with the same labels, so the union is every
+  worker once, and a replica that is down or a standby keeps its last list) and every replica
+  a target of the responder job (a standby's /metrics says `wg_failover_responder_leader 0`).
 - `render_alertmanager_config(*, responder_url, token_file, ca_file=None) -> str`: the
   responder's webhook URL (`{responder_url}/v1/alerts`), the bearer token file and the CA (as
   above). Several responder URLs (replicas; a list or comma-separated): one webhook config each.
@@ -99,7 +103,7 @@ def _static_target(item: str) -> dict[str, Any]:
 def render_prometheus_text(
     source: str,
     *,
-    responder_url: str,
+    responder_url: str | Sequence[str],
     alertmanager_url: str,
     rules_dir: Path | str,
     scrape_interval: str | None = None,
@@ -111,7 +115,14 @@ def render_prometheus_text(
 ) -> str:
     """The shipped prometheus.yml text with this deployment's addresses swapped in (pure)."""
     config = yaml.safe_load(source)
-    r_scheme, r_host, r_path = _split_url(responder_url, "responder_url")
+    urls = split_urls(responder_url)
+    if not urls:
+        raise PromConfigError("responder_url: no URL")
+    replicas = [_split_url(url, "responder_url") for url in urls]
+    r_scheme, _, r_path = replicas[0]
+    if any((scheme, path) != (r_scheme, r_path) for scheme, _, path in replicas):
+        raise PromConfigError("responder_url: every replica URL needs the same scheme and path "
+                              "(one scrape job scrapes them all)")
     a_scheme, a_host, a_path = _split_url(alertmanager_url, "alertmanager_url")
 
     if scrape_interval:
@@ -130,15 +141,17 @@ def render_prometheus_text(
         am["path_prefix"] = a_path
     config.setdefault("alerting", {})["alertmanagers"] = [am]
 
-    sd_url = f"{responder_url.rstrip('/')}/v1/targets"
-
     def http_sd(job: dict[str, Any]) -> list[dict[str, Any]]:
-        sd = {"url": sd_url, **_sd_extra(job, sd_refresh_interval)}
-        if read_token_file is not None:
-            auth = sd.setdefault("authorization", {"type": "Bearer"})
-            auth["credentials_file"] = str(Path(read_token_file).resolve())
-        _responder_tls(sd, r_scheme, ca_file)
-        return [sd]
+        extra = _sd_extra(job, sd_refresh_interval)
+        out = []
+        for url in urls:  # one per replica: Prometheus drops the duplicate targets
+            sd = {"url": f"{url}/v1/targets", **copy.deepcopy(extra)}
+            if read_token_file is not None:
+                auth = sd.setdefault("authorization", {"type": "Bearer"})
+                auth["credentials_file"] = str(Path(read_token_file).resolve())
+            _responder_tls(sd, r_scheme, ca_file)
+            out.append(sd)
+        return out
 
     exporter = _job(config, EXPORTER_JOB)
     exporter["http_sd_configs"] = http_sd(exporter)
@@ -150,7 +163,7 @@ def render_prometheus_text(
     responder = _job(config, RESPONDER_JOB)
     responder["scheme"] = r_scheme
     responder["metrics_path"] = f"{r_path}/metrics"
-    responder["static_configs"] = [{"targets": [r_host]}]
+    responder["static_configs"] = [{"targets": [host for _, host, _ in replicas]}]
     _responder_tls(responder, r_scheme, ca_file)
 
     jobs = config["scrape_configs"]
@@ -216,7 +229,7 @@ def render_alertmanager_text(source: str, *, responder_url: str | Sequence[str],
 
 def render_prometheus_config(
     *,
-    responder_url: str,
+    responder_url: str | Sequence[str],
     alertmanager_url: str,
     rules_dir: Path | str = RULES_DIR,
     scrape_interval: str | None = None,
