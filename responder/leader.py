@@ -1,21 +1,31 @@
-"""Active/standby responder replicas on one PostgreSQL database (DESIGN.md, "How it grows past
-one machine"): one replica at a time leads and serves; the others wait as standbys.
+"""Responder replicas on one PostgreSQL database (DESIGN.md, "How it grows past one machine"):
+one replica at a time leads and writes; every replica serves reads.
 
 - **The lease.** Every RENEW_EVERY seconds a replica takes or renews the leader lease (LEASE
   seconds by the database's clock; store/postgres_lease.py). Taking it starts a new term: the
   replica loads the whole state from the database (a fresh `ResponderState`, as at start, with
-  the live fleet) and only then serves and runs its timers, preempt batches and notifiers.
-  Every write of that state carries the term (`Fenced`): once the term is over, nothing it
-  writes lands, whatever the process believes (a process paused past its lease, a network cut).
-- **Serving.** Only the leader serves (`LeaderGate`): a standby answers every route 503 with
-  Retry-After (and /readyz `{"ready": false, "leader": false}`), so it never serves stale state
-  as fresh. The leader stops serving on its own MARGIN seconds before the database can give the
-  lease to another replica, measured from when it asked for the last renewal (a lost database,
-  a paused process: the gate checks the time on every request, not only when the loop runs).
+  the live fleet) and only then serves writes and runs its timers, preempt batches and
+  notifiers. Every write of that state carries the term (`Fenced`): once the term is over,
+  nothing it writes lands, whatever the process believes (a process paused past its lease, a
+  network cut).
+- **Followers serve reads.** A replica that does not lead follows (follower.py): it tails the
+  change log into a read-only state and serves GET and HEAD (the workers, clients, targets,
+  views, SSE streams and long-polls) with the same versions and event ids as the leader, so a
+  client resumes on any replica. Writes (webhooks, client reports, drains, the fleet,
+  enrollment) answer 503 with Retry-After on a follower: Alertmanager delivers to every replica
+  and ctl, the agent and the switcher try the next URL; forwarding them to the leader would add
+  a hop, its failures and an idempotency question for no client that needs it. /readyz says
+  `{"ready": true, "leader": false}` for a follower that is caught up.
+- **Never stale as fresh.** The leader stops serving on its own MARGIN seconds before the
+  database can give the lease to another replica, measured from when it asked for the last
+  renewal; a follower stops serving (503, its streams end) FRESH seconds after its last read of
+  the log that succeeded (a lost database, a paused process: the gate checks the time on every
+  request, not only when a loop runs). Both catch up when the database answers again.
 - **Stepping down.** When the lease is lost (taken, or not renewed in time), the term's state
-  stops (timers, notifiers, open streams end) and is dropped; leading again means a new term and
-  a fresh load, so a replica catches up with everything the others wrote meanwhile.
-- **Clean stop.** The leader gives the lease up, so a standby takes over within RENEW_EVERY.
+  stops (timers, notifiers, open streams end) and is dropped; the replica follows again. Taking
+  the lease, a follower's open streams are handed to the new term's state (no reconnection).
+- **Clean stop.** The leader gives the lease up, so another replica takes over within
+  RENEW_EVERY.
 
 SQLite has one process by nature: `Solo` serves always, as before.
 """
@@ -29,7 +39,6 @@ import logging
 import os
 import secrets
 import socket
-import time
 from typing import Any
 
 from fastapi import FastAPI
@@ -38,6 +47,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from wg_failover.fleet import Fleet
 
+from .follower import Follower, hand_hub, wake_views
+from .follower import _now as _now
 from .intake.alerts import expire_alerts
 from .limits import LogLimiter
 from .state import ResponderState
@@ -52,6 +63,7 @@ RENEW_EVERY = 0.5  # seconds between renewals (and a standby's attempts)
 MARGIN = 1.0  # seconds: the leader stops serving this long before its lease can pass on
 STANDBY = "standby: not the leader"
 OPEN_PATHS = ("/healthz", "/readyz")  # served by a standby too
+READS = ("GET", "HEAD")  # what a follower serves
 
 
 def new_state(fleet: Fleet, store: Store) -> ResponderState:
@@ -93,14 +105,32 @@ class Leadership:
         self.db_problem: str | None = None  # the last lease attempt's failure, if it failed
         self.expires_in = renew  # a standby: seconds until the leader's lease expires
         self.task: asyncio.Task[None] | None = None
+        self.follower: Follower | None = None  # while this replica does not lead
         app.state.leadership = self
 
     def leading(self) -> bool:
         return self.state is not None and _now() < self.valid_until
 
+    def following(self) -> bool:
+        """A follower that serves reads now (caught up, its database answering)."""
+        return not self.leading() and self.follower is not None and self.follower.serving()
+
+    def serving(self) -> bool:
+        return self.leading() or self.following()
+
+    def served(self) -> ResponderState | None:
+        """The state that answers reads now: the term's, or the follower's."""
+        if self.state is not None:
+            return self.state
+        return self.follower.state if self.follower is not None else None
+
     def readiness(self) -> tuple[bool, bool, str | None]:
-        """(ready, leader, why not ready)."""
+        """(ready, leader, why not ready). A follower that is caught up is ready."""
         if self.state is None:
+            if self.follower is not None and (self.follower.state is not None
+                                              or not self.db_problem):
+                ready, reason = self.follower.readiness()
+                return ready, False, reason
             return False, False, (f"state store: {self.db_problem}" if self.db_problem
                                   else STANDBY)
         if not self.leading():  # its renewal is late: the database is away, or this was paused
@@ -115,8 +145,9 @@ class Leadership:
         # A first attempt before the server answers: a lone replica (or the first) leads at once.
         await self.tick()
         if self.state is None:
-            log.warning("standby: another replica leads on %s (holder %s); answering 503 "
-                        "until this one leads", describe_location(self.db), self.holder)
+            log.warning("following: another replica leads on %s (holder %s); serving reads, "
+                        "answering writes 503 until this one leads", describe_location(self.db),
+                        self.holder)
         self.task = asyncio.ensure_future(self.run())
 
     async def stop(self) -> None:
@@ -124,6 +155,9 @@ class Leadership:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.task
+        if self.follower is not None:
+            await self.follower.stop()
+            self.follower = None
         term = self.term
         await self.step_down("stopping")
         if term is not None:
@@ -164,11 +198,14 @@ class Leadership:
             if self.state is not None and not self.leading():
                 await self.step_down(f"the database did not renew the lease in time "
                                      f"({exc.reason})")
+            if self.state is None:
+                await self.follow()
             return
         self.db_problem = None
         if term is None:
             if self.state is not None:
                 await self.step_down("another replica holds the lease")
+            await self.follow()
             with contextlib.suppress(StoreError, TimeoutError):
                 self.expires_in = (await asyncio.wait_for(
                     asyncio.to_thread(lease_row, self.store), self.lease))[2]
@@ -180,20 +217,44 @@ class Leadership:
             await self.step_down(f"term {self.term} is over")
         await self.take(term, asked)
 
+    async def follow(self) -> None:
+        """Follow the leader (serve reads), unless this replica already does."""
+        if self.follower is None:
+            self.follower = Follower(self.app, self.fleet, self.store)
+            await self.follower.start()
+
     async def take(self, term: int, asked: float) -> None:
         from .store.postgres_lease import Fenced
 
         t0 = _now()
         state = new_state(self.fleet, Fenced(self.store, term, self.holder))
+        f = self.follower
+        # The follower's open streams become the term's before it starts (its start-up change
+        # reaches them); the follower serves reads until the term's state is ready.
+        own_hub = state.hub
+        if f is not None and f.state is not None:
+            hand_hub(state, f.state.hub)
         try:
             await state.start()
         except StoreError as exc:
             log.error("cannot lead (term %d): %s; trying again", term, exc)
+            hand_hub(state, own_hub)  # the follower keeps its streams
             await state.stop()
             return
+        if f is not None:
+            await f.halt()
         self.term, self.state = term, state
         self.valid_until = asked + self.lease - self.margin
         self.app.state.responder = state
+        if f is not None:
+            if f.state is not None and f.state.hub is state.hub:
+                # What the term loaded beyond the follower's last read, to its streams (a
+                # stream sends only versions above the last it sent: no repeats).
+                for c in list(state.hub.subs):
+                    if (a := state.assignments.get(c)) is not None:
+                        state.hub.assignment_changed(state.assignment_json(a))
+            await f.stop(keep_hub=True)
+            self.follower = None
         log.warning("leading (term %d, holder %s): state loaded and planned in %.0f ms",
                     term, self.holder, 1000 * (_now() - t0))
         _log_ready(state, self.db)
@@ -206,6 +267,7 @@ class Leadership:
         log.warning("standing down from term %s: %s; answering 503 until this replica leads "
                     "again", term, why)
         await state.stop()
+        wake_views(state)  # its view streams end (routers/views.py)
         # The term's state was frozen out of the collector (ResponderState.start): let its
         # cycles be collected now that it is dropped; the next term freezes its own.
         gc.unfreeze()
@@ -213,39 +275,36 @@ class Leadership:
 
 class LeaderGate:
     """ASGI middleware in front of everything: a replica that does not lead (or whose lease
-    runs out) answers 503, so a standby never serves stale state and a load balancer that
-    health-checks /readyz, or a follower that moves on after a 5xx, finds the leader."""
+    runs out) answers writes 503, and reads too unless it is a follower that is caught up, so
+    no replica serves stale state as fresh; a load balancer that health-checks /readyz, or a
+    follower that moves on after a 5xx, finds a replica that serves."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         lead = getattr(scope["app"].state, "leadership", None) if "app" in scope else None
+        path = scope.get("path")
         if (scope["type"] == "http" and isinstance(lead, Leadership) and not lead.leading()
-                and scope.get("path") not in OPEN_PATHS):
+                and path not in OPEN_PATHS):
+            if scope.get("method") in READS and path != "/metrics" and lead.following():
+                await self.app(scope, receive, send)
+                return
             resp: Response
-            if scope.get("path") == "/metrics":
+            if path == "/metrics":
                 # Scrapable, so a standby is not a target that is down.
                 resp = Response("# a standby replica: the leader has the figures\n"
                                 "wg_failover_responder_leader 0\n",
                                 media_type="text/plain; version=0.0.4")
             else:
-                _, _, reason = lead.readiness()
+                ready, _, reason = lead.readiness()
+                if ready:
+                    reason = f"{STANDBY} (a follower serves reads only)"
                 resp = JSONResponse({"detail": f"{reason}; retry (another responder)"},
                                     status_code=503, headers={"Retry-After": "1"})
             await resp(scope, receive, send)
             return
         await self.app(scope, receive, send)
-
-
-def _now() -> float:
-    """Seconds on a clock that also counts time the machine was suspended (CLOCK_BOOTTIME): a
-    leader resumed after its lease ran out must see that it did (monotonic time stops while
-    suspended)."""
-    return time.clock_gettime(_CLOCK)
-
-
-_CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
 
 
 def _log_ready(state: ResponderState, db: str) -> None:

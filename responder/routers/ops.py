@@ -30,14 +30,15 @@ async def healthz(request: Request) -> Health:
 async def readyz(request: Request, response: Response) -> Readiness:
     """200 once the state is loaded and planned and the store takes commits; 503 with the
     reason otherwise (e.g. the disk is full: reads still work). `leader`: this replica leads
-    (always, on SQLite); a standby, or a replica that cannot reach its database, is not ready."""
+    (always, on SQLite); a follower that is caught up is ready too (it serves reads); a standby
+    that is not, or a replica that cannot reach its database, is not ready."""
     state = getattr(request.app.state, "responder", None)
     ready, reason = state.readiness() if state is not None else (False, "starting")
     leader = True  # SQLite: one process, always the leader
     lead = getattr(request.app.state, "leadership", None)  # replicas on PostgreSQL (leader.py)
     if lead is not None:
         ready, leader, reason = lead.readiness()
-        state = lead.state
+        state = lead.served()  # the leader's state, or a follower's
     response.status_code = 200 if ready else 503
     return Readiness(ready=ready, leader=leader, epoch=state.epoch if state is not None else None,
                      reason=reason)

@@ -5,7 +5,9 @@ each as JSON with a long-poll (`?version=V&wait=S`) and as a stream of server-se
 
 A view holds nothing about other nodes but what its follower needs: a worker's peers (clients'
 names, public keys, addresses), a client's workers. A node that leaves the fleet gets 401 on its
-next request and its open streams end.
+next request and its open streams end. A stream also ends when the state it reads stops being
+the one this replica serves (a replica that stepped down, a follower that became the leader or
+lost its database: leader.py), so its follower reconnects to fresh state.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 from weakref import WeakKeyDictionary
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
@@ -81,10 +83,19 @@ async def _long_poll(state: ResponderState, make: Callable[[], str],
     return Response(make(), media_type="application/json")
 
 
-def _sse(state: ResponderState, make: Callable[[], str], event: str) -> StreamingResponse:
+def _serves(app: FastAPI, state: ResponderState) -> bool:
+    """`state` is still the one this replica serves, and it serves (leader.py)."""
+    lead = getattr(app.state, "leadership", None)
+    return getattr(app.state, "responder", None) is state and (lead is None or lead.serving())
+
+
+def _sse(request: Request, state: ResponderState, make: Callable[[], str],
+         event: str) -> StreamingResponse:
+    app = request.app
+
     async def events() -> AsyncIterator[str]:
         last = None
-        while True:
+        while _serves(app, state):
             changed = state.fleet_changed  # taken before reading: no change is missed
             try:
                 body = make()
@@ -117,10 +128,10 @@ async def get_peers(state: State, name: Annotated[str, Depends(require_worker)],
 
 @router.get("/v1/workers/{name}/peers/stream", responses=errors(401, 404),
             response_class=StreamingResponse)
-async def stream_peers(state: State, name: Annotated[str, Depends(require_worker)]
-                       ) -> StreamingResponse:
+async def stream_peers(request: Request, state: State,
+                       name: Annotated[str, Depends(require_worker)]) -> StreamingResponse:
     """Server-sent events `peers` (data: WorkerPeers), one per change of the worker's peers."""
-    return _sse(state, lambda: worker_peers(state, name), "peers")
+    return _sse(request, state, lambda: worker_peers(state, name), "peers")
 
 
 @router.get("/v1/clients/{name}/view", responses=errors(401, 404, 422),
@@ -133,7 +144,7 @@ async def get_view(state: State, name: Annotated[str, Depends(require_client)],
 
 @router.get("/v1/clients/{name}/view/stream", responses=errors(401, 404),
             response_class=StreamingResponse)
-async def stream_view(state: State, name: Annotated[str, Depends(require_client)]
-                      ) -> StreamingResponse:
+async def stream_view(request: Request, state: State,
+                      name: Annotated[str, Depends(require_client)]) -> StreamingResponse:
     """Server-sent events `view` (data: ClientView), one per change of the client's view."""
-    return _sse(state, lambda: client_view(state, name), "view")
+    return _sse(request, state, lambda: client_view(state, name), "view")

@@ -34,17 +34,13 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from wg_failover.wire import MAX_VERSION
-
 from .base import (
     DAMAGED,
     READ_ONLY,
-    AssignmentRow,
     DeliveryLog,
     Loaded,
     StoreError,
     Tx,
-    WorkerRow,
 )
 from .postgres_faults import damaged, reason_of, redact, scrub, secrets_in
 from .postgres_lease import check_fence
@@ -57,8 +53,8 @@ from .postgres_tables import (
     schema_version,
     write_tx,
 )
-from .sqlite import DEDUP_KEEP_SECONDS, EPOCH_RE, WORKER_STATES
-from .sqlite_faults import check_row, is_name, is_time
+from .postgres_tail import read_alerts, read_assignments, read_unusable, read_workers
+from .sqlite import DEDUP_KEEP_SECONDS, EPOCH_RE
 from .sqlite_fleet import load_fleet
 
 log = logging.getLogger("wg_failover.responder")
@@ -226,36 +222,27 @@ class PostgresStore:
     # ----------------------------------------------------------------- reads
 
     def load(self) -> Loaded:
-        with self._conn("cannot read") as conn, conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            try:
-                return self._load(conn)
-            except (ValueError, TypeError, KeyError) as exc:
-                raise damaged(self.path, f"a row no commit could have written: {exc}") from None
+        with self.snapshot() as conn:
+            return self._load(conn)
 
     def _load(self, conn: psycopg.Connection) -> Loaded:
         q = conn.execute
-        workers = {}
-        for name, state, since, drain in q("SELECT name, state, since, drain_admin FROM workers"):
-            check_row(is_name(name) and state in WORKER_STATES and is_time(since), "workers", name)
-            workers[name] = WorkerRow(name, state, float(since), bool(drain))
-        assignments = {}
-        for c, w, backups, version, reason, since in q(
-                "SELECT client, worker, backups, version, reason, since FROM assignments"):
-            b = json.loads(backups)
-            check_row(is_name(c) and (w is None or is_name(w)) and isinstance(b, list)
-                      and all(is_name(x) for x in b) and isinstance(version, int)
-                      and 0 <= version <= MAX_VERSION and isinstance(reason, str)
-                      and is_time(since), "assignments", c)
-            assignments[c] = AssignmentRow(c, w, b, version, reason, float(since))
-        alerts = {r[0]: (r[1], r[2])
-                  for r in q("SELECT fingerprint, worker, action FROM active_alerts")}
-        unusable: dict[str, set[str]] = {}
-        for c, w in q("SELECT client, worker FROM unusable"):
-            unusable.setdefault(c, set()).add(w)
+        workers, assignments = read_workers(q), read_assignments(q)
+        alerts, unusable = read_alerts(q), read_unusable(q)
         last = q("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]  # type: ignore[index]
         fleet, keys = load_fleet(q, "{}")  # SQLite's columns: one reader and its checks
         return Loaded(workers, assignments, alerts, unusable, int(last), fleet, keys)
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[psycopg.Connection]:
+        """A read-only REPEATABLE READ transaction (one consistent view of every table); a row
+        no commit could have written is StoreCorrupt."""
+        with self._conn("cannot read") as conn, conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            try:
+                yield conn
+            except (ValueError, TypeError, KeyError) as exc:
+                raise damaged(self.path, f"a row no commit could have written: {exc}") from None
 
     def verify(self) -> None:
         with self._conn("cannot check") as conn:

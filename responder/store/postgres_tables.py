@@ -21,6 +21,8 @@ import psycopg
 
 from .base import Tx
 from .postgres_lease import MIGRATION as LEADER_MIGRATION
+from .postgres_tail import CHANNEL
+from .postgres_tail import MIGRATION as TAIL_MIGRATION
 
 if TYPE_CHECKING:
     from .postgres import PostgresStore
@@ -103,13 +105,15 @@ MIGRATIONS: list[str] = [
     """,
     # 3: the leader lease of replicas and its fencing term (postgres_lease.py).
     LEADER_MIGRATION,
+    # 4: the change log replicas tail to serve reads (postgres_tail.py).
+    TAIL_MIGRATION,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = ("meta", "workers", "active_alerts", "assignments", "unusable", "events", "dedup",
-          "notify_webhook", "fleet", "enroll_keys", "leader")
-# The tables that hold state: a migration target must have none of their rows (the lease row
-# is not state: every database has it).
-STATE_TABLES = TABLES[1:-1]
+          "notify_webhook", "fleet", "enroll_keys", "leader", "change_log")
+# The tables that hold state: a migration target must have none of their rows (the lease and
+# change-log rows are not state: every database has them).
+STATE_TABLES = TABLES[1:-2]
 
 
 class SchemaTooNew(Exception):
@@ -180,18 +184,32 @@ def _upsert(conn: psycopg.Connection, table: str, columns: str, types: str,
 
 def write_tx(conn: psycopg.Connection, tx: Tx) -> list[int]:
     """Every row of `tx`, inside the caller's transaction; the new events' ids. One statement
-    per table the change touches, whatever its size."""
+    per table the change touches, whatever its size.
+
+    A change to anything replicas serve first bumps the change log (postgres_tail.py): its row
+    lock, held to the commit, orders such commits, so a snapshot that sees change N sees every
+    change up to N and none after; assignments carry the change that wrote them last."""
+    other = bool(tx.workers or tx.alerts_add or tx.alerts_del or tx.unusable_add
+                 or tx.unusable_del or tx.fleet is not None or tx.keys)
+    change = 0
+    if other or tx.assignments:
+        change = int(conn.execute(  # type: ignore[index]
+            "UPDATE change_log SET change = change + 1, other = CASE WHEN %s THEN change + 1 "
+            "ELSE other END WHERE id = 1 RETURNING change", (other,)).fetchone()[0])
+        # Delivered at the commit, to replicas that LISTEN: a wake-up only (they poll too).
+        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(change)))
     _upsert(conn, "workers", "name, state, since, drain_admin", "text text float8 bool",
             [(w.name, w.state, float(w.since), bool(w.drain_admin))
              for w in tx.workers.values()],
             "(name) DO UPDATE SET state = excluded.state, since = excluded.since, "
             "drain_admin = excluded.drain_admin")
-    _upsert(conn, "assignments", "client, worker, backups, version, reason, since",
-            "text text text int8 text float8",
+    _upsert(conn, "assignments", "client, worker, backups, version, reason, since, change",
+            "text text text int8 text float8 int8",
             [(a.client, a.worker, json.dumps(a.backups), int(a.version), a.reason,
-              float(a.since)) for a in tx.assignments.values()],
+              float(a.since), change) for a in tx.assignments.values()],
             "(client) DO UPDATE SET worker = excluded.worker, backups = excluded.backups, "
-            "version = excluded.version, reason = excluded.reason, since = excluded.since")
+            "version = excluded.version, reason = excluded.reason, since = excluded.since, "
+            "change = excluded.change")
     if tx.alerts_del:
         conn.execute("DELETE FROM active_alerts WHERE fingerprint = ANY(%s::text[])",
                      (sorted(tx.alerts_del),))

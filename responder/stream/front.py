@@ -89,6 +89,10 @@ async def serve_longpoll(state: ResponderState, guard: ClientGuard, name: str, s
                     return JSONResponse(item)
     finally:
         hub.unsubscribe(sub)
+    if sub.closed and not sub.replaced:
+        # The replica stopped serving this state (it stepped down, or a follower lost its
+        # database): what it holds may be stale, so no answer from it (leader.py).
+        raise StoreError("this replica stopped serving; retry (another responder)")
     return JSONResponse(state.current_assignment(name))
 
 

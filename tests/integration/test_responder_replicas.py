@@ -1,5 +1,5 @@
-"""Responder replicas on one real PostgreSQL (issue 15): one leads, the others wait as standbys
-and refuse everything (503, nothing changed); kill -9 of the leader hands over within seconds
+"""Responder replicas on one real PostgreSQL (issue 15): one leads, the others follow: they serve
+reads but refuse writes (503, nothing changed); kill -9 of the leader hands over within seconds
 with every acknowledged change; a leader paused past its lease cannot write when it wakes (the
 fencing term); a leader cut from the database stops serving and a standby takes over;
 PostgreSQL away: no replica is ready, none writes, one leads again after; kill -9 in a failover
@@ -52,7 +52,7 @@ def leaders(ps: list[ResponderProc]) -> list[ResponderProc]:
 
 def one_leader(ps: list[ResponderProc], timeout: float = 15) -> ResponderProc:
     def ready_leader() -> ResponderProc | None:
-        found = [p for p in ps if readyz(p)["ready"]]  # ready implies leader
+        found = [p for p in ps if (r := readyz(p))["ready"] and r["leader"]]
         return found[0] if len(found) == 1 and len(leaders(ps)) == 1 else None
 
     lead = wait_until("one leader, ready", ready_leader, timeout)
@@ -83,17 +83,16 @@ def test_one_replica_leads_standbys_refuse_and_kill_9_hands_over_with_every_chan
     ps = replicas(responder_factory, pg_url)
     lead = one_leader(ps)
     assert lead is ps[0]
-    for s in ps[1:]:
+    for s in ps[1:]:  # followers, caught up: ready, not the leader
         body = readyz(s)
-        assert body["ready"] is False and body["leader"] is False
-        assert body["reason"] == "standby: not the leader"
-    # A standby refuses writes and reads alike (never stale data as fresh); nothing changes.
+        assert body["ready"] is True and body["leader"] is False, body
+        assert body["epoch"] == readyz(lead)["epoch"]
+    # A follower refuses writes (nothing changes) and serves reads.
     before = db_state(pg_server, pg_url)
     r = ps[1].alert("w1")
     assert r.status_code == 503 and r.headers["Retry-After"] == "1", r.text
     assert "standby" in r.json()["detail"]
-    assert httpx.get(ps[2].url + "/v1/clients", headers=ps[2].headers("admin"),
-                     timeout=5).status_code == 503
+    assert clients(ps[2]) == clients(lead)
     assert db_state(pg_server, pg_url) == before
     assert "wg_failover_responder_leader 0" in httpx.get(ps[1].url + "/metrics").text
 
@@ -350,6 +349,8 @@ def test_kill_9_of_the_leader_in_a_failover_storm_loses_no_acknowledged_change(
             time.sleep(0.05)
 
     def reader() -> None:  # a follower's view: versions never go backwards
+        # (A follower replica may lag the leader by its last read of the change log, a few ms:
+        # a version lower than one seen counts only when it is still lower a second later.)
         eps = Endpoints(urls)
         while not stop.is_set():
             url = eps.current()
@@ -361,10 +362,21 @@ def test_kill_9_of_the_leader_in_a_failover_storm_loses_no_acknowledged_change(
                 eps.failed(url)
                 time.sleep(0.05)
                 continue
-            for c in r.json():
-                if c["version"] < seen.get(c["name"], 0):
-                    went_back.append(f"{c['name']}: {seen[c['name']]} -> {c['version']}")
-                seen[c["name"]] = max(seen.get(c["name"], 0), c["version"])
+            got = {c["name"]: c["version"] for c in r.json()}
+            if any(v < seen.get(n, 0) for n, v in got.items()):
+                time.sleep(1)
+                try:
+                    again = httpx.get(url + "/v1/clients", headers=lead.headers("admin"),
+                                      timeout=5)
+                    if again.status_code != 200:
+                        continue
+                    got = {c["name"]: c["version"] for c in again.json()}
+                except (httpx.HTTPError, ValueError):
+                    continue
+            for n, v in got.items():
+                if v < seen.get(n, 0):
+                    went_back.append(f"{n}: {seen[n]} -> {v}")
+                seen[n] = max(seen.get(n, 0), v)
             time.sleep(0.05)
 
     threads = [threading.Thread(target=storm), threading.Thread(target=reader)]
