@@ -17,6 +17,13 @@ the other services mount at /etc/wg-failover, where every part looks by default:
   postgres-password      for the optional `postgres` profile: the database's password (0600,
                          owned by uid 999, the postgres image's user)
   pgpass                 the same for the responder's libpq (PGPASSFILE; 0600, uid 65534)
+  replicas/prometheus.yml, replicas/alertmanager.yml
+                         with WGFO_REPLICAS (the other responder replicas' URLs as the master
+                         reaches them, e.g. https://responder2:8080): the shipped configs
+                         rendered (wg_failover.promconfig) for every replica: one http_sd config
+                         and one Alertmanager webhook per replica. Written at every run, so
+                         setting WGFO_REPLICAS later takes effect; the fleet's responder.urls
+                         (RESPONDER_URL and the replicas) only when the fleet is made.
 The CA's key is not kept: to add a name, delete tls/ and the fleet and run `init` again, or put
 certificates from your own CA in tls/ (same names). Edit fleet.yaml afterwards (real endpoints,
 more workers): `wg-failover check` validates it.
@@ -29,6 +36,8 @@ import secrets
 import sys
 from pathlib import Path
 
+from wg_failover import promconfig
+from wg_failover.endpoints import split_urls
 from wg_failover.fleet import dump_fleet
 from wg_failover.lab import tlsca
 from wg_failover.lab.gen import generate_fleet
@@ -42,7 +51,13 @@ WORKER_HOST = os.environ.get("WGFO_WORKER_HOST", "worker{n}")
 RESPONDER_URL = os.environ.get("WGFO_RESPONDER_URL", "https://responder:8080")
 # The names clients use for the responder (its certificate's DNS names); 127.0.0.1 is always in
 # it, for Prometheus and Alertmanager beside it (the shipped configs say https://127.0.0.1:8080).
-RESPONDER_NAMES = os.environ.get("WGFO_RESPONDER_NAMES", "responder,localhost").split(",")
+RESPONDER_NAMES = os.environ.get("WGFO_RESPONDER_NAMES",
+                                 "responder,responder2,localhost").split(",")
+# The other responder replicas (docker-compose.yml's `responder2` in the `postgres` profile),
+# comma-separated, as the master's Prometheus and Alertmanager reach them; the first replica is
+# beside them at https://127.0.0.1:8080, as the shipped configs say.
+REPLICAS = split_urls(os.environ.get("WGFO_REPLICAS", ""))
+SHIPPED = Path(__file__).resolve().parents[2] / "prometheus"  # /app/prometheus in compose
 CA_DAYS, CERT_DAYS = 3650, 825
 
 
@@ -73,15 +88,47 @@ def secret(path: Path, text: str, owner: int | None = None) -> None:
         os.chown(path, owner, owner)
 
 
+def render_replicas(directory: Path) -> None:
+    """DIR/replicas/{prometheus,alertmanager}.yml for the first responder and REPLICAS (paths as
+    the compose services mount them), from the shipped files; nothing without REPLICAS."""
+    if not REPLICAS:
+        return
+    urls = ["https://127.0.0.1:8080", *REPLICAS]
+    out = directory / "replicas"
+    out.mkdir(parents=True, exist_ok=True, mode=0o755)
+    files = {
+        "prometheus.yml": promconfig.render_prometheus_config(
+            responder_url=urls, alertmanager_url="http://127.0.0.1:9093",
+            rules_dir="/etc/prometheus/rules", blackbox_address="127.0.0.1:9115",
+            read_token_file="/etc/wg-failover/read-token",
+            ca_file="/etc/wg-failover/tls/ca.crt", source=SHIPPED / "prometheus.yml"),
+        "alertmanager.yml": promconfig.render_alertmanager_config(
+            responder_url=urls, token_file="/etc/wg-failover/alert-token",
+            ca_file="/etc/wg-failover/tls/ca.crt", source=SHIPPED / "alertmanager.yml"),
+    }
+    for name, text in files.items():
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out / name)
+    print(f"wrote {out}/prometheus.yml and alertmanager.yml for the replicas {', '.join(urls)}")
+
+
 def main(argv: list[str]) -> int:
     directory = Path(argv[0] if argv else "/etc/wg-failover")
     fleet_path = directory / "fleet.yaml"
+    render_replicas(directory)
     if fleet_path.exists():
         print(f"{fleet_path} exists; nothing to do")
         return 0
     gen = generate_fleet(WORKERS, CLIENTS,
                          worker_host=lambda i: WORKER_HOST.format(n=i + 1),
                          responder_url=RESPONDER_URL)
+    if REPLICAS:
+        # Followers (agents, switchers) take every replica's URL from the fleet file.
+        urls = split_urls([RESPONDER_URL, *REPLICAS])
+        gen.fleet = gen.fleet.model_copy(update={"responder": gen.fleet.responder.model_copy(
+            update={"urls": urls})})
     directory.mkdir(parents=True, exist_ok=True)
     make_tls(directory)
     for name, key in gen.private_keys.items():
