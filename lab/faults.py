@@ -66,10 +66,12 @@ KINDS: dict[str, tuple[str, float, float]] = {
 DATA_PLANE = frozenset({"crash-wireguard", "cut-both", "cut-oneway", "all-down"})
 LOSS_PERCENT = 20
 # The campaign's alert timers (prepare_alerting): a repeat every 10 s (one every 10-15 s with the
-# 5 s group_interval), expiry after two missed ones, resends from Prometheus every 5 s.
+# 5 s group_interval), expiry after two missed ones, resends from Prometheus every 15 s. Not
+# shorter: Prometheus sends each alert valid for 4 resends, and a Prometheus crashed for up to
+# 15 s (plus its start) must not let Alertmanager resolve alerts that still fire.
 ALERT_REPEAT = "10s"
 ALERT_EXPIRE = 30.0
-ALERT_RESEND = "5s"
+ALERT_RESEND = "15s"
 DISK_KIB = 32 * 1024  # the responder's tmpfs: room for a long campaign's events, filled by a fault
 NFT_TABLE = "wgfochaos"
 
@@ -289,8 +291,8 @@ class Injector:
         - Alertmanager repeats a firing failover alert every ALERT_REPEAT (shipped: 5 min);
         - the responder takes one not repeated for ALERT_EXPIRE as resolved (shipped: 900 s);
         - Prometheus re-sends firing alerts every ALERT_RESEND (default 1 min): a restarted
-          Alertmanager learns them in seconds, notifies them and so records them, and then
-          does send their resolve.
+          Alertmanager learns them sooner, notifies them and so records them, and then does
+          send their resolve (one that resolved before it learned them is the expiry's).
         """
         fleet = load_fleet(self.state.fleet_path)
         rs = fleet.responder.model_copy(update={"alert_expire_seconds": ALERT_EXPIRE})
