@@ -19,7 +19,7 @@ decision out, time an argument: tested without I/O (tests/unit/test_report_polic
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from wg_failover.wire import ProbeResult
@@ -159,3 +159,18 @@ class Tracker:
         """A probe report with `current` was handed to the reporter at `now`."""
         self.last = Sent(now, current)
         self.sent += 1
+
+    def on_connected(self, chain: Callable[[bool], None]) -> Callable[[bool], None]:
+        """Wrap an assignment source's connection callback: when the responder is reached again
+        after a break it may have restarted and lost every probe report (they live in its
+        memory), so the next check sends the summary instead of waiting for the heartbeat."""
+        connected = True  # the start needs no reset: the first check sends anyway
+
+        def hook(up: bool) -> None:
+            nonlocal connected
+            if up and not connected:
+                self.last = None
+            connected = up
+            chain(up)
+
+        return hook

@@ -315,6 +315,8 @@ class Switcher:
             loop.add_signal_handler(sig, stop.set)
         assert self.decider is not None
         decider = self.decider
+        if self.source is not None and hasattr(self.source, "on_connected"):
+            self.source.on_connected = self.reports.on_connected(self.source.on_connected)
         tasks = [asyncio.create_task(prober.run(), name="prober"),
                  asyncio.create_task(self.reporter.run(), name="reporter"),
                  asyncio.create_task(self._report_probes(), name="probe-reports"),

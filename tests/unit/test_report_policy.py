@@ -245,3 +245,18 @@ def test_the_switcher_loop_sends_heartbeats_not_a_report_per_check():
 def test_a_long_heartbeat_is_taken_as_the_longest():
     sw = _switcher(5.0, 1000.0)
     assert sw.reports.policy.heartbeat == 120.0 and sw.reports.heartbeat_s == 125.0
+
+
+def test_reaching_the_responder_again_sends_the_summary_at_the_next_check():
+    t = Tracker()
+    seen = []
+    hook = t.on_connected(seen.append)
+    s = cur()
+    t.record(s, 0.0)
+    hook(True)  # connected (at the start, or one more long-poll answer): nothing to resend
+    assert not t.due(s, 1.0).send
+    hook(False)
+    assert not t.due(s, 2.0).send  # while away, nothing new either (the reporter retries)
+    hook(True)  # back: it may have restarted and forgotten every report
+    assert t.due(s, 3.0).why == "first"
+    assert seen == [True, False, True]  # the source's own callback still runs
