@@ -40,8 +40,9 @@ def test_the_responder_moves_the_client_to_its_fastest_worker_after_the_sustain_
     try:
         sl.start_responder()
         assert sl.responder_url is not None
+        # A report every second (heartbeat 1 s): the figures come within the sustain time.
         sw = sl.start_switcher(tmp_path / "state", sl.responder_url, "--no-gray",
-                               "--report-every", "1")
+                               "--report-every", "1", "--report-heartbeat", "1")
         for w in DELAYS:
             assert sw.wait_for(rf"probe: {w} is up", 30), sw.text()
         t_up = time.monotonic()
