@@ -221,7 +221,8 @@ class HttpAssignmentSource:
                 try:
                     if self.mode == "sse":
                         await self._sse(http, deliver, after, epoch_of)
-                        reason = "stream ended"
+                        reason = "stream ended" if self.base == url else \
+                            f"stream ended to go back to {self.base}"
                     else:
                         await self._longpoll(http, deliver, after, epoch_of)
                         continue
@@ -284,6 +285,7 @@ class HttpAssignmentSource:
             _check_encoding(r)
             self.on_connected(True)
             reader = SseReader(max_line=MAX_LINE, max_event=MAX_EVENT)
+            url = self.base
             async for chunk in r.aiter_raw():
                 for ev in reader.feed(chunk):
                     if ev.event != self.EVENT:
@@ -291,6 +293,10 @@ class HttpAssignmentSource:
                     a = self._parse(ev.data)
                     if a is not None:
                         deliver(a)
+                if self.base != url:
+                    # Away from the first URL for `eps.home_after`: end this stream (at the
+                    # next event or keep-alive) and try the first again; it resumes there.
+                    return
 
     async def _longpoll(self, http: httpx.AsyncClient, deliver: Deliver,
                         after: Callable[[], int], epoch_of: EpochOf) -> None:

@@ -156,9 +156,12 @@ def test_only_dead_urls_back_off_instead_of_spinning(standby):
     asyncio.run(scenario())
 
 
-def test_the_replica_in_use_killed_stream_and_reports_go_on_with_the_other(responder_factory):
+def test_the_replica_in_use_killed_stream_and_reports_go_on_with_the_other_and_come_back(
+        responder_factory):
     p1 = responder_factory()
-    p2 = responder_factory(p1.gen)  # the same fleet and tokens, its own store
+    # The same fleet and tokens, its own store; keep-alives often, so the stream can be seen
+    # going back to the first URL soon after it may.
+    p2 = responder_factory(p1.gen, env={"WGFO_SSE_KEEPALIVE_SECONDS": "0.5"})
     urls = [p1.url, p2.url]
     token = p1.tokens["c1"]
 
@@ -190,6 +193,17 @@ def test_the_replica_in_use_killed_stream_and_reports_go_on_with_the_other(respo
                            "worker": got[-1].worker})
             await until(lambda: reporter.sent == 2, 5, "a report after the kill")
             assert reporter.url == f"{p2.url}/v1/clients/c1/events"
+
+            # The first replica back: after `home_after` away, stream and reports return to it.
+            await asyncio.to_thread(p1.restart)
+            src.eps.home_after = reporter.eps.home_after = 1.0
+            took = await until(lambda: got[-1].epoch == p1_epoch, 10,
+                               "the stream back on the first replica")
+            print(f"first replica back -> the stream on it again: {took:.2f} s")
+            assert src.base == p1.url
+            reporter.post({"type": "applied", "version": 1, "worker": "w1"})
+            await until(lambda: reporter.sent == 3, 5, "a report after the first came back")
+            assert reporter.url == f"{p1.url}/v1/clients/c1/events"
         finally:
             await stop(task, rtask)
 
