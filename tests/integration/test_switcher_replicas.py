@@ -10,6 +10,7 @@ between URLs that is the same, and the switcher takes another store's epoch as i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from threading import Thread
@@ -89,6 +90,19 @@ async def stop(*tasks: asyncio.Task) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+@contextlib.asynccontextmanager
+async def following(urls: list[str], token: str, backoff: dict = SLOW):
+    """c1's assignment source and reporter on `urls`, running: (source, delivered, reporter)."""
+    src = HttpAssignmentSource(urls, "c1", token, backoff=Backoff(**backoff))
+    reporter = Reporter(urls, "c1", token, backoff=Backoff(**backoff))
+    got: list[Assignment] = []
+    tasks = [follow(src, got), asyncio.create_task(reporter.run())]
+    try:
+        yield src, got, reporter
+    finally:
+        await stop(*tasks)
+
+
 def test_a_dead_url_and_a_standby_are_passed_over_by_stream_fetch_and_reports(responder,
                                                                               standby):
     p = responder
@@ -96,12 +110,7 @@ def test_a_dead_url_and_a_standby_are_passed_over_by_stream_fetch_and_reports(re
     token = p.tokens["c1"]
 
     async def scenario() -> None:
-        src = HttpAssignmentSource(urls, "c1", token, backoff=Backoff(**SLOW))
-        got: list[Assignment] = []
-        task = follow(src, got)
-        reporter = Reporter(urls, "c1", token, backoff=Backoff(**SLOW))
-        rtask = asyncio.create_task(reporter.run())
-        try:
+        async with following(urls, token) as (src, got, reporter):
             await until(lambda: got, 5, "the first assignment through [dead, standby, live]")
             assert src.base == p.url
             first = got[0]
@@ -122,8 +131,6 @@ def test_a_dead_url_and_a_standby_are_passed_over_by_stream_fetch_and_reports(re
                 async with one.http_client() as http:
                     answer = await one.fetch_current(http)
                 assert answer is not None and answer.client == "c1", cls
-        finally:
-            await stop(task, rtask)
 
     asyncio.run(scenario())
     assert ("client-applied", 1) in client_events(p)
@@ -135,23 +142,22 @@ def test_only_dead_urls_back_off_instead_of_spinning(standby):
     urls = [dead_url(), standby]
 
     async def scenario() -> None:
-        src = HttpAssignmentSource(urls, "c1", "t", backoff=Backoff(base=0.4, cap=0.4))
-        reporter = Reporter(urls, "c1", "t", backoff=Backoff(base=0.4, cap=0.4))
-        requests = []
-        real = src.eps.failed
-        src.eps.failed = lambda url=None: (requests.append(url), real(url))[1]  # type: ignore
-        got: list[Assignment] = []
-        task = follow(src, got)
-        rtask = asyncio.create_task(reporter.run())
-        reporter.post({"type": "applied", "version": 1, "worker": "w1"})
-        try:
+        failures: dict[str, list[str]] = {"source": [], "reporter": []}
+
+        def count(who: str, eps) -> None:  # before the tasks first run
+            real = eps.failed
+            eps.failed = lambda url=None: (failures[who].append(url), real(url))[1]
+
+        async with following(urls, "t", dict(base=0.4, cap=0.4)) as (src, got, reporter):
+            count("source", src.eps)
+            count("reporter", reporter.eps)
+            reporter.post({"type": "applied", "version": 1, "worker": "w1"})
             await asyncio.sleep(2.0)
-        finally:
-            await stop(task, rtask)
         assert not got and reporter.sent == 0 and len(reporter.queue) == 1
-        # 2 s at 0.2-0.4 s a round after the first: at most ~2 URLs x 11 rounds.
-        assert 4 <= len(requests) <= 24, len(requests)
-        assert set(requests) == set(urls)
+        for who, seen in failures.items():
+            # 2 s at 0.2-0.4 s a round after the first: at most ~2 URLs x 11 rounds.
+            assert 4 <= len(seen) <= 24, (who, len(seen))
+            assert {u.removesuffix("/v1/clients/c1/events") for u in seen} == set(urls), who
 
     asyncio.run(scenario())
 
@@ -166,12 +172,7 @@ def test_the_replica_in_use_killed_stream_and_reports_go_on_with_the_other_and_c
     token = p1.tokens["c1"]
 
     async def scenario() -> None:
-        src = HttpAssignmentSource(urls, "c1", token, backoff=Backoff(**SLOW))
-        got: list[Assignment] = []
-        task = follow(src, got)
-        reporter = Reporter(urls, "c1", token, backoff=Backoff(**SLOW))
-        rtask = asyncio.create_task(reporter.run())
-        try:
+        async with following(urls, token) as (src, got, reporter):
             await until(lambda: got, 5, "the first assignment")
             assert src.base == p1.url
             p1_epoch = got[-1].epoch
@@ -204,8 +205,6 @@ def test_the_replica_in_use_killed_stream_and_reports_go_on_with_the_other_and_c
             reporter.post({"type": "applied", "version": 1, "worker": "w1"})
             await until(lambda: reporter.sent == 3, 5, "a report after the first came back")
             assert reporter.url == f"{p1.url}/v1/clients/c1/events"
-        finally:
-            await stop(task, rtask)
 
     asyncio.run(scenario())
     assert any(kind == "client-applied" for kind, _ in client_events(p2))
