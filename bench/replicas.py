@@ -1,37 +1,54 @@
-"""Benchmark responder replicas on one PostgreSQL (issue 15): kill -9 of the leader until a new
-leader serves writes.
+"""Benchmark responder replicas on one PostgreSQL (issue 15).
 
-    .venv/bin/python bench/replicas.py [--replicas 3] [--clients 1000] [--kills 5] [--streams 200]
+    .venv/bin/python bench/replicas.py notify [--clients 10000,30000] [--replicas 1,3]
+                                              [--rounds 3]
+    .venv/bin/python bench/replicas.py handover [--replicas 3] [--clients 1000] [--kills 5]
+                                                [--streams 200]
+    .venv/bin/python bench/replicas.py --quick      # both, small: 1,000 clients, 1 and 3 replicas
 
-Starts PostgreSQL (fsync on, like bench/store_backends.py) and `--replicas` real responder
-processes on one database. Each round: an acknowledged change on the leader, kill -9 of it,
-then every 50 ms a new change (an Alertmanager webhook with a new fingerprint, so each is a
-real commit) to every surviving replica in turn, as Alertmanager delivers to every replica URL;
-the figure is the time from the kill to the first 2xx. The killed replica is started again (a
-standby) before the next round. Checks on the way: exactly one leader after each hand-over, and
-every change acknowledged before the kill is there (versions never go backwards).
+Both start PostgreSQL (fsync on, like bench/store_backends.py) and real responder processes on
+one database (the first leads, the others follow and serve reads).
 
-Meanwhile `--streams` switcher-like followers (one client each) hold an SSE assignment stream
-with every replica's URL (wg_failover.endpoints: on an error or a 503 the next URL at once, a
-0.1 s pause after a whole round failed); the second figure is the time from the kill until
-every one of them has a stream open on the new leader that delivered its assignment.
+**notify** ("webhook -> clients notified"): for each replica count and client count, one SSE
+assignment stream per client, spread round-robin over the replicas' URLs (each stream's URL list
+starts at its own replica, then the others: what a switcher with `responder.urls` does), held by
+holder processes of raw asyncio sockets (at most HOLD streams each: the open-file hard limit
+here is 20,000 per process and cannot be raised). Each round: a webhook to the leader (a worker
+fails: every client gets a new assignment version, its backups at least), then the figure per
+client is (its stream's first event carrying that version - the webhook's 2xx), p50/p99/max over
+every client; then the worker is resolved and the bench waits until the state is quiet again
+(hold-down 1 s, preempt on: clients move home). With 3 replicas it then kills -9 a follower and
+measures "streams reconnected on surviving replicas": per stream of the killed replica, the time
+from the kill to a 200 from the next URL (with Last-Event-ID), p50/p99/max.
+One responder cannot hold 30,000 streams under that limit either (its default --max-connections
+is 90 % of it): with 1 replica the bench holds at most ONE_CAP streams and says so.
 
-Prints the median and slowest of both against the goal (< 5 s), and the lease settings that
-bound them: lease (by the database's clock) minus the time since the last renewal, plus the
-standby's next attempt, plus loading and planning the state.
+**handover** (kill -9 of the leader until a new leader serves writes): each round an
+acknowledged change on the leader, kill -9 of it, then every 50 ms a new change to every
+surviving replica in turn, as Alertmanager delivers to every replica URL; the figure is the time
+from the kill to the first 2xx. `--streams` SSE followers (every replica's URL) must all stream
+again; the second figure is the time from the kill until each has an assignment from a
+survivor (followers serve streams too, so this is mostly reconnection). Checks on the way:
+exactly one leader after each hand-over; every change acknowledged before the kill is there.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
+import re
+import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -43,7 +60,10 @@ from tests.helpers.responder import ResponderProc, make_fleet  # noqa: E402
 from wg_failover.endpoints import Endpoints  # noqa: E402
 from wg_failover.responder.leader import LEASE, MARGIN, RENEW_EVERY  # noqa: E402
 
-GOAL = 5.0
+GOAL = 5.0  # handover
+NOTIFY_GOAL = 2.0  # webhook -> every client notified (issue 15: 30,000 clients, 3 replicas)
+HOLD = 8000  # streams per holder process (the open-file hard limit is 20,000)
+ONE_CAP = 15000  # streams one responder is given at most (its connection cap is ~18,000)
 
 
 def leader_of(ps: list[ResponderProc]) -> list[ResponderProc]:
@@ -67,7 +87,7 @@ def wait_one_leader(ps: list[ResponderProc], timeout: float = 30) -> ResponderPr
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = leader_of(ps)
-        if len(found) == 1:
+        if len(found) == 1 and httpx.get(found[0].url + "/readyz", timeout=2).json()["ready"]:
             return found[0]
         time.sleep(0.1)
     raise SystemExit(f"no single leader within {timeout:g} s")
@@ -99,6 +119,7 @@ class Followers:
                                        headers=headers) as r:
                     if r.status_code == 200:
                         eps.ok(url)
+                        self.seen[client] = (time.monotonic(), url)
                         async for line in r.aiter_lines():
                             if line.startswith("data: "):
                                 self.seen[client] = (time.monotonic(), url)
@@ -110,22 +131,19 @@ class Followers:
             if eps.all_failed():
                 await asyncio.sleep(0.1)
 
-    def all_on(self, url: str, after: float) -> float | None:
-        """When the last follower got an assignment from `url` after `after`, or None."""
+    def all_on(self, urls: set[str], after: float) -> float | None:
+        """When the last follower got an assignment from one of `urls` after `after`, or None
+        (a stream that resumes up to date gets no event: it counts once connected)."""
         got = [self.seen.get(c) for c in self.clients]
-        if all(g is not None and g[1] == url and g[0] > after for g in got):
+        if all(g is not None and g[1] in urls and g[0] > after for g in got):
             return max(g[0] for g in got if g is not None)
         return None
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--replicas", type=int, default=3)
-    ap.add_argument("--clients", type=int, default=1000)
-    ap.add_argument("--kills", type=int, default=5)
-    ap.add_argument("--streams", type=int, default=200)
-    args = ap.parse_args()
-    server = PgServer.start(fsync=True)
+def handover(args: argparse.Namespace, server: PgServer) -> None:
+    """kill -9 of the leader until a new leader serves writes (module docstring)."""
+    print(f"== handover: {args.replicas} replicas, {args.clients} clients, {args.kills} kills",
+          flush=True)
     work = Path(tempfile.mkdtemp(prefix="wgfo-bench-replicas-"))
     ps: list[ResponderProc] = []
     try:
@@ -136,15 +154,16 @@ def main() -> None:
                                           standby=i > 0, timeout=60))
         followers = Followers([p.url for p in ps], gen.tokens,
                               [c.name for c in gen.fleet.clients[:args.streams]])
+        wait_one_leader(ps)
         handovers: list[float] = []
         reconnects: list[float] = []
         n = 0
         for k in range(args.kills):
             lead = wait_one_leader(ps)
             deadline = time.monotonic() + 60
-            while followers.all_on(lead.url, 0) is None:
+            while followers.all_on({p.url for p in ps}, 0) is None:
                 if time.monotonic() > deadline:
-                    raise SystemExit("the followers did not all reach the leader in 60 s")
+                    raise SystemExit("the followers did not all stream in 60 s")
                 time.sleep(0.1)
             n += 1
             r = lead.alert("w1", fingerprint=f"bench-{n}")
@@ -177,13 +196,15 @@ def main() -> None:
                                  "leader")
             handovers.append(took)
             deadline = time.monotonic() + 60
-            while (done := followers.all_on(new.url, t0)) is None:
+            survivors = {p.url for p in rest}
+            while (done := followers.all_on(survivors, t0)) is None:
                 if time.monotonic() > deadline:
-                    raise SystemExit("the followers did not all reach the new leader in 60 s")
+                    raise SystemExit("the followers did not all reach a survivor in 60 s")
                 time.sleep(0.05)
             reconnects.append(done - t0)
             print(f"  kill {k + 1}: a new leader served a write after {took:.2f} s; all "
-                  f"{len(followers.clients)} streams on it after {done - t0:.2f} s", flush=True)
+                  f"{len(followers.clients)} streams on survivors after {done - t0:.2f} s",
+                  flush=True)
             lead.standby = True
             lead.restart(timeout=60)
         med, worst = statistics.median(handovers), max(handovers)
@@ -196,7 +217,7 @@ def main() -> None:
               f"{'met' if worst < GOAL else 'NOT met'} |")
         med, worst = statistics.median(reconnects), max(reconnects)
         print(f"| leader kill -9 -> all {len(followers.clients)} SSE followers streaming from "
-              f"the new leader | median {med:.2f} s | slowest {worst:.2f} s | goal < {GOAL:g} s: "
+              f"survivors | median {med:.2f} s | slowest {worst:.2f} s | goal < {GOAL:g} s: "
               f"{'met' if worst < GOAL else 'NOT met'} |")
         print("every acknowledged change present after each hand-over; versions never went "
               "back")
@@ -204,8 +225,348 @@ def main() -> None:
     finally:
         for p in ps:
             p.stop()
-        server.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- notify
+
+ID_RE = re.compile(rb"id: (\d+)\n")
+
+
+class Held:
+    """One client's SSE stream in a holder process: raw HTTP/1.1 on an asyncio Protocol."""
+
+    __slots__ = ("client", "token", "urls", "at", "last", "events", "connects", "transport",
+                 "status", "closing")
+
+    def __init__(self, client: str, token: str, urls: list[str]):
+        self.client, self.token, self.urls = client, token, urls
+        self.at = 0  # index of the URL in use
+        self.last: int | None = None
+        self.events: list[tuple[int, float]] = []
+        self.connects: list[tuple[str, float]] = []
+        self.transport: asyncio.Transport | None = None
+        self.status = b""
+        self.closing = False
+
+
+class HeldProtocol(asyncio.Protocol):
+    def __init__(self, h: Held, holder: Holder):
+        self.h, self.holder = h, holder
+
+    def connection_made(self, transport: Any) -> None:
+        h = self.h
+        h.transport, h.status = transport, b""
+        lei = f"Last-Event-ID: {h.last}\r\n" if h.last is not None else ""
+        transport.write(f"GET /v1/clients/{h.client}/assignment/stream HTTP/1.1\r\n"
+                        f"Host: 127.0.0.1\r\nAuthorization: Bearer {h.token}\r\n{lei}"
+                        "\r\n".encode())
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic()
+        h = self.h
+        if not h.status:
+            h.status = data[9:12]
+            if h.status != b"200":
+                h.transport.close()  # type: ignore[union-attr]  # a 503: the next URL
+                return
+            h.connects.append((h.urls[h.at], now))
+        for m in ID_RE.finditer(data):
+            v = int(m.group(1))
+            h.events.append((v, now))
+            h.last = v
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        h = self.h
+        h.transport = None
+        if not h.closing:
+            # Refused, a 503 or the replica went away: the next URL at once (as Endpoints).
+            h.at = (h.at + 1) % len(h.urls)
+            self.holder.reconnect(h, 0.0 if h.status == b"200" else 0.1)
+
+
+class Holder:
+    """A holder process: streams for the clients it is given; commands on stdin (JSON lines),
+    answers on stdout: "dump" -> every stream's events and connects since the last dump."""
+
+    def __init__(self, job: list[tuple[str, str, list[str]]]):
+        self.streams = [Held(c, t, u) for c, t, u in job]
+        self.sem = asyncio.Semaphore(200)  # connect in waves; listen backlogs are finite
+
+    async def connect(self, h: Held, delay: float = 0.0) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        loop = asyncio.get_running_loop()
+        async with self.sem:
+            for _ in range(len(h.urls) * 50):
+                host, port = h.urls[h.at].rsplit("/", 1)[1].split(":")
+                try:
+                    await loop.create_connection(lambda: HeldProtocol(h, self), host, int(port))
+                    return
+                except OSError:
+                    h.at = (h.at + 1) % len(h.urls)
+                    await asyncio.sleep(0.1)
+
+    def reconnect(self, h: Held, delay: float) -> None:
+        asyncio.ensure_future(self.connect(h, delay))
+
+    async def main(self) -> None:
+        await asyncio.gather(*(self.connect(h) for h in self.streams))
+        deadline = time.monotonic() + 300
+        while not all(h.events for h in self.streams) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        _say({"ready": sum(1 for h in self.streams if h.events)})
+        loop = asyncio.get_running_loop()
+        while (await loop.run_in_executor(None, sys.stdin.readline)).strip() == "dump":
+            out = {h.client: [h.events, h.connects, h.urls[h.at]] for h in self.streams}
+            for h in self.streams:
+                h.events, h.connects = [], []
+            _say(out)
+        for h in self.streams:
+            h.closing = True
+            if h.transport is not None:
+                h.transport.close()
+
+
+def _say(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def hold_main() -> None:
+    raise_nofile()
+    job = json.loads(sys.stdin.readline())
+    asyncio.run(Holder(job).main())
+
+
+class Holders:
+    """The holder processes of one run."""
+
+    def __init__(self, job: list[tuple[str, str, list[str]]]):
+        self.procs = []
+        for k in range(0, len(job), HOLD):
+            p = subprocess.Popen([sys.executable, __file__, "--hold"], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True, cwd=ROOT)
+            assert p.stdin is not None
+            p.stdin.write(json.dumps(job[k:k + HOLD]) + "\n")
+            p.stdin.flush()
+            self.procs.append(p)
+        ready = sum(self._read(p)["ready"] for p in self.procs)
+        if ready != len(job):
+            raise SystemExit(f"only {ready} of {len(job)} streams got their first event")
+
+    @staticmethod
+    def _read(p: subprocess.Popen[str]) -> Any:
+        assert p.stdout is not None
+        line = p.stdout.readline()
+        if not line:
+            raise SystemExit("a stream holder process died")
+        return json.loads(line)
+
+    def dump(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for p in self.procs:
+            assert p.stdin is not None
+            p.stdin.write("dump\n")
+            p.stdin.flush()
+        for p in self.procs:
+            out.update(self._read(p))
+        return out
+
+    def close(self) -> None:
+        for p in self.procs:
+            with contextlib.suppress(OSError, ValueError):
+                assert p.stdin is not None
+                p.stdin.write("quit\n")
+                p.stdin.close()
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(p / 100 * len(s)) - 1))]
+
+
+def figures(values: list[float]) -> str:
+    return (f"p50 {1000 * pct(values, 50):.0f} ms | p99 {1000 * pct(values, 99):.0f} ms | "
+            f"max {1000 * max(values):.0f} ms")
+
+
+def quiet(lead: ResponderProc, timeout: float = 120) -> dict[str, int]:
+    """The leader's versions once they stop changing for 1.5 s (timers, preempt batches)."""
+    deadline = time.monotonic() + timeout
+    before = versions(lead)
+    while time.monotonic() < deadline:
+        time.sleep(1.5)
+        now = versions(lead)
+        if now == before:
+            return now
+        before = now
+    raise SystemExit(f"the state did not settle within {timeout:g} s")
+
+
+def notify_run(server: PgServer, n_replicas: int, clients: int, rounds: int) -> list[str]:
+    """One configuration of the notify bench; its table rows."""
+    url = server.create_db()
+    work = Path(tempfile.mkdtemp(prefix="wgfo-bench-replicas-"))
+    gen = make_fleet(3, clients, hold_down_seconds=1, preempt=True)
+    ps: list[ResponderProc] = []
+    rows: list[str] = []
+    holders: Holders | None = None
+    try:
+        t0 = time.monotonic()
+        for i in range(n_replicas):
+            ps.append(ResponderProc.start(work / f"r{i}", gen, args=("--db", url),
+                                          standby=i > 0, timeout=300))
+        lead = wait_one_leader(ps, 120)
+        for p in ps:  # every follower caught up
+            deadline = time.monotonic() + 120
+            while not httpx.get(p.url + "/readyz", timeout=5).json()["ready"]:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"{p.url} not ready")
+                time.sleep(0.2)
+        urls = [p.url for p in ps]
+        held = clients if n_replicas > 1 else min(clients, ONE_CAP)
+        job = [(c.name, gen.tokens[c.name], urls[i % len(urls):] + urls[:i % len(urls)])
+               for i, c in enumerate(gen.fleet.clients[:held])]
+        t1 = time.monotonic()
+        holders = Holders(job)
+        print(f"  {n_replicas} replica(s), {clients} clients: started in {t1 - t0:.0f} s, "
+              f"{held} streams open in {time.monotonic() - t1:.0f} s", flush=True)
+        lats: list[float] = []
+        webhook: list[float] = []
+        for k in range(rounds):
+            quiet(lead)
+            holders.dump()  # forget what came before
+            t_send = time.monotonic()
+            r = lead.alert("w1", fingerprint=f"bench-notify-{k}")
+            t_ok = time.monotonic()
+            r.raise_for_status()
+            webhook.append(t_ok - t_send)
+            time.sleep(5)  # notifications land; then what the webhook made, and when it came
+            after = versions(lead)
+            got = holders.dump()
+            this: list[float] = []
+            missing = 0
+            for c, (events, _, _) in got.items():
+                first = next((t for v, t in events if v >= after[c]), None)
+                if first is None:
+                    missing += 1
+                else:
+                    this.append(first - t_ok)
+            if missing:
+                print(f"    round {k + 1}: {missing} streams without the new version within "
+                      "5 s", flush=True)
+            lats += this
+            print(f"    round {k + 1}: webhook answered in {1000 * (t_ok - t_send):.0f} ms; "
+                  f"{figures(this or [0.0])} after its 2xx", flush=True)
+            assert lead.alert("w1", status="resolved",
+                              fingerprint=f"bench-notify-{k}").status_code == 200
+        cap = "" if held == clients else f" ({held} streams: see ONE_CAP)"
+        met = "met" if max(lats) < NOTIFY_GOAL else "NOT met"
+        rows.append(f"| webhook -> clients notified | {n_replicas} replica(s) | {clients} "
+                    f"clients{cap} | {figures(lats)} | webhook 2xx median "
+                    f"{1000 * statistics.median(webhook):.0f} ms | goal all < "
+                    f"{NOTIFY_GOAL:g} s: {met} |")
+        if n_replicas > 1:
+            rows.append(kill_follower(ps, lead, holders, clients))
+    finally:
+        if holders is not None:
+            holders.close()
+        for p in ps:
+            p.stop()
+        shutil.rmtree(work, ignore_errors=True)
+        server.drop_db(url)
+    for row in rows:
+        print(row, flush=True)
+    return rows
+
+
+def kill_follower(ps: list[ResponderProc], lead: ResponderProc, holders: Holders,
+                  clients: int) -> str:
+    """kill -9 of a follower: how long until each of its streams has a 200 from a survivor."""
+    quiet(lead)
+    victim = next(p for p in ps if p is not lead)
+    time.sleep(1)
+    before = holders.dump()
+    on_victim = {c for c, (_, _, u) in before.items() if u == victim.url}
+    victim.kill()
+    t_kill = time.monotonic()
+    deadline = t_kill + 60
+    seen: dict[str, float] = {}
+    while len(seen) < len(on_victim) and time.monotonic() < deadline:
+        time.sleep(1)
+        for c, (_, connects, _) in holders.dump().items():
+            if c in on_victim and c not in seen:
+                t = next((t for u, t in connects if u != victim.url), None)
+                if t is not None:
+                    seen[c] = t
+    waits = [t - t_kill for t in seen.values()]
+    lost = len(on_victim) - len(seen)
+    if not waits:
+        return "| streams reconnected after a follower's kill -9 | none moved |"
+    return (f"| streams reconnected on survivors after kill -9 of a follower | {len(ps)} "
+            f"replicas | {clients} clients, {len(waits)} streams moved"
+            f"{f', {lost} NOT within 60 s' if lost else ''} | {figures(waits)} |")
+
+
+def notify(args: argparse.Namespace, server: PgServer) -> None:
+    print(f"== notify: clients {args.clients}, replicas {args.replicas_list}, {args.rounds} "
+          "rounds", flush=True)
+    rows = []
+    for clients in args.clients_list:
+        for n in args.replicas_list:
+            rows += notify_run(server, n, clients, args.rounds)
+    print()
+    for row in rows:
+        print(row)
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--hold"]:
+        hold_main()
+        return
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("what", nargs="?", choices=("notify", "handover"), default=None)
+    ap.add_argument("--quick", action="store_true",
+                    help="both benches, small (1,000 clients, 1 and 3 replicas, 2 rounds)")
+    ap.add_argument("--replicas", default=None,
+                    help="notify: counts, comma-separated (default 1,3); handover: one (3)")
+    ap.add_argument("--clients", default=None,
+                    help="notify: counts, comma-separated (default 10000,30000); handover: "
+                    "one (1000)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--kills", type=int, default=5)
+    ap.add_argument("--streams", type=int, default=200)
+    args = ap.parse_args()
+    whats = ["notify", "handover"] if args.quick or args.what is None else [args.what]
+    if args.quick:
+        args.clients = args.clients or "1000"
+        args.rounds, args.kills, args.streams = 2, 2, 100
+    args.replicas_list = [int(x) for x in (args.replicas or "1,3").split(",")]
+    args.clients_list = [int(x) for x in (args.clients or "10000,30000").split(",")]
+    raise_nofile()  # inherited by the responders
+    server = PgServer.start(fsync=True)
+    try:
+        for what in whats:
+            if what == "notify":
+                notify(args, server)
+            else:
+                args.replicas = int((args.replicas or "3").split(",")[-1])
+                args.clients = int((args.clients or "1000").split(",")[0])
+                handover(args, server)
+    finally:
+        server.close()
 
 
 def _payload(n: int) -> dict[str, object]:
