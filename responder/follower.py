@@ -37,6 +37,7 @@ from fastapi import FastAPI
 from wg_failover.fleet import Fleet, FleetError, validate_fleet_data
 
 from .limits import LogLimiter
+from .notify import Notifiers
 from .state import ResponderState
 from .store import StoreError
 from .store.base import NOT_LEADER, UNAVAILABLE, DeliveryLog, Tx
@@ -213,6 +214,7 @@ class Follower:
 
     def _first(self, changes: Changes, fleet: Fleet | None) -> None:
         st = ResponderState(self.file_fleet, ReadOnly(self.store))
+        st.notifiers = Notifiers([st.hub])  # the push notifiers are the leader's alone
         self.state = st
         self._apply(changes, fleet)
         st.ready = True

@@ -60,15 +60,25 @@ def read_workers(q: Query) -> dict[str, WorkerRow]:
 def read_assignments(q: Query, after: int | None = None) -> dict[str, AssignmentRow]:
     """Every assignment, or (`after`) those a change newer than `after` wrote."""
     sql = "SELECT client, worker, backups, version, reason, since FROM assignments"
-    rows = q(sql) if after is None else q(sql + " WHERE change > %s", (after,))
+    rows = (q(sql) if after is None else q(sql + " WHERE change > %s", (after,))).fetchall()
     out = {}
+    # Worker names and backup lists repeat across rows: each is checked and parsed once (a
+    # failover rewrites every row; this keeps a 30,000-row read to the client names' checks).
+    names: set[str] = set()
+    lists: dict[str, list[str] | None] = {}
     for c, w, backups, version, reason, since in rows:
-        b = json.loads(backups)
-        check_row(is_name(c) and (w is None or is_name(w)) and isinstance(b, list)
-                  and all(is_name(x) for x in b) and isinstance(version, int)
+        b = lists.get(backups, False)
+        if b is False:
+            got = json.loads(backups)
+            b = lists[backups] = got if isinstance(got, list) and all(
+                isinstance(x, str) and is_name(x) for x in got) else None
+        if w is not None and w not in names:
+            check_row(is_name(w), "assignments", c)
+            names.add(w)
+        check_row(b is not None and is_name(c) and isinstance(version, int)
                   and 0 <= version <= MAX_VERSION and isinstance(reason, str)
                   and is_time(since), "assignments", c)
-        out[c] = AssignmentRow(c, w, b, version, reason, float(since))
+        out[c] = AssignmentRow(c, w, list(b), version, reason, float(since))  # type: ignore[arg-type]
     return out
 
 
