@@ -131,6 +131,15 @@ def test_a_dead_url_and_a_standby_are_passed_over_by_stream_fetch_and_reports(re
                 async with one.http_client() as http:
                     answer = await one.fetch_current(http)
                 assert answer is not None and answer.client == "c1", cls
+            # And the view stream (a switcher without a fleet file) finds the live one.
+            views: list = []
+            view_src = HttpViewSource(urls, "c1", token, backoff=Backoff(**SLOW))
+            vtask = asyncio.create_task(view_src.run(views.append, lambda: 0, lambda: None))
+            try:
+                await until(lambda: views, 5, "a view through [dead, standby, live]")
+            finally:
+                await stop(vtask)
+            assert views[0].client == "c1" and view_src.base == p.url
 
     asyncio.run(scenario())
     assert ("client-applied", 1) in client_events(p)
