@@ -13,7 +13,7 @@ import pytest
 
 from tests.helpers.tools import require_netns
 from wg_failover.lab import kit, netns
-from wg_failover.lab.procs import poll_until
+from wg_failover.lab.procs import poll_until, stop_process
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
 
@@ -74,6 +74,38 @@ def test_heartbeats_only_while_nothing_changes_and_a_death_at_once(tmp_path):
                           == 0, 5, 0.2), sw.text()[-3000:]
         assert time.monotonic() - t_kill < HEARTBEAT - 1
         assert value(metrics(sl), 'wgfo_client_observed_up{worker="w1"}') == 1
+    finally:
+        if sw is not None:
+            sw.stop()
+        lab.close()
+
+
+def test_a_restarted_responder_has_the_votes_back_long_before_the_heartbeat(tmp_path):
+    """The responder keeps probe reports in memory: after its restart the switcher's vote must
+    not wait for a 60 s heartbeat. It comes at the first check after the stream reconnects."""
+    require_netns()
+    lab = netns.NetLab(f"wfrp{(os.getpid() + 1) % 1000:03d}")
+    lab.up()
+    sw = None
+    try:
+        sl = kit.build(lab, tmp_path / "lab")
+        sl.start_responder()
+        assert sl.responder_url is not None
+        sw = sl.start_switcher(tmp_path / "state", sl.responder_url, "--no-gray",
+                               "--report-every", "1", "--report-heartbeat", "60")
+        for w in ("w1", "w2", "w3"):
+            assert sw.wait_for(rf"probe: {w} is up", 30), sw.text()
+        reporters = 'wgfo_client_observed_reporters{worker="w1"}'
+        assert poll_until(lambda: value(metrics(sl), reporters) == 1, 15, 0.5), metrics(sl)
+        time.sleep(3)  # past the start's reports (the first RTTs): the next is the heartbeat
+
+        assert sl.responder_proc is not None
+        stop_process(sl.responder_proc, 5)
+        sl.start_responder()
+        t_ready = time.monotonic()
+        assert poll_until(lambda: value(metrics(sl), reporters) == 1, 20, 0.5), (
+            metrics(sl), sw.text()[-3000:])
+        assert time.monotonic() - t_ready < 20
     finally:
         if sw is not None:
             sw.stop()
