@@ -244,7 +244,9 @@ class PeersFollower:
                                             response=r)
             _identity(r)
             self.on_connected(True)
-            self.eps.ok(self.base)
+            # Not eps.ok() yet: a replica that accepts the stream and hangs up at once would
+            # reset the count of failures, and two of them would be tried in a loop without
+            # the back-off. run() counts the URL good once the stream brought news or lasted.
             reader = SseReader(max_line=MAX_BODY, max_event=MAX_BODY)
             async for chunk in r.aiter_raw():
                 for ev in reader.feed(chunk):

@@ -134,3 +134,42 @@ def test_follower_passes_over_a_dead_replica_and_a_standby(responder_factory):
         asyncio.run(scenario())
     finally:
         standby.shutdown()
+
+
+def test_follower_backs_off_when_every_replica_hangs_up_at_once():
+    """Two replicas that accept the stream and close it at once, with nothing in it: the
+    follower must not loop between them; the back-off applies once both failed in a row."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    hits = [0]
+
+    class HangUp(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            hits[0] += 1
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Connection", "close")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), HangUp) for _ in range(2)]
+    for s in servers:
+        Thread(target=s.serve_forever, daemon=True).start()
+    urls = [f"http://127.0.0.1:{s.server_port}" for s in servers]
+
+    async def scenario() -> None:
+        src = PeersFollower(urls, "w1", "t", backoff=Backoff(base=0.5, cap=0.5))
+        with pytest.raises(TimeoutError):
+            await _follow(src, lambda g: False, 2.0)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        for s in servers:
+            s.shutdown()
+    # Both URLs once, then 0.5 s (+ jitter) before each next pair: at most ~10 in 2 s; a
+    # loop without the back-off makes hundreds.
+    assert 2 <= hits[0] <= 12, hits[0]
