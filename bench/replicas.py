@@ -11,7 +11,8 @@ one database (the first leads, the others follow and serve reads).
 
 **notify** ("webhook -> clients notified"): for each replica count and client count, one SSE
 assignment stream per client, spread round-robin over the replicas' URLs (each stream's URL list
-starts at its own replica, then the others: what a switcher with `responder.urls` does), held by
+starts at its own replica, then the others in one of two orders: what switchers with
+`responder.urls` in their own order do), held by
 holder processes of raw asyncio sockets (at most HOLD streams each: the open-file hard limit
 here is 20,000 per process and cannot be raised). Each round: a webhook to the leader (a worker
 fails: every client gets a new assignment version, its backups at least), then the figure per
@@ -63,6 +64,7 @@ from wg_failover.responder.leader import LEASE, MARGIN, RENEW_EVERY  # noqa: E40
 GOAL = 5.0  # handover
 NOTIFY_GOAL = 2.0  # webhook -> every client notified (issue 15: 30,000 clients, 3 replicas)
 HOLD = 8000  # streams per holder process (the open-file hard limit is 20,000)
+PACE = 1000  # streams opened a second, per holder process
 ONE_CAP = 15000  # streams one responder is given at most (its connection cap is ~18,000)
 
 
@@ -311,7 +313,11 @@ class Holder:
         asyncio.ensure_future(self.connect(h, delay))
 
     async def main(self) -> None:
-        await asyncio.gather(*(self.connect(h) for h in self.streams))
+        # Paced (PACE streams a second per holder): 10,000 at once starve a responder's event
+        # loop on this busy 2-CPU machine, long enough for a lone leader to miss its lease.
+        for k in range(0, len(self.streams), 100):
+            await asyncio.gather(*(self.connect(h) for h in self.streams[k:k + 100]))
+            await asyncio.sleep(100 / PACE)
         deadline = time.monotonic() + 300
         while not all(h.events for h in self.streams) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
@@ -402,6 +408,16 @@ def figures(values: list[float]) -> str:
             f"max {1000 * max(values):.0f} ms")
 
 
+def spread(urls: list[str], i: int) -> list[str]:
+    """Client i's URL list: its own replica first (round-robin), then the others in one of two
+    orders, so the streams of a replica that dies move to every survivor, not all to one."""
+    own = urls[i % len(urls)]
+    rest = [u for u in urls if u != own]
+    if (i // len(urls)) % 2:
+        rest.reverse()
+    return [own, *rest]
+
+
 def quiet(lead: ResponderProc, timeout: float = 120) -> dict[str, int]:
     """The leader's versions once they stop changing for 1.5 s (timers, preempt batches)."""
     deadline = time.monotonic() + timeout
@@ -419,7 +435,7 @@ def notify_run(server: PgServer, n_replicas: int, clients: int, rounds: int) -> 
     """One configuration of the notify bench; its table rows."""
     url = server.create_db()
     work = Path(tempfile.mkdtemp(prefix="wgfo-bench-replicas-"))
-    gen = make_fleet(3, clients, hold_down_seconds=1, preempt=True)
+    gen = make_fleet(3, clients, hold_down_seconds=1)
     ps: list[ResponderProc] = []
     rows: list[str] = []
     holders: Holders | None = None
@@ -437,7 +453,7 @@ def notify_run(server: PgServer, n_replicas: int, clients: int, rounds: int) -> 
                 time.sleep(0.2)
         urls = [p.url for p in ps]
         held = clients if n_replicas > 1 else min(clients, ONE_CAP)
-        job = [(c.name, gen.tokens[c.name], urls[i % len(urls):] + urls[:i % len(urls)])
+        job = [(c.name, gen.tokens[c.name], spread(urls, i))
                for i, c in enumerate(gen.fleet.clients[:held])]
         t1 = time.monotonic()
         holders = Holders(job)
@@ -449,7 +465,8 @@ def notify_run(server: PgServer, n_replicas: int, clients: int, rounds: int) -> 
             quiet(lead)
             holders.dump()  # forget what came before
             t_send = time.monotonic()
-            r = lead.alert("w1", fingerprint=f"bench-notify-{k}")
+            worker = f"w{k % 3 + 1}"
+            r = lead.alert(worker, fingerprint=f"bench-notify-{k}")
             t_ok = time.monotonic()
             r.raise_for_status()
             webhook.append(t_ok - t_send)
@@ -470,7 +487,7 @@ def notify_run(server: PgServer, n_replicas: int, clients: int, rounds: int) -> 
             lats += this
             print(f"    round {k + 1}: webhook answered in {1000 * (t_ok - t_send):.0f} ms; "
                   f"{figures(this or [0.0])} after its 2xx", flush=True)
-            assert lead.alert("w1", status="resolved",
+            assert lead.alert(worker, status="resolved",
                               fingerprint=f"bench-notify-{k}").status_code == 200
         cap = "" if held == clients else f" ({held} streams: see ONE_CAP)"
         met = "met" if max(lats) < NOTIFY_GOAL else "NOT met"

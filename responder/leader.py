@@ -39,6 +39,7 @@ import logging
 import os
 import secrets
 import socket
+import threading
 from typing import Any
 
 from fastapi import FastAPI
@@ -106,7 +107,27 @@ class Leadership:
         self.expires_in = renew  # a standby: seconds until the leader's lease expires
         self.task: asyncio.Task[None] | None = None
         self.follower: Follower | None = None  # while this replica does not lead
+        self.keeper_stop = threading.Event()
+        self.keeper = threading.Thread(target=self.keep, name="wgfo-lease", daemon=True)
         app.state.leadership = self
+
+    def keep(self) -> None:
+        """A thread that renews the lease of the term this replica leads, beside `run`: a
+        burst of work on the event loop (10,000 streams reconnecting after a replica died, on a
+        busy machine) must not cost the leader its lease; role changes stay with `tick`."""
+        from .store.postgres_lease import take_lease
+
+        while not self.keeper_stop.wait(self.renew):
+            term = self.term
+            if term is None or self.state is None:
+                continue
+            asked = _now()
+            try:
+                got = take_lease(self.store, self.holder, term, self.lease)
+            except StoreError:
+                continue  # tick says why, and steps down when the lease runs out
+            if got == term and self.term == term:
+                self.valid_until = max(self.valid_until, asked + self.lease - self.margin)
 
     def leading(self) -> bool:
         return self.state is not None and _now() < self.valid_until
@@ -149,8 +170,12 @@ class Leadership:
                         "answering writes 503 until this one leads", describe_location(self.db),
                         self.holder)
         self.task = asyncio.ensure_future(self.run())
+        self.keeper.start()
 
     async def stop(self) -> None:
+        self.keeper_stop.set()
+        if self.keeper.is_alive():
+            await asyncio.to_thread(self.keeper.join, self.lease + 10)
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
