@@ -4,7 +4,7 @@ planner (`planner.plan(latency=..., rule=...)`); `latency.py` derives them from 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -26,9 +26,24 @@ class ClientLatency:
     against: str | None = None  # the worker `better_since` compares with
     better_since: Mapping[str, float] = field(default_factory=dict)  # worker -> since, `now` clock
     last_move: float | None = None  # its last latency move
+    # Its worker was given before the responder had its figures, which are new: it may settle
+    # once on a faster worker by `settle_rule` (latency.py, placement.py).
+    settle: bool = False
 
 
 def gain_enough(cur_ms: float, new_ms: float, rule: LatencyRule) -> bool:
     """Is `new_ms` better than `cur_ms` by both bounds of the rule?"""
     gain = cur_ms - new_ms
     return gain >= rule.min_gain_ms and gain >= rule.min_gain_ratio * cur_ms
+
+
+
+SETTLE_MIN_GAIN_MS = 2.0
+
+
+def settle_rule(rule: LatencyRule) -> LatencyRule:
+    """The rule for the one settling move of a client placed before its figures came: the same
+    ratio and sustain time, without the absolute floor (20 ms by default). The floor stops a
+    client from being moved back and forth for small gains; a client placed on a guess has not
+    been placed by its figures yet, and this move happens once per blind placement."""
+    return replace(rule, min_gain_ms=min(rule.min_gain_ms, SETTLE_MIN_GAIN_MS))

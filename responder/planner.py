@@ -19,88 +19,50 @@ and the current assignments, and returns the moves to make. The rules, in order:
    go where and clients swap destinations when both gain. A client moves for latency alone only
    when the gain is large (both bounds of the rule), lasting (the better worker has beaten the
    current one for the rule's sustain time) and its last latency move is an interval ago; at
-   most `rule.batch` such moves per plan, never onto a full worker. A suspect worker is treated
+   most `rule.batch` such moves per plan, never onto a full worker. A client placed before its
+   figures came (preference order) may settle once, while its figures are new, by the rule
+   without its absolute floor (reason `settle`; placement.py). A suspect worker is treated
    like a down one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 
 from .latency_rule import ClientLatency, LatencyRule, gain_enough
+from .placement import estimates, latency_moves, swap_for_latency
+from .placement_base import (
+    DOWN,
+    INF,
+    R_CAPACITY,
+    R_DRAIN,
+    R_FAILOVER,
+    R_FLEET,
+    R_INITIAL,
+    R_LATENCY,
+    R_PREEMPT,
+    R_SETTLE,
+    R_SUSPECT,
+    R_SWITCH,
+    R_UNUSABLE,
+    REASONS,
+    RECOVERING,
+    UP,
+    ClientView,
+    Move,
+    Plan,
+    WorkerView,
+    loads,
+)
+from .placement_base import record_move as _record_move
+from .placement_base import room as _room
+from .placement_base import usable as _usable
 
-__all__ = ["ClientLatency", "LatencyRule", "gain_enough"]  # planner.* for callers and tests
-
-UP, DOWN, RECOVERING = "up", "down", "recovering"
-INF = float("inf")
-
-# Reasons an assignment changes; they label wgfo_client_moves_total and appear in the API.
-R_INITIAL = "initial"
-R_FAILOVER = "failover"
-R_DRAIN = "drain"
-R_UNUSABLE = "client-rejected"
-R_CAPACITY = "capacity"
-R_PREEMPT = "preempt"
-R_SWITCH = "client-switch"
-R_FLEET = "fleet-change"  # its worker left the fleet or its preference list
-R_SUSPECT = "suspect"  # several of its worker's clients switched away from it (intake/suspect.py)
-R_LATENCY = "latency"
-REASONS = (R_INITIAL, R_FAILOVER, R_DRAIN, R_UNUSABLE, R_CAPACITY, R_PREEMPT, R_SWITCH, R_FLEET,
-           R_SUSPECT, R_LATENCY)
-
-
-@dataclass(frozen=True)
-class WorkerView:
-    name: str
-    state: str = UP  # up | down | recovering
-    draining: bool = False
-    capacity: int | None = None  # None: unlimited
-    suspect: bool = False  # treated as unavailable until an alert confirms it or the mark expires
-    region: str | None = None
-
-    @property
-    def healthy(self) -> bool:
-        """Takes clients: up, not draining, not suspect."""
-        return self.state == UP and not self.draining and not self.suspect
-
-
-@dataclass(frozen=True)
-class ClientView:
-    name: str
-    prefs: tuple[str, ...]  # worker names, most preferred first
-    unusable: frozenset[str] = frozenset()  # workers this client's probes reject
-
-
-@dataclass(frozen=True)
-class Move:
-    client: str
-    from_worker: str | None
-    to_worker: str
-    reason: str
-
-
-@dataclass
-class Plan:
-    moves: dict[str, Move] = field(default_factory=dict)  # by client, in the order made
-    unplaceable: list[str] = field(default_factory=list)  # must move, nowhere to go
-
-
-def loads(assignments: Mapping[str, str | None]) -> dict[str, int]:
-    """Clients per worker, from client -> worker (None: unassigned, not counted)."""
-    out: dict[str, int] = {}
-    for w in assignments.values():
-        if w is not None:
-            out[w] = out.get(w, 0) + 1
-    return out
-
-
-def _room(w: WorkerView, load: int) -> float:
-    return float("inf") if w.capacity is None else w.capacity - load
-
-
-def _usable(c: ClientView, w: WorkerView) -> bool:
-    return w.healthy and w.name not in c.unusable
+# planner.* for callers and tests: the data types, reasons and states live in placement_base.
+__all__ = ["DOWN", "R_CAPACITY", "R_DRAIN", "R_FAILOVER", "R_FLEET", "R_INITIAL", "R_LATENCY",
+           "R_PREEMPT", "R_SETTLE", "R_SUSPECT", "R_SWITCH", "R_UNUSABLE", "REASONS",
+           "RECOVERING", "UP", "ClientLatency", "ClientView", "LatencyRule", "Move", "Plan",
+           "WorkerView", "accept_switch", "backups", "estimates", "gain_enough", "loads", "plan"]
 
 
 def _why(c: ClientView, cur: str | None, workers: Mapping[str, WorkerView]) -> str | None:
@@ -184,13 +146,13 @@ def plan(
         _record_move(out, assign, load, c.name, cur, best.name, why)
 
     if spread and latency:
-        _swap_for_latency(workers, [c for c, _ in movers], assign, load, out, latency)
+        swap_for_latency(workers, [c for c, _ in movers], assign, load, out, latency)
     _rebalance_capacity(workers, clients, assign, load, out, rank)
     if preempt:
         # With latency placement a client with figures returns by the latency rule instead.
         _preempt(workers, clients, assign, load, out, preempt_batch, latency or {})
     if latency is not None:
-        _latency_moves(workers, clients, assign, load, out, latency, rule or LatencyRule(), now)
+        latency_moves(workers, clients, assign, load, out, latency, rule or LatencyRule(), now)
     if out.moves and (preempt or latency is not None):
         # A client returning home frees room: a client that found every usable worker full a
         # moment ago, and an over-full worker's clients, may now take it.
@@ -219,78 +181,6 @@ def _ranker(workers: Mapping[str, WorkerView],
     return rank
 
 
-def estimates(rtt: Mapping[str, float], workers: Mapping[str, WorkerView]) -> dict[str, float]:
-    """Measured RTTs, and for an unmeasured worker the best measured one in its region."""
-    best: dict[str, float] = {}
-    for n, ms in rtt.items():
-        region = workers[n].region if n in workers else None
-        if region is not None and ms < best.get(region, INF):
-            best[region] = ms
-    out = dict(rtt)
-    for n, w in workers.items():
-        if n not in out and w.region in best:
-            out[n] = best[w.region]
-    return out
-
-
-def _swap_for_latency(workers: Mapping[str, WorkerView], movers: Sequence[ClientView],
-                      assign: dict[str, str | None], load: dict[str, int], out: Plan,
-                      latency: Mapping[str, ClientLatency]) -> None:
-    """In one batch of movers, two clients swap their new workers when that lowers their summed
-    RTT: every worker keeps the count the spread gave it (so capacity and the spread hold), and
-    clients sit on the faster of the workers the spread chose."""
-    skip = set(out.unplaceable)
-    ok = {c.name: c for c in movers if c.name in out.moves and c.name not in skip
-          and (info := latency.get(c.name)) is not None and info.rtt}
-    est = {n: estimates(latency[n].rtt, workers) for n in ok}
-    dest: dict[str, list[str]] = {}
-    for n in ok:
-        dest.setdefault(assign[n] or "", []).append(n)
-    names = sorted(dest)
-
-    def gains(frm: str, to: str) -> list[tuple[float, str]]:
-        return sorted((est[n][to] - est[n][frm], n) for n in dest[frm]
-                      if frm in est[n] and to in est[n] and to in ok[n].prefs
-                      and to != out.moves[n].from_worker and _usable(ok[n], workers[to]))
-
-    for i, x in enumerate(names):
-        for y in names[i + 1:]:
-            for (da, a), (db, b) in zip(gains(x, y), gains(y, x), strict=False):
-                if da + db >= -1e-9:
-                    break
-                _record_move(out, assign, load, a, x, y, R_LATENCY)
-                _record_move(out, assign, load, b, y, x, R_LATENCY)
-                dest[x].remove(a)
-                dest[y].remove(b)
-                dest[x].append(b)
-                dest[y].append(a)
-
-
-def _latency_moves(workers: Mapping[str, WorkerView], clients: Sequence[ClientView],
-                   assign: dict[str, str | None], load: dict[str, int], out: Plan,
-                   latency: Mapping[str, ClientLatency], rule: LatencyRule, now: float) -> None:
-    """Up to `rule.batch` clients to a worker whose gain is large, lasting and allowed now."""
-    moved = 0
-    for c in clients:
-        if moved >= rule.batch:
-            return
-        info, cur = latency.get(c.name), assign[c.name]
-        if info is None or cur is None or c.name in out.moves or info.against != cur \
-                or cur not in info.rtt:
-            continue
-        if info.last_move is not None and now - info.last_move < rule.move_interval_seconds:
-            continue
-        cands = [(info.rtt[n], i, n) for i, n in enumerate(c.prefs)
-                 if n != cur and n in workers and n in info.rtt and _usable(c, workers[n])
-                 and _room(workers[n], load.get(n, 0)) > 0
-                 and gain_enough(info.rtt[cur], info.rtt[n], rule)
-                 and (since := info.better_since.get(n)) is not None
-                 and now - since >= rule.sustain_seconds]
-        if cands:
-            _record_move(out, assign, load, c.name, cur, min(cands)[2], R_LATENCY)
-            moved += 1
-
-
 def _retry_unplaceable(workers: Mapping[str, WorkerView], clients: Sequence[ClientView],
                        assign: dict[str, str | None], load: dict[str, int], out: Plan) -> None:
     by_name = {c.name: c for c in clients}
@@ -317,23 +207,6 @@ def _fallback(c: ClientView, workers: Mapping[str, WorkerView]) -> str | None:
         if workers[n].healthy:
             return n
     return prefs[0] if prefs else None
-
-
-def _record_move(out: Plan, assign: dict[str, str | None], load: dict[str, int], client: str,
-                 frm: str | None, to: str, reason: str) -> None:
-    if frm is not None:
-        load[frm] -= 1
-    load[to] = load.get(to, 0) + 1
-    assign[client] = to
-    # One client may move twice in one plan (e.g. capacity fix after failover): keep one move
-    # from its original worker to its final one.
-    m = out.moves.get(client)
-    if m is None:
-        out.moves[client] = Move(client, frm, to, reason)
-    elif m.from_worker == to:
-        del out.moves[client]
-    else:
-        out.moves[client] = Move(client, m.from_worker, to, m.reason)
 
 
 def _rebalance_capacity(workers: Mapping[str, WorkerView], clients: Sequence[ClientView],

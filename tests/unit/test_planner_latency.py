@@ -13,6 +13,7 @@ from tests.unit.test_planner import apply, room, scenarios
 from wg_failover.responder import planner
 from wg_failover.responder.intake.suspect import Mark, Suspects, quorum
 from wg_failover.responder.latency import LatencyMemory
+from wg_failover.responder.latency_rule import settle_rule
 from wg_failover.responder.planner import ClientLatency, ClientView, LatencyRule, WorkerView
 from wg_failover.wire import ProbeResult
 
@@ -28,6 +29,11 @@ def lat(rtt, against=None, better=(), since=NOW - 61, last_move=None):
 def plan(ws, cs, assign, figures, **kw):
     return planner.plan(ws, cs, assign, latency=figures, rule=kw.pop("rule", RULE), now=NOW,
                         **kw)
+
+
+def plan_at(ws, cs, assign, mem, now):
+    """A plan at `now` from a latency memory, as replan does it."""
+    return planner.plan(ws, cs, assign, latency=mem.inputs(assign, now), rule=RULE, now=now)
 
 
 # --------------------------------------------------------------------------- examples
@@ -158,7 +164,13 @@ def probe(**rtts):
 
 def test_memory_smooths_and_needs_the_gain_to_last():
     m = LatencyMemory()
+    # The first figure is the median of the first three reports, and only then compared: a
+    # spike in the very first reply is not the figure.
+    m.observe("a", probe(w1=500, w2=40), "w1", -10, RULE)
+    m.observe("a", probe(w1=100, w2=40), "w1", -5, RULE)
+    assert m.clients["a"].better_since == {}
     m.observe("a", probe(w1=100, w2=40), "w1", 0, RULE)
+    assert m.clients["a"].rtt == {"w1": 100, "w2": 40}
     assert m.clients["a"].better_since == {"w2": 0}
     m.observe("a", probe(w1=100, w2=400), "w1", 5, RULE)  # a spike counts as 60 ms: 44 ms
     assert m.clients["a"].rtt["w2"] == 44.0
@@ -178,10 +190,81 @@ def test_memory_smooths_and_needs_the_gain_to_last():
     # A worker that stops answering loses its figure.
     m.observe("a", probe(w1=None, w2=40), "w2", 205, RULE)
     assert "w1" not in m.clients["a"].rtt
-    ins = m.inputs(["a"], 205)
+    ins = m.inputs({"a": "w2"}, 205)
     assert ins["a"].against == "w2" and set(ins["a"].rtt) == {"w2"}
-    assert m.inputs(["a"], 205 + 121) == {}  # stale
-    assert m.inputs([], 0) == {} and m.clients == {}  # left the fleet: forgotten
+    assert m.inputs({"a": "w2"}, 205 + 121) == {}  # stale
+    assert m.inputs({}, 0) == {} and m.clients == {}  # left the fleet: forgotten
+
+
+def test_a_client_placed_before_its_figures_settles_once_on_its_fastest_worker():
+    ws = {n: WorkerView(n) for n in ("w1", "w2", "w3")}
+    cs = [ClientView("a", ("w1", "w2", "w3"))]
+    m = LatencyMemory()
+    unplaced = {"a": None}
+    assign = apply(unplaced, plan_at(ws, cs, unplaced, m, 0))
+    assert assign == {"a": "w1"}  # no figures: preference order
+    # w2 is 12 ms (40 %) faster: under the rule's 20 ms floor, yet the guess it was placed by
+    # may be corrected once, when the gain has lasted the sustain time.
+    figures = {"w1": 30, "w2": 18, "w3": 25}
+    t = 0.0
+    while True:
+        t += 5
+        m.observe("a", probe(**figures), "w1", t, RULE)
+        if m.due("a", t, RULE):
+            break
+        assert plan_at(ws, cs, assign, m, t).moves == {}
+        assert t <= 80, "never due"
+    assert t >= 60 + 15  # sustained, after the three warm-up reports
+    p = plan_at(ws, cs, assign, m, t)
+    assert p.moves["a"] == planner.Move("a", "w1", "w2", planner.R_SETTLE)
+    assign = apply(assign, p)
+    # Once: on its new worker it is an ordinary client of the latency rule.
+    for k in range(1, 40):
+        m.observe("a", probe(w1=30, w2=18, w3=5), "w2", t + 5 * k, RULE)
+        assert not m.inputs(assign, t + 5 * k)["a"].settle
+    assert plan_at(ws, cs, assign, m, t + 200).moves == {}  # 13 ms: under 20
+
+
+def test_the_settling_chance_ends_when_its_figures_are_no_longer_new():
+    ws = {n: WorkerView(n) for n in ("w1", "w2")}
+    cs = [ClientView("a", ("w1", "w2"))]
+    m = LatencyMemory()
+    assign = apply({"a": None}, plan_at(ws, cs, {"a": None}, m, 0))
+    for k in range(1, 140):  # equal for 12 minutes, then w2 12 ms faster for good
+        m.observe("a", probe(w1=30, w2=30), "w1", 5 * k, RULE)
+        assert m.inputs(assign, 5 * k)["a"].settle == (5 * k <= 5 + 60 + 600)
+    for k in range(140, 200):
+        m.observe("a", probe(w1=30, w2=18), "w1", 5 * k, RULE)
+        assert not m.inputs(assign, 5 * k)["a"].settle and not m.due("a", 5 * k, RULE)
+    assert plan_at(ws, cs, assign, m, 1000).moves == {}
+
+
+def test_no_settling_for_clients_that_had_a_worker_before_the_memory_began():
+    """After a responder restart the memory is empty but every client keeps its worker: the
+    first reports must not re-place anyone (only the latency rule may move them)."""
+    ws = {n: WorkerView(n) for n in ("w1", "w2")}
+    cs = [ClientView("a", ("w1", "w2"))]
+    m = LatencyMemory()
+    assign = {"a": "w1"}
+    m.inputs(assign, 0)
+    for k in range(10):
+        m.observe("a", probe(w1=30, w2=15), "w1", 5 * k, RULE)
+        assert not m.due("a", 5 * k, RULE) and not m.inputs(assign, 5 * k)["a"].settle
+    for k in range(10, 40):
+        m.observe("a", probe(w1=30, w2=15), "w1", 5 * k, RULE)
+    assert plan_at(ws, cs, assign, m, 200).moves == {}
+
+
+def test_settling_respects_capacity_and_usability():
+    ws = {"w1": WorkerView("w1"), "w2": WorkerView("w2", capacity=1), "w3": WorkerView("w3")}
+    cs = [ClientView("a", ("w1", "w2", "w3")), ClientView("b", ("w1", "w2", "w3"),
+                                                           unusable=frozenset({"w3"}))]
+    assign = {"a": "w1", "b": "w1"}
+    f = lat({"w1": 40, "w2": 10, "w3": 25}, "w1", ["w2", "w3"])
+    figures = {"a": ClientLatency(f.rtt, "w1", f.better_since, settle=True),
+               "b": ClientLatency(f.rtt, "w1", f.better_since, settle=True)}
+    after = apply(assign, plan(ws, cs, assign, figures))
+    assert after == {"a": "w2", "b": "w1"}  # w2 full after a; w3 rejected by b's probes
 
 
 # --------------------------------------------------------------------------- properties
@@ -203,7 +286,8 @@ def latency_scenarios(draw):
         against = assign[c.name] if draw(st.integers(0, 5)) > 0 else None
         better = {n: NOW - draw(st.integers(0, 200)) for n in rtt if draw(st.booleans())}
         last = draw(st.one_of(st.none(), st.integers(0, 1200).map(lambda s: NOW - s)))
-        figures[c.name] = ClientLatency(rtt, against, better, last)
+        figures[c.name] = ClientLatency(rtt, against, better, last,
+                                        settle=draw(st.integers(0, 3)) == 0)
     rule = LatencyRule(batch=draw(st.integers(1, 5)))
     return workers, clients, assign, preempt, figures, rule
 
@@ -234,7 +318,16 @@ def test_property_no_latency_move_under_the_threshold(s):
     p = planner.plan(workers, clients, assign, preempt=preempt, latency=figures, rule=rule,
                      now=NOW)
     lat_moves = [m for m in p.moves.values() if m.reason == planner.R_LATENCY]
-    assert len(lat_moves) <= rule.batch
+    settles = [m for m in p.moves.values() if m.reason == planner.R_SETTLE]
+    assert len(lat_moves) + len(settles) <= rule.batch
+    for m in settles:  # the one settling move: only a client placed blind, and a clear gain
+        f = figures[m.client]
+        assert f.settle and f.against == m.from_worker == assign[m.client]
+        r = settle_rule(rule)
+        assert planner.gain_enough(f.rtt[m.from_worker], f.rtt[m.to_worker], r)
+        assert not planner.gain_enough(f.rtt[m.from_worker], f.rtt[m.to_worker], rule)
+        assert NOW - f.better_since[m.to_worker] >= r.sustain_seconds
+        assert workers[m.to_worker].healthy
     for m in lat_moves:
         f = figures[m.client]
         assert f.against == m.from_worker == assign[m.client]
@@ -263,7 +356,7 @@ def test_property_no_oscillation_under_jitter(seed, n_workers, n_clients, jitter
     """A long random RTT series (3 simulated hours, a report every 5 s) with jitter of up to
     `jitter` of the base RTT on every report and a spike now and then, through the real memory
     and planner: no client ever returns to a worker it left for latency, and none moves more
-    often than the rule allows."""
+    often than the rule allows; a client placed before its figures settles at most once."""
     rng = random.Random(seed)
     names = [f"w{i}" for i in range(n_workers)]
     cap = -(-2 * n_clients // n_workers) if capped else None
@@ -271,9 +364,13 @@ def test_property_no_oscillation_under_jitter(seed, n_workers, n_clients, jitter
     cs = [ClientView(f"c{i}", tuple(rng.sample(names, n_workers))) for i in range(n_clients)]
     base = {c.name: {n: rng.uniform(5, 200) for n in names} for c in cs}
     mem = LatencyMemory()
-    assign = apply({}, planner.plan(ws, cs, {}))
+    # Placed before any report, as at a responder's start: each client may settle once.
+    unplaced: dict[str, str | None] = {c.name: None for c in cs}
+    assign = apply(unplaced, planner.plan(ws, cs, unplaced, latency=mem.inputs(unplaced, 0),
+                                          rule=RULE, now=0))
     left: dict[str, set[str]] = {c.name: set() for c in cs}
-    moves = {c.name: [] for c in cs}
+    moves = {c.name: [] for c in cs}  # latency moves
+    settled: set[str] = set()
     for step in range(3 * 3600 // 5):
         now = step * 5.0
         for c in cs:
@@ -287,8 +384,14 @@ def test_property_no_oscillation_under_jitter(seed, n_workers, n_clients, jitter
             mem.observe(c.name, results, assign[c.name], now, RULE, last)
         p = planner.plan(ws, cs, assign, latency=mem.inputs(assign, now), rule=RULE, now=now)
         for m in p.moves.values():
-            assert m.reason == planner.R_LATENCY, m
             assert m.to_worker not in left[m.client], (m, left[m.client])
+            if m.reason == planner.R_SETTLE:  # once, and before any other move (a settling
+                # move the rule itself allows is an ordinary latency move)
+                assert m.client not in settled and not left[m.client], m
+                settled.add(m.client)
+                left[m.client].add(m.from_worker)
+                continue
+            assert m.reason == planner.R_LATENCY, m
             left[m.client].add(m.from_worker)
             if moves[m.client]:
                 assert now - moves[m.client][-1] >= RULE.move_interval_seconds
