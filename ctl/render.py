@@ -27,13 +27,18 @@ def _cell(value: Any) -> str:
 
 
 def workers_table(workers: list[dict[str, Any]]) -> str:
+    """SUSPECT: `yes` while a quorum of its clients' switches marks it (until the mark ends);
+    RTT_MS: the median of its clients' smoothed RTTs and how many clients have a figure."""
     rows = []
     for w in workers:
         cap = w.get("capacity")
         load = f"{w.get('assigned', 0)}/{cap if cap is not None else '-'}"
-        rows.append([w.get("name"), w.get("state"), w.get("draining"), w.get("healthy"), load,
-                     w.get("region"), w.get("since")])
-    return table(["NAME", "STATE", "DRAINING", "HEALTHY", "ASSIGNED", "REGION", "SINCE"], rows)
+        med, n = w.get("rtt_ms_median"), w.get("rtt_clients") or 0
+        rtt = f"{med:g}({n})" if isinstance(med, (int, float)) and n else None
+        rows.append([w.get("name"), w.get("state"), w.get("draining"), w.get("healthy"),
+                     bool(w.get("suspect")), load, rtt, w.get("region"), w.get("since")])
+    return table(["NAME", "STATE", "DRAINING", "HEALTHY", "SUSPECT", "ASSIGNED", "RTT_MS",
+                  "REGION", "SINCE"], rows)
 
 
 def clients_table(clients: list[dict[str, Any]]) -> str:

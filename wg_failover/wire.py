@@ -192,6 +192,14 @@ class WorkerStatus(_Wire):
     region: str | None = None
     assigned: int = 0
     exporter: str | None = None
+    # Issue 18, additive. `healthy` is the alerts' and drains' word; a suspect mark (a quorum of
+    # its clients switched away, not yet confirmed by an alert) also keeps clients off it.
+    suspect: bool = False
+    suspect_until: str | None = None  # ISO 8601 UTC, while marked
+    # Latency placement's figures for it: its clients' smoothed RTTs (fresh ones only).
+    rtt_clients: int = 0
+    rtt_ms_median: float | None = None
+    rtt_ms_p90: float | None = None
 
 
 class EventRecord(_Wire):

@@ -41,14 +41,14 @@ def test_workers_table_and_json(fleet: ResponderProc):
     r = ctl(fleet, "workers")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].split() == ["NAME", "STATE", "DRAINING", "HEALTHY", "ASSIGNED", "REGION",
-                                "SINCE"]
+    assert lines[0].split() == ["NAME", "STATE", "DRAINING", "HEALTHY", "SUSPECT", "ASSIGNED",
+                                "RTT_MS", "REGION", "SINCE"]
     rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert sorted(rows) == ["w1", "w2", "w3"]
-    assert all(row[1] == "up" and row[2] == "no" and row[3] == "yes" for row in rows.values())
-    # 4 clients over 3 workers, no capacity set
-    assert sorted(int(row[4].split("/")[0]) for row in rows.values()) == [1, 1, 2]
-    assert all(row[4].endswith("/-") for row in rows.values())
+    assert all(row[1:5] == ["up", "no", "yes", "no"] for row in rows.values())
+    # 4 clients over 3 workers, no capacity set; no probe reports yet: no RTT figures
+    assert sorted(int(row[5].split("/")[0]) for row in rows.values()) == [1, 1, 2]
+    assert all(row[5].endswith("/-") and row[6] == "-" for row in rows.values())
     no_secret(fleet, r)
 
     j = ctl(fleet, "--json", "workers")

@@ -31,10 +31,25 @@ def test_workers_table_shows_load_over_capacity():
         {"name": "w2", "state": "recovering", "draining": True, "healthy": False,
          "assigned": 0, "since": "2026-01-02T00:00:00Z"},
     ]).splitlines()
-    assert out[0] == "NAME  STATE       DRAINING  HEALTHY  ASSIGNED  REGION  SINCE"
-    assert out[1].split() == ["w1", "up", "no", "yes", "3/10", "eu", "2026-01-01T00:00:00Z"]
-    assert out[2].split() == ["w2", "recovering", "yes", "no", "0/-", "-",
+    assert out[0] == ("NAME  STATE       DRAINING  HEALTHY  SUSPECT  ASSIGNED  RTT_MS  REGION  "
+                      "SINCE")
+    assert out[1].split() == ["w1", "up", "no", "yes", "no", "3/10", "-", "eu",
+                              "2026-01-01T00:00:00Z"]
+    assert out[2].split() == ["w2", "recovering", "yes", "no", "no", "0/-", "-", "-",
                               "2026-01-02T00:00:00Z"]
+
+
+def test_workers_table_shows_a_suspect_mark_and_the_clients_rtt():
+    out = render.workers_table([
+        {"name": "w1", "state": "up", "draining": False, "healthy": True, "assigned": 2,
+         "suspect": True, "suspect_until": "2026-01-01T00:00:30Z", "rtt_clients": 4,
+         "rtt_ms_median": 12.5, "rtt_ms_p90": 30.1, "since": "2026-01-01T00:00:00Z"},
+        {"name": "w2", "state": "up", "draining": False, "healthy": True, "assigned": 0,
+         "rtt_clients": 0, "rtt_ms_median": None, "since": "2026-01-01T00:00:00Z"},
+    ]).splitlines()
+    assert out[1].split() == ["w1", "up", "no", "yes", "yes", "2/-", "12.5(4)", "-",
+                              "2026-01-01T00:00:00Z"]
+    assert out[2].split()[4:7] == ["no", "0/-", "-"]
 
 
 def test_clients_table_lists_unusable_workers():
