@@ -502,6 +502,8 @@ def notify_run(server: PgServer, n_replicas: int, clients: int, rounds: int) -> 
             holders.close()
         for p in ps:
             p.stop()
+            if sys.exc_info()[0] is not None:  # failed: what each replica said, before removal
+                print(f"--- {p.url}:\n" + "\n".join(p.log().splitlines()[-8:]), flush=True)
         shutil.rmtree(work, ignore_errors=True)
         server.drop_db(url)
     for row in rows:

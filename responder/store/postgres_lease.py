@@ -3,11 +3,14 @@
 One row, `leader (term, holder, expires)`. A replica takes the lease when it has expired by the
 database's clock (`now()`, so no two hosts' clocks are compared), which increments the term, and
 renews it while it holds it. Every write of a leader (`Fenced`, below) first reads that row
-`FOR SHARE` inside its own transaction and goes on only while the row still names this replica
-and its term: a replica that lost the lease (paused past it, cut from the database) cannot write,
-whatever it believes, and its transaction changes nothing ("not the leader"). The share lock also
-orders a take-over after any commit of the old leader that is still running, so the new leader's
-`load()` sees every change the old one acknowledged.
+`FOR KEY SHARE` inside its own transaction and goes on only while the row still names this
+replica and its term: a replica that lost the lease (paused past it, cut from the database)
+cannot write, whatever it believes, and its transaction changes nothing ("not the leader"). A
+take-over first locks the row `FOR UPDATE`, which waits for those locks: it is ordered after any
+commit of the old leader that is still running, so the new leader's `load()` sees every change
+the old one acknowledged. A renewal (an UPDATE of no key column) does not wait for them: a
+commit of 30,000 rows that takes seconds on a busy machine must not cost its leader the lease
+(with FOR SHARE it did, in bench/replicas.py).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ MIGRATION = """
 def check_fence(conn: psycopg.Connection, fence: tuple[int, str]) -> None:
     """Inside a transaction: raise StoreError(NOT_LEADER) unless `fence` (term, holder) still
     holds the lease row. Its share lock lasts until the transaction ends."""
-    row = conn.execute("SELECT term, holder FROM leader WHERE id = 1 FOR SHARE").fetchone()
+    row = conn.execute("SELECT term, holder FROM leader WHERE id = 1 FOR KEY SHARE").fetchone()
     if row is None or (int(row[0]), row[1]) != fence:
         raise StoreError(f"not the leader: term {fence[0]} is over (the lease is at term "
                          f"{row[0] if row else '?'}): another replica leads; nothing written",
@@ -48,13 +51,23 @@ def take_lease(store: PostgresStore, holder: str, term: int | None,
     """Renew the lease of `term` held by `holder`, or (`term` None, or it is not ours any more)
     take it if it expired, with a new term. The term held now, or None when another replica
     holds a live lease (or took ours). Raises StoreError when the database cannot answer."""
-    with store._conn("cannot take the leader lease in") as conn:
+    with store._conn("cannot take the leader lease in") as conn, conn.transaction():
+        if term is not None:  # a renewal: waits for no commit of ours (module docstring)
+            row = conn.execute(
+                "UPDATE leader SET expires = now() + make_interval(secs => %s) WHERE id = 1 "
+                "AND holder = %s AND term = %s RETURNING term",
+                (float(seconds), holder, term)).fetchone()
+            if row is not None:
+                return int(row[0])
+        # A take-over: FOR UPDATE waits for the commits still running under the lease.
+        row = conn.execute("SELECT expires < now() FROM leader WHERE id = 1 FOR UPDATE"
+                           ).fetchone()
+        if row is None or not row[0]:
+            return None
         row = conn.execute(
-            "UPDATE leader SET term = CASE WHEN holder = %(h)s AND term = %(t)s THEN term "
-            "ELSE term + 1 END, holder = %(h)s, expires = now() + make_interval(secs => %(s)s) "
-            "WHERE id = 1 AND ((holder = %(h)s AND term = %(t)s) OR expires < now()) "
-            "RETURNING term", {"h": holder, "t": -1 if term is None else term,
-                               "s": float(seconds)}).fetchone()
+            "UPDATE leader SET term = term + 1, holder = %s, expires = now() + "
+            "make_interval(secs => %s) WHERE id = 1 RETURNING term",
+            (holder, float(seconds))).fetchone()
     return None if row is None else int(row[0])
 
 
