@@ -16,7 +16,10 @@ worker's other clients run the same fast path as the voters and switch within th
 and a switch report still in flight when the quorum forms must land before the responder moves
 that client too, or it would move twice for one fault (its own switch, the re-plan, then its
 report making a third; chaos campaign, issue 17). A client whose report landed is on its new
-worker by then, so the re-plan leaves it there.
+worker by then, so the re-plan leaves it there. And when most voters report the worker
+answering again by then, the mark is `withdrawn` with no re-plan: their switches came from a
+stall of their own side (a starved machine stalls every tunnel for a few hundred ms at once),
+not from a death, and the worker's other clients must not be moved for it.
 
 Prometheus stays the authority for down and recovered: a mark changes no worker state. It ends
 `suspect_expire_seconds` after it was set, re-planning again; `confirmed` if the worker went down
@@ -32,7 +35,7 @@ import logging
 import math
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -41,7 +44,7 @@ from .. import planner
 from ..store import StoreError
 
 if TYPE_CHECKING:
-    from ..draft import Draft
+    from ..draft import Draft, ProbeRecord
     from ..state import ResponderState
 
 log = logging.getLogger("wg_failover.responder")
@@ -51,7 +54,7 @@ RECENT = 30.0  # seconds: a client whose last probe report is older is not count
 # death come within a few hundred ms (25 ms apart in the campaign), and the mark still beats the
 # alert (8-13 s) by far
 SETTLE = 1.0
-OUTCOMES = ("marked", "confirmed", "expired")
+OUTCOMES = ("marked", "confirmed", "expired", "withdrawn")
 
 
 @dataclass
@@ -61,6 +64,7 @@ class Mark:
     voters: tuple[str, ...]
     confirmed: bool = False  # the worker was seen not up while marked
     settle: float = 0.0  # when the planner starts to treat the worker as unavailable
+    voted: Mapping[str, float] = field(default_factory=dict)  # voter -> when its vote came
 
     def settling(self, now: float) -> bool:
         return now < self.settle
@@ -118,7 +122,7 @@ class Suspects:
         voters = tuple(sorted(votes))
         # No re-plan in this change: `schedule_end` re-plans after SETTLE (see the module doc).
         self.marks[from_worker] = Mark(now, now + s.suspect_expire_seconds, voters,
-                                       settle=now + SETTLE)
+                                       settle=now + SETTLE, voted=dict(votes))
         del self.switches[from_worker]
         self.marks_total.labels(outcome="marked").inc()
         self.suspect.labels(worker=from_worker).set(1)
@@ -160,12 +164,24 @@ class Suspects:
             max(0.0, m.until - now), self._spawn, lambda: self._end(state, worker))
 
     async def _settled(self, state: ResponderState, worker: str, mark: Mark) -> None:
-        """The mark takes effect: its worker's remaining clients are re-planned."""
+        """The mark takes effect: its worker's remaining clients are re-planned; unless most
+        voters reach the worker again (then the mark is withdrawn)."""
         self._timers.pop(f"{worker}|settle", None)
 
         def build(d: Draft) -> None:
-            if self.marks.get(worker) is mark:  # not ended or replaced meanwhile
-                d.worker_changed.add(worker)  # re-plan, and tell the notifiers
+            if self.marks.get(worker) is not mark:
+                return  # ended or replaced meanwhile
+            back = answering_again(mark, worker, d.last_probe)
+            if 2 * len(back) > len(mark.voters):
+                del self.marks[worker]
+                self.marks_total.labels(outcome="withdrawn").inc()
+                self.suspect.labels(worker=worker).set(0)
+                d.event("worker-suspect-end", worker=worker, outcome="withdrawn",
+                        seconds=round(d.now - mark.since, 3), clients=back[:20])
+                log.warning("%s suspect withdrawn: %d of its %d voters reach it again",
+                            worker, len(back), len(mark.voters))
+                return
+            d.worker_changed.add(worker)  # re-plan, and tell the notifiers
 
         try:
             await state.change(build, always_plan=True)
@@ -220,6 +236,19 @@ def suspects_of(state: Any) -> Suspects:
     if s is None:
         s = _BY_STATE[state] = Suspects(state.metrics.collector_registry)
     return s
+
+
+def answering_again(mark: Mark, worker: str,
+                    last_probe: Callable[[str], ProbeRecord | None]) -> list[str]:
+    """The voters whose latest probe report, taken after their vote, says `worker` answers."""
+    out = []
+    for c in mark.voters:
+        p = last_probe(c)
+        after = p is not None and p.time > mark.voted.get(c, mark.since)
+        r = p.workers.get(worker) if p is not None and after else None
+        if r is not None and r.up:
+            out.append(c)
+    return out
 
 
 def quorum(reporting: int, minimum: int, ratio: float) -> int:

@@ -134,6 +134,31 @@ def test_a_switch_reported_while_the_mark_settles_is_not_moved_again(responder_f
     assert all(after[c]["version"] > before[c]["version"] for c in w1)
 
 
+def test_a_mark_whose_voters_reach_the_worker_again_is_withdrawn(responder_factory):
+    """The campaign under CPU starvation (docs/chaos.md): two clients' tunnels stalled for
+    ~200 ms at once and they left w1, which answered them again 100 ms later. Their next probe
+    reports say so before the mark settles: nobody else is moved for it."""
+    p = start(responder_factory)
+    all_probe(p)
+    time.sleep(WINDOW + 0.2)
+    w1 = on(p, "w1")
+    assert len(w1) == 3, assignments(p)
+    switch(p, w1[0], "w1", "w2")
+    switch(p, w1[1], "w1", "w3")
+    assert len(events(p, "worker-suspect")) == 1
+    for c in w1[:2]:
+        report(p, c, {"type": "probe", "workers": {w.name: {"up": True, "rtt_ms": 5}
+                                                   for w in p.fleet.workers}})
+    (end,) = wait_until("the mark withdrawn", lambda: events(p, "worker-suspect-end"),
+                        SETTLE + 3)
+    assert end["data"]["outcome"] == "withdrawn" and sorted(end["data"]["clients"]) == w1[:2]
+    time.sleep(0.5)
+    assert assignments(p)[w1[2]]["worker"] == "w1"  # not moved
+    assert [e for e in events(p, "move") if e["data"]["reason"] == "suspect"] == []
+    assert p.metric('wgfo_worker_suspect_marks_total{outcome="withdrawn"}') == 1
+    assert p.metric('wgfo_worker_suspect{worker="w1"}') == 0
+
+
 def test_a_confirmed_mark_ends_confirmed(responder_factory):
     p = start(responder_factory)
     all_probe(p)

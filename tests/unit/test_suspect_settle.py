@@ -35,3 +35,23 @@ def test_a_mark_confirmed_while_settling_never_comes_into_force() -> None:
     assert s.active(100.2, lambda _w: "down") == frozenset()
     assert s.marks["w1"].confirmed
     assert s.active(100.0 + SETTLE, up) == frozenset()  # Prometheus's word took over
+
+
+def test_voters_answering_again_after_their_vote_are_counted() -> None:
+    """A starved machine stalls every tunnel at once: its clients switch away from a worker
+    that answers again 100 ms later, and say so in their next probe report. Those reports,
+    not older ones, withdraw the mark."""
+    from wg_failover.responder.draft import ProbeRecord
+    from wg_failover.responder.intake.suspect import answering_again
+    from wg_failover.wire import ProbeResult
+
+    mark = Mark(100.0, 130.0, ("c1", "c2", "c3"), settle=101.0,
+                voted={"c1": 99.5, "c2": 100.0, "c3": 100.0})
+    up, down = ProbeResult(up=True, rtt_ms=3.0), ProbeResult(up=False, rtt_ms=None)
+    probes = {"c1": ProbeRecord(99.6, {"w1": up}),  # after its vote, before the mark: counts
+              "c2": ProbeRecord(99.9, {"w1": up}),  # before its vote: says nothing
+              "c3": ProbeRecord(100.4, {"w1": down})}
+    assert answering_again(mark, "w1", probes.get) == ["c1"]
+    probes["c3"] = ProbeRecord(100.5, {"w1": up})
+    assert answering_again(mark, "w1", probes.get) == ["c1", "c3"]
+    assert answering_again(mark, "w2", probes.get) == []  # no result for that worker
