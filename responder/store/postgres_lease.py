@@ -59,10 +59,12 @@ def take_lease(store: PostgresStore, holder: str, term: int | None,
                 (float(seconds), holder, term)).fetchone()
             if row is not None:
                 return int(row[0])
-        # A take-over: FOR UPDATE waits for the commits still running under the lease.
-        row = conn.execute("SELECT expires < now() FROM leader WHERE id = 1 FOR UPDATE"
-                           ).fetchone()
-        if row is None or not row[0]:
+        # A take-over, once the lease expired: FOR UPDATE waits for the commits still running
+        # under it (a live lease is not locked at all: no wait, and no queue in front of the
+        # leader's next commit).
+        row = conn.execute("SELECT term FROM leader WHERE id = 1 AND expires < now() "
+                           "FOR UPDATE").fetchone()
+        if row is None:
             return None
         row = conn.execute(
             "UPDATE leader SET term = term + 1, holder = %s, expires = now() + "

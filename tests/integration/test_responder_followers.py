@@ -270,3 +270,23 @@ def test_a_follower_that_becomes_the_leader_keeps_its_streams_open(
         assert len(stream.connects) == 1 and stream.ends == 0  # the same stream throughout
     finally:
         stream.close()
+
+
+def test_a_renewal_does_not_wait_for_the_leaders_own_long_commit(pg_url: str):
+    from wg_failover.responder.store import open_store
+    from wg_failover.responder.store.postgres_lease import check_fence, take_lease
+
+    a, b = open_store(pg_url), open_store(pg_url)
+    try:
+        t1 = take_lease(a, "a", None, 30)
+        assert t1 is not None
+        with a._conn("test") as conn, conn.transaction():
+            check_fence(conn, (t1, "a"))  # a commit under way, holding its lock on the row
+            conn.execute("UPDATE workers SET state = 'down'")
+            t0 = time.monotonic()
+            assert take_lease(b, "a", t1, 30) == t1  # the renewal passes at once
+            assert time.monotonic() - t0 < 1
+            assert take_lease(b, "b", None, 30) is None  # the lease is live: no take-over
+    finally:
+        a.close()
+        b.close()
