@@ -22,8 +22,13 @@ from wg_failover.wire import ProbeResult
 
 from .latency_rule import ClientLatency, LatencyRule, gain_enough, settle_rule
 
-ALPHA = 0.2  # weight of a new report in the smoothed RTT (reports come every ~5 s)
-CLIP = 1.5  # a report counts as at most this factor off the smoothed figure
+ALPHA = 0.2  # weight of a new report that comes 5 s after the last one
+# The weight grows with the time since the client's last report (an exponential average over
+# time, time constant TAU): switchers report on a large change and else only every heartbeat
+# (client/report_policy.py, 30 s by default), and a report after a quiet stretch speaks for
+# that whole stretch; per report, a 150 ms step took 26 heartbeats (13 minutes) to show.
+TAU = -5.0 / math.log(1 - ALPHA)
+CLIP = 1.5  # a report counts as at most this factor off the smoothed figure...
 # A worker's first figure is the median of its first WARMUP reports, and only then is it
 # compared: a spike in the very first reply would otherwise be the figure itself, and the clip
 # would hold it high for minutes (long enough to look like a lasting gain elsewhere).
@@ -54,6 +59,7 @@ class ClientMemory:
     blind: bool = False  # its worker was given while it had no figures (may settle once)
     settle_until: float | None = None  # set at its first report
     first: dict[str, list[float]] = field(default_factory=dict)  # workers still warming up
+    raw: dict[str, float] = field(default_factory=dict)  # each worker's last reported RTT
 
     def settling(self, now: float) -> bool:
         return self.blind and self.settle_until is not None and now <= self.settle_until
@@ -77,11 +83,15 @@ class LatencyMemory:
         for w in [w for w in m.rtt if w not in results]:
             del m.rtt[w]  # no longer probed: no figure
             m.first.pop(w, None)
+            m.raw.pop(w, None)
+        weight = 1 - math.exp(-min(max(now - m.at, 0.0), STALE_AFTER) / TAU)
         for w, p in results.items():
             if not p.up or p.rtt_ms is None:
                 m.rtt.pop(w, None)  # a figure comes back only from fresh replies
                 m.first.pop(w, None)
+                m.raw.pop(w, None)
                 continue
+            prev, m.raw[w] = m.raw.get(w), float(p.rtt_ms)
             old = m.rtt.get(w)
             early = m.first.get(w)
             if old is None or early is not None:
@@ -93,10 +103,17 @@ class LatencyMemory:
                     m.first.pop(w, None)
             else:
                 # A spike moves the figure by at most ALPHA * (CLIP - 1), so a few slow replies
-                # never make a worker look slow; a lasting change still shows within the
-                # sustain time (x3 in about 12 reports).
-                ms = min(max(p.rtt_ms, old / CLIP), old * CLIP)
-                m.rtt[w] = old + ALPHA * (ms - old)
+                # never make a worker look slow. ...unless the report before said the same: two
+                # reports in a row far off on the same side are a lasting change, and count
+                # whole (the nearer of the two), so a step shows within the sustain time
+                # however seldom the switcher reports.
+                lo, hi = old / CLIP, old * CLIP
+                if prev is not None and ((p.rtt_ms > hi and prev > hi)
+                                         or (p.rtt_ms < lo and prev < lo)):
+                    ms = min(p.rtt_ms, prev) if p.rtt_ms > hi else max(p.rtt_ms, prev)
+                else:
+                    ms = min(max(p.rtt_ms, lo), hi)
+                m.rtt[w] = old + weight * (ms - old)
         m.at = now
         if latency_move_at is not None and (m.last_move is None or latency_move_at > m.last_move):
             m.last_move = latency_move_at

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -173,7 +174,7 @@ def test_memory_smooths_and_needs_the_gain_to_last():
     assert m.clients["a"].rtt == {"w1": 100, "w2": 40}
     assert m.clients["a"].better_since == {"w2": 0}
     m.observe("a", probe(w1=100, w2=400), "w1", 5, RULE)  # a spike counts as 60 ms: 44 ms
-    assert m.clients["a"].rtt["w2"] == 44.0
+    assert m.clients["a"].rtt["w2"] == pytest.approx(44.0)
     assert m.clients["a"].better_since == {"w2": 0}
     for t in range(10, 40, 5):  # a lasting change shows, and the gain ends
         m.observe("a", probe(w1=100, w2=95), "w1", t, RULE)
@@ -265,6 +266,27 @@ def test_settling_respects_capacity_and_usability():
                "b": ClientLatency(f.rtt, "w1", f.better_since, settle=True)}
     after = apply(assign, plan(ws, cs, assign, figures))
     assert after == {"a": "w2", "b": "w1"}  # w2 full after a; w3 rejected by b's probes
+
+
+def test_a_lasting_step_shows_within_the_sustain_time_even_with_sparse_reports():
+    """Switchers report on a large change and else every heartbeat (30 s): two reports in a row
+    far off are a lasting change and count whole, and a report after a quiet stretch weighs
+    for that stretch; one spike alone still barely moves the figure."""
+    m = LatencyMemory()
+    for t in (0, 30, 60):
+        m.observe("a", probe(w1=5, w2=40), "w1", t, RULE)
+    m.observe("a", probe(w1=150, w2=40), "w1", 70, RULE)  # the step, reported at once
+    assert m.clients["a"].rtt["w1"] < 8  # one report: a spike as far as anyone knows
+    m.observe("a", probe(w1=150, w2=40), "w1", 100, RULE)  # the heartbeat says it again
+    assert m.clients["a"].rtt["w1"] > 100
+    assert "w2" in m.clients["a"].better_since
+    # One spike after a quiet stretch: clipped to 1.5x.
+    m2 = LatencyMemory()
+    for t in (0, 5, 10):
+        m2.observe("a", probe(w1=5, w2=40), "w1", t, RULE)
+    m2.observe("a", probe(w1=500, w2=40), "w1", 40, RULE)
+    m2.observe("a", probe(w1=5, w2=40), "w1", 45, RULE)
+    assert m2.clients["a"].rtt["w1"] < 7.5
 
 
 # --------------------------------------------------------------------------- properties
