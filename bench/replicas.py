@@ -357,8 +357,14 @@ class Holders:
             p.stdin.write(json.dumps(job[k:k + HOLD]) + "\n")
             p.stdin.flush()
             self.procs.append(p)
-        ready = sum(self._read(p)["ready"] for p in self.procs)
+        try:
+            ready = sum(self._read(p)["ready"] for p in self.procs)
+        except BaseException:
+            for p in self.procs:
+                p.kill()
+            raise
         if ready != len(job):
+            self.close()
             raise SystemExit(f"only {ready} of {len(job)} streams got their first event")
 
     @staticmethod

@@ -107,6 +107,8 @@ class Leadership:
         self.expires_in = renew  # a standby: seconds until the leader's lease expires
         self.task: asyncio.Task[None] | None = None
         self.follower: Follower | None = None  # while this replica does not lead
+        self.taking: int | None = None  # the term whose state is loading (take)
+        self.renewed = 0.0  # when the keeper last asked to renew `taking`, and it was
         self.keeper_stop = threading.Event()
         self.keeper = threading.Thread(target=self.keep, name="wgfo-lease", daemon=True)
         app.state.leadership = self
@@ -118,8 +120,11 @@ class Leadership:
         from .store.postgres_lease import take_lease
 
         while not self.keeper_stop.wait(self.renew):
-            term = self.term
-            if term is None or self.state is None:
+            # The term being taken too: loading and planning 30,000 clients can outlast the
+            # lease on a busy machine, and `tick` waits for it (a take-over lost mid-load
+            # passed the lease around for minutes in bench/replicas.py).
+            term = self.term if self.state is not None else self.taking
+            if term is None:
                 continue
             asked = _now()
             try:
@@ -128,6 +133,8 @@ class Leadership:
                 continue  # tick says why, and steps down when the lease runs out
             if got == term and self.term == term:
                 self.valid_until = max(self.valid_until, asked + self.lease - self.margin)
+            elif got == term and self.taking == term:
+                self.renewed = max(self.renewed, asked)
 
     def leading(self) -> bool:
         return self.state is not None and _now() < self.valid_until
@@ -259,6 +266,7 @@ class Leadership:
         own_hub = state.hub
         if f is not None and f.state is not None:
             hand_hub(state, f.state.hub)
+        self.renewed, self.taking = 0.0, term
         try:
             await state.start()
         except StoreError as exc:
@@ -266,10 +274,12 @@ class Leadership:
             hand_hub(state, own_hub)  # the follower keeps its streams
             await state.stop()
             return
+        finally:
+            self.taking = None
         if f is not None:
             await f.halt()
         self.term, self.state = term, state
-        self.valid_until = asked + self.lease - self.margin
+        self.valid_until = max(asked, self.renewed) + self.lease - self.margin
         self.app.state.responder = state
         if f is not None:
             if f.state is not None and f.state.hub is state.hub:
