@@ -64,7 +64,7 @@ from wg_failover.responder.leader import LEASE, MARGIN, RENEW_EVERY  # noqa: E40
 GOAL = 5.0  # handover
 NOTIFY_GOAL = 2.0  # webhook -> every client notified (issue 15: 30,000 clients, 3 replicas)
 HOLD = 8000  # streams per holder process (the open-file hard limit is 20,000)
-PACE = 1000  # streams opened a second, per holder process
+PACE = 300  # streams opened a second, per holder process
 ONE_CAP = 15000  # streams one responder is given at most (its connection cap is ~18,000)
 
 

@@ -47,7 +47,7 @@ log = logging.getLogger("wg_failover.responder")
 limited = LogLimiter(log)
 
 POLL = 0.25  # seconds between reads of the change log when no NOTIFY wakes the follower
-FRESH = 2.0  # seconds a successful read keeps the follower serving (leader: LEASE - MARGIN)
+FRESH = 3.0  # seconds a successful read keeps the follower serving (the lease's length)
 LISTEN_RETRY = 1.0  # seconds before the LISTEN connection is made again after it failed
 
 
