@@ -176,8 +176,8 @@ _ips: list[Any] = [None, {}]
 def client_ips(fleet: Fleet) -> dict[IP, int]:
     """Every client's address -> its index in the fleet."""
     if _ips[0] is not fleet:
-        _ips[:] = [fleet, {ipaddress.ip_interface(c.address).ip: i
-                           for i, c in enumerate(fleet.clients)}]
+        _ips[:] = [fleet, {ipaddress.ip_interface(a).ip: i
+                           for i, c in enumerate(fleet.clients) for a in c.addresses}]
     return _ips[1]
 
 
@@ -206,7 +206,7 @@ def in_pool(address: str, pool: str) -> bool:
 def peers_of(fleet: Fleet, worker: Worker, version: int, epoch: str) -> WorkerPeers:
     """The worker's view: every client allowed on it, as `wg set` wants the peers."""
     return WorkerPeers(worker=worker.name, version=version, epoch=epoch, peers=[
-        PeerEntry(name=c.name, public_key=c.public_key, allowed_ips=[c.host_cidr])
+        PeerEntry(name=c.name, public_key=c.public_key, allowed_ips=c.host_cidrs)
         for c in fleet.clients_of(worker)])
 
 

@@ -215,6 +215,10 @@ class Client(_Strict):
     name: Name
     public_key: Key
     address: HostCIDR
+    # More addresses of its own, e.g. the IPv6 one of a dual-stack client (`address` IPv4): the
+    # interface carries them all (wg-quick `Address = a, b`), and every worker's peer entry for
+    # it allows them all, so traffic from any of them reaches the service (issue 18).
+    extra_addresses: list[HostCIDR] | None = Field(default=None, max_length=8)
     routes: list[Network] = Field(default_factory=list)
     workers: list[Name] | None = None
     token_sha256: Hex64 | None = None
@@ -234,6 +238,17 @@ class Client(_Strict):
         """The client's own address as a single host, as a worker's AllowedIPs want it."""
         ip = ipaddress.ip_interface(self.address).ip
         return f"{ip}/{ip.max_prefixlen}"
+
+    @property
+    def host_cidrs(self) -> list[str]:
+        """All its addresses as single hosts: a worker's AllowedIPs for it."""
+        ips = [ipaddress.ip_interface(a).ip for a in self.extra_addresses or ()]
+        return [self.host_cidr, *(f"{ip}/{ip.max_prefixlen}" for ip in ips)]
+
+    @property
+    def addresses(self) -> list[str]:
+        """Its interface's addresses, as wg-quick's `Address` lists them."""
+        return [self.address, *(self.extra_addresses or ())]
 
 
 class MqttSettings(_Strict):
@@ -437,6 +452,14 @@ def _cross_checks(data: dict[str, Any], bad: set[str]) -> list[Problem]:
             for p, v in values("workers", "tunnel_address")]
     nets += [(p, ipaddress.ip_network(ipaddress.ip_interface(v).ip))
              for p, v in values("clients", "address")]
+    for i, e in entries("clients"):
+        extra = e.get("extra_addresses")
+        for j, v in enumerate(extra if isinstance(extra, list) else []):
+            try:  # a bad one is already a problem of its own
+                nets.append((f"clients[{i}].extra_addresses[{j}]",
+                             ipaddress.ip_network(ipaddress.ip_interface(v).ip)))
+            except (TypeError, ValueError):
+                continue
     # Every entry is a single address, so overlapping means equal: a dict keeps this linear
     # (a pairwise check took a minute at 10,000 clients).
     first: dict[ipaddress.IPv4Network | ipaddress.IPv6Network, list[str]] = {}

@@ -62,7 +62,7 @@ def render_worker(fleet: Fleet, worker: Worker | str, private_key: str | None = 
         f"PrivateKey = {private_key or PRIVATE_KEY_PLACEHOLDER}",
     ]
     for c in fleet.clients_of(w):
-        _peer(lines, f"client {c.name}", c.public_key, [c.host_cidr])
+        _peer(lines, f"client {c.name}", c.public_key, c.host_cidrs)
     return "\n".join(lines) + "\n"
 
 
@@ -94,7 +94,7 @@ def render_client(
         "# Every worker is a peer; the routes sit on the active one only, and",
         "# `wg-failover switcher` moves them with one `wg set` when a worker fails.",
         "[Interface]",
-        f"Address = {c.address}",
+        f"Address = {', '.join(c.addresses)}",
         f"PrivateKey = {private_key or PRIVATE_KEY_PLACEHOLDER}",
     ]
     for w in prefs:

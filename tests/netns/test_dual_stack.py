@@ -1,0 +1,98 @@
+"""A dual-stack lab fails over on an IPv6-only service address (issue 18).
+
+The client has an IPv4 tunnel address and, through the fleet's `extra_addresses`, an IPv6 one;
+the workers keep IPv4 tunnel addresses (probed with ICMP) and each serves 10.99.0.1 and the
+IPv6-only fd99::1. The client routes both prefixes on its active worker. Its IPv6 traffic to
+fd99::1 leaves from fd66:1::2, which each worker's peer entry for the client allows (the fleet's
+rendering; without it the worker's cryptokey routing drops it). A killed worker is left on the
+probes alone and the IPv6 traffic comes back through the backup.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.tools import require_netns
+from wg_failover.fleet import dump_fleet
+from wg_failover.lab import kit
+from wg_failover.lab.gen import generate_fleet
+from wg_failover.lab.netns import NetLab
+from wg_failover.lab.procs import poll_until
+from wg_failover.wgquick import render_client, render_worker, strip
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
+
+SERVICE6 = "fd99::1"
+ROUTES = ("10.99.0.0/24", "fd99::/64")
+CLIENT6 = "fd66:1::2/128"
+
+
+def build_dual(lab: NetLab, workdir: Path) -> kit.SwitcherLab:
+    workdir.mkdir(parents=True, exist_ok=True)
+    gen = generate_fleet(3, 1, routes=ROUTES, responder_url="http://198.18.0.2:8080")
+    f = gen.fleet
+    gen.fleet = f.model_copy(update={"clients": [
+        c.model_copy(update={"extra_addresses": [CLIENT6]}) for c in f.clients]})
+    sl = kit.SwitcherLab(lab, gen, workdir)
+    fleet = gen.fleet
+    for i, w in enumerate(fleet.workers):
+        host = lab.add_host(w.name, address=f"198.18.0.{i + 10}")
+        host.run(["ip", "addr", "add", f"{kit.SERVICE}/32", "dev", "lo"])
+        host.run(["ip", "addr", "add", f"{SERVICE6}/128", "dev", "lo"])
+        conf = strip(render_worker(fleet, w, gen.private_keys[w.name]))
+        addrs = [w.tunnel_host_cidr]
+        sl.workers[w.name] = kit.WorkerNode(w.name, host, host.wireguard(f"w{i}", conf, addrs),
+                                            conf, addrs)
+    c = sl.client
+    host = lab.add_host(c.name)
+    conf = strip(render_client(fleet, c, gen.private_keys[c.name]))
+    sl.client_host, sl.client_config = host, conf
+    sl.client_iface = host.wireguard("c0", conf, c.addresses)
+    sl.fleet_file = workdir / "fleet.yaml"
+    sl.fleet_file.write_text(dump_fleet(fleet))
+    sl.token_file = workdir / "token"
+    sl.token_file.touch(mode=0o600)
+    sl.token_file.write_text(gen.tokens[c.name] + "\n")
+    return sl
+
+
+def test_a_dual_stack_client_fails_over_on_an_ipv6_only_service(tmp_path):
+    require_netns()
+    with NetLab(f"wfpld{os.getpid() % 100:02d}") as lab:
+        sl = build_dual(lab, tmp_path / "lab")
+        assert sl.client_host is not None
+        # Every worker allows both of the client's addresses.
+        for node in sl.workers.values():
+            (peer,) = node.iface.dump().peers
+            assert set(peer.allowed_ips) == {sl.client.host_cidr, CLIENT6}
+        sw = sl.start_switcher(tmp_path / "state", "http://198.18.0.254:9")
+        try:
+            for w in sl.prefs():
+                assert sw.wait_for(rf"probe: {w} is up", 20), sw.text()
+            assert sl.route_holder() == "w1"
+            proc = sl.client_host.popen(
+                ["ping", "-6", "-n", "-D", "-i", "0.01", "-W", "1", SERVICE6],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
+            ping = kit.Pinger(proc)
+            try:
+                assert poll_until(lambda: len(ping.snapshot()) > 20, 10), "no IPv6 replies"
+                killed_at = time.time()
+                sl.kill_worker("w1")
+                m = sw.wait_for(r"switch w1 -> (w\d) \(failover\) after \d+ ms", 10)
+                assert m and m.group(1) == "w2", sw.text()
+                assert poll_until(lambda: len(ping.replies_after(killed_at)) > 20, 10), \
+                    "IPv6 traffic did not come back through the backup"
+                gap = ping.gap_around(killed_at)
+            finally:
+                ping.stop()
+            peers = sl.client_peers()
+            assert set(peers["w2"]) == {*ROUTES, "10.66.0.2/32"}
+            assert gap is not None and gap < 2.0, gap
+            print(f"dual-stack: IPv6-only service gap {gap * 1000:.0f} ms over the failover")
+        finally:
+            sw.stop()
