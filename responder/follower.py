@@ -91,6 +91,7 @@ class Follower:
         self.active = True
         self.tasks: list[asyncio.Task[None]] = []
         self.pending: asyncio.Future[tuple[Changes, Fleet | None]] | None = None
+        self.asked = 0.0  # when the pending read began
 
     # ------------------------------------------------------------------ serving
 
@@ -165,11 +166,12 @@ class Follower:
     async def refresh(self) -> None:
         """Read and apply what changed. A read still running from an earlier round (a database
         that does not answer) is waited for, never doubled: threads do not pile up."""
-        asked = _now()
         if self.pending is None:
             known = self.state.fleet_doc.version if self.state is not None else -1
+            self.asked = _now()  # fresh from when the read began, not when it is applied
             self.pending = asyncio.ensure_future(asyncio.to_thread(
                 self._read, self.change, self.other, known))
+        asked = self.asked
         done, _ = await asyncio.wait({self.pending}, timeout=self.fresh)
         if not done:
             self._failed(f"no answer from the database within {self.fresh:g} s")
