@@ -49,7 +49,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wg_failover.responder")
 
-RECENT = 30.0  # seconds: a client whose last probe report is older is not counted as reporting
+# seconds: a client whose last probe report is older is not counted as reporting, unless its
+# report promised a longer heartbeat (`Suspects.max_age`: the data-plane vote's own freshness)
+RECENT = 30.0
 # seconds from the quorum to the re-plan: the other clients' fast-path switch reports of the same
 # death come within a few hundred ms (25 ms apart in the campaign), and the mark still beats the
 # alert (8-13 s) by far
@@ -77,6 +79,10 @@ class Suspects:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._recent: dict[str, tuple[float, frozenset[str]]] = {}  # worker -> (when, clients)
+        # How long a client's latest probe report counts: switchers that report on a change
+        # and a heartbeat (30 s by default) would otherwise drop out of the quorum's base
+        # between heartbeats, and a smaller base lets fewer voters mark a worker.
+        self.max_age: Callable[[str], float] = lambda _client: RECENT
         self.marks_total = Counter("wgfo_worker_suspect_marks_total",
                                    "Suspect marks of workers (a quorum of their clients switched "
                                    "away), by outcome", ["outcome"], registry=registry)
@@ -141,7 +147,7 @@ class Suspects:
         if d.now - at >= 1.0:
             recent = frozenset(
                 c for c, w in d.current_workers().items() if w == worker
-                and (p := d.last_probe(c)) is not None and p.time >= d.now - RECENT)
+                and (p := d.last_probe(c)) is not None and p.time >= d.now - self.max_age(c))
             self._recent[worker] = (d.now, recent)
         return set(recent) | set(votes)
 
@@ -235,6 +241,8 @@ def suspects_of(state: Any) -> Suspects:
     s = _BY_STATE.get(state)
     if s is None:
         s = _BY_STATE[state] = Suspects(state.metrics.collector_registry)
+        ages = state.metrics.probe_max_age  # set by each probe report (intake/clients.py)
+        s.max_age = lambda client: ages.get(client, RECENT)
     return s
 
 
