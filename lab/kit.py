@@ -261,17 +261,25 @@ class Pinger:
 def build(lab: NetLab, workdir: Path, workers: int = 3, responder_url: str | None = None,
           hold_down_seconds: float = 60) -> SwitcherLab:
     """Workers w1..wN on 198.18.0.10+i, one client c1 with routes 10.99.0.0/24 on w1."""
-    workdir.mkdir(parents=True, exist_ok=True)
     gen = generate_fleet(workers, 1, worker_host=lambda i: f"198.18.0.{i + 10}",
                          routes=("10.99.0.0/24",),
                          responder_url=responder_url or "http://198.18.0.2:8080",
                          hold_down_seconds=hold_down_seconds)
+    return build_from(lab, gen, workdir)
+
+
+def build_from(lab: NetLab, gen: Generated, workdir: Path,
+               service_addresses: tuple[str, ...] = ()) -> SwitcherLab:
+    """The lab of `gen`'s fleet (workers on 198.18.0.10+i, its first client), each worker
+    serving SERVICE and `service_addresses` (CIDRs, e.g. an IPv6 one) on its loopback."""
+    workdir.mkdir(parents=True, exist_ok=True)
     sl = SwitcherLab(lab, gen, workdir)
     fleet = gen.fleet
     for i, w in enumerate(fleet.workers):
         host = lab.add_host(w.name, address=f"198.18.0.{i + 10}")
         # No dummy module here: the service address sits on each worker's loopback.
-        host.run(["ip", "addr", "add", f"{SERVICE}/32", "dev", "lo"])
+        for cidr in (f"{SERVICE}/32", *service_addresses):
+            host.run(["ip", "addr", "add", cidr, "dev", "lo"])
         conf = strip(render_worker(fleet, w, gen.private_keys[w.name]))
         addrs = [w.tunnel_host_cidr]
         sl.workers[w.name] = WorkerNode(w.name, host, host.wireguard(f"w{i}", conf, addrs),
@@ -281,7 +289,7 @@ def build(lab: NetLab, workdir: Path, workers: int = 3, responder_url: str | Non
     conf = strip(render_client(fleet, c, gen.private_keys[c.name]))
     sl.client_host = host
     sl.client_config = conf
-    sl.client_iface = host.wireguard("c0", conf, [c.address])
+    sl.client_iface = host.wireguard("c0", conf, c.addresses)
     sl.fleet_file = workdir / "fleet.yaml"
     sl.fleet_file.write_text(dump_fleet(fleet))
     sl.token_file = workdir / "token"

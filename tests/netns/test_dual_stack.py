@@ -18,12 +18,10 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.tools import require_netns
-from wg_failover.fleet import dump_fleet
 from wg_failover.lab import kit
 from wg_failover.lab.gen import generate_fleet
 from wg_failover.lab.netns import NetLab
 from wg_failover.lab.procs import poll_until
-from wg_failover.wgquick import render_client, render_worker, strip
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 
@@ -33,32 +31,11 @@ CLIENT6 = "fd66:1::2/128"
 
 
 def build_dual(lab: NetLab, workdir: Path) -> kit.SwitcherLab:
-    workdir.mkdir(parents=True, exist_ok=True)
     gen = generate_fleet(3, 1, routes=ROUTES, responder_url="http://198.18.0.2:8080")
     f = gen.fleet
     gen.fleet = f.model_copy(update={"clients": [
         c.model_copy(update={"extra_addresses": [CLIENT6]}) for c in f.clients]})
-    sl = kit.SwitcherLab(lab, gen, workdir)
-    fleet = gen.fleet
-    for i, w in enumerate(fleet.workers):
-        host = lab.add_host(w.name, address=f"198.18.0.{i + 10}")
-        host.run(["ip", "addr", "add", f"{kit.SERVICE}/32", "dev", "lo"])
-        host.run(["ip", "addr", "add", f"{SERVICE6}/128", "dev", "lo"])
-        conf = strip(render_worker(fleet, w, gen.private_keys[w.name]))
-        addrs = [w.tunnel_host_cidr]
-        sl.workers[w.name] = kit.WorkerNode(w.name, host, host.wireguard(f"w{i}", conf, addrs),
-                                            conf, addrs)
-    c = sl.client
-    host = lab.add_host(c.name)
-    conf = strip(render_client(fleet, c, gen.private_keys[c.name]))
-    sl.client_host, sl.client_config = host, conf
-    sl.client_iface = host.wireguard("c0", conf, c.addresses)
-    sl.fleet_file = workdir / "fleet.yaml"
-    sl.fleet_file.write_text(dump_fleet(fleet))
-    sl.token_file = workdir / "token"
-    sl.token_file.touch(mode=0o600)
-    sl.token_file.write_text(gen.tokens[c.name] + "\n")
-    return sl
+    return kit.build_from(lab, gen, workdir, service_addresses=(f"{SERVICE6}/128",))
 
 
 def test_a_dual_stack_client_fails_over_on_an_ipv6_only_service(tmp_path):

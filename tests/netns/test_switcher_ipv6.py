@@ -2,8 +2,8 @@
 have IPv6 tunnel addresses and whose client routes both an IPv4 and an IPv6 prefix fails over,
 on the probes alone, for traffic to an IPv6-only service address.
 
-The fleet gives a client one tunnel address, so this client's is IPv6 (fd66:1::2/128) and its
-traffic to the IPv6 service is what is measured; the underlay stays IPv4 (198.18.0.0/24).
+This client's only tunnel address is IPv6 (fd66:1::2/128; tests/netns/test_dual_stack.py has
+both) and its traffic to the IPv6 service is what is measured; the underlay stays IPv4.
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from wg_failover.fleet import dump_fleet
 from wg_failover.lab import kit
 from wg_failover.lab.gen import generate_fleet
 from wg_failover.lab.netns import NetLab
 from wg_failover.lab.procs import poll_until
-from wg_failover.wgquick import render_client, render_worker, strip
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 
@@ -29,34 +27,13 @@ ROUTES = ("10.99.0.0/24", "fd99::/64")
 
 def build_v6(lab: NetLab, workdir: Path) -> kit.SwitcherLab:
     """kit.build's lab with IPv6 tunnel addresses (fd66::N) and the service also on fd99::1."""
-    workdir.mkdir(parents=True, exist_ok=True)
     gen = generate_fleet(3, 1, routes=ROUTES, responder_url="http://198.18.0.2:8080")
     f = gen.fleet
     workers = [w.model_copy(update={"tunnel_address": f"fd66::{i + 1}"})
                for i, w in enumerate(f.workers)]
     clients = [c.model_copy(update={"address": "fd66:1::2/128"}) for c in f.clients]
     gen.fleet = f.model_copy(update={"workers": workers, "clients": clients})
-    sl = kit.SwitcherLab(lab, gen, workdir)
-    fleet = gen.fleet
-    for i, w in enumerate(fleet.workers):
-        host = lab.add_host(w.name, address=f"198.18.0.{i + 10}")
-        host.run(["ip", "addr", "add", f"{kit.SERVICE}/32", "dev", "lo"])
-        host.run(["ip", "addr", "add", f"{SERVICE6}/128", "dev", "lo"])
-        conf = strip(render_worker(fleet, w, gen.private_keys[w.name]))
-        addrs = [w.tunnel_host_cidr]
-        sl.workers[w.name] = kit.WorkerNode(w.name, host, host.wireguard(f"w{i}", conf, addrs),
-                                            conf, addrs)
-    c = sl.client
-    host = lab.add_host(c.name)
-    conf = strip(render_client(fleet, c, gen.private_keys[c.name]))
-    sl.client_host, sl.client_config = host, conf
-    sl.client_iface = host.wireguard("c0", conf, [c.address])
-    sl.fleet_file = workdir / "fleet.yaml"
-    sl.fleet_file.write_text(dump_fleet(fleet))
-    sl.token_file = workdir / "token"
-    sl.token_file.touch(mode=0o600)
-    sl.token_file.write_text(gen.tokens[c.name] + "\n")
-    return sl
+    return kit.build_from(lab, gen, workdir, service_addresses=(f"{SERVICE6}/128",))
 
 
 def test_ipv6_tunnels_are_probed_and_fail_over_an_ipv6_only_service(netlab, tmp_path):
