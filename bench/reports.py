@@ -164,33 +164,6 @@ def _kind(why: str) -> str:
 # --------------------------------------------------------------------------- 2. the responder
 
 
-async def send_reports(p, bodies: list[bytes], n: int, concurrency: int = 8) -> float:
-    """`n` probe reports over keep-alive connections, client i % clients sending bodies[pass %
-    len(bodies)] (one pass over all clients per body, so alternating bodies flip each client's
-    report); reports/s."""
-    from bench.responder import read_response
-
-    clients = [c.name for c in p.fleet.clients]
-
-    async def sender(k: int) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
-        try:
-            for i in range(k, n, concurrency):
-                c = clients[i % len(clients)]
-                body = bodies[(i // len(clients)) % len(bodies)]
-                writer.write(
-                    (f"POST /v1/clients/{c}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                     f"Content-Type: application/json\r\nAuthorization: Bearer "
-                     f"{p.tokens[c]}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body)
-                await read_response(reader, b" 202 ")
-        finally:
-            writer.close()
-
-    t0 = time.monotonic()
-    await asyncio.gather(*(sender(k) for k in range(concurrency)))
-    return n / (time.monotonic() - t0)
-
-
 def probe_body(w1_up: bool, heartbeat: float | None) -> bytes:
     ev: dict = {"type": "probe", "workers": {
         "w1": {"up": w1_up, "rtt_ms": 12.5 if w1_up else None, "loss": 0.0 if w1_up else 1.0},
@@ -225,7 +198,7 @@ OLD, PLAIN, COMMIT, FLOOR = ("old report (no heartbeat_s)", "heartbeat / RTT cha
 def measure_responder(n: int, heartbeat_s: float,
                       repeat: int) -> dict[str, list[tuple[float, float]]]:
     """kind -> [(requests/s, responder CPU us per request)] over `repeat` alternating runs."""
-    from bench.responder import cpu_seconds
+    from bench.responder import cpu_seconds, send_reports
     from tests.helpers.responder import ResponderProc, unlimited_reports
 
     out: dict[str, list[tuple[float, float]]] = {}

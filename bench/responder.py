@@ -184,15 +184,23 @@ async def probe_reports(p, n: int, concurrency: int = 8) -> float:
     """Probe reports/s (`POST /v1/clients/{name}/events`, type probe) from many clients: what a
     fleet of switchers sends (on a change and a 30 s heartbeat by default; bench/reports.py
     has the rate per switcher and the projection for 100,000)."""
-    clients = [c.name for c in p.fleet.clients]
     body = json.dumps({"type": "probe", "workers": {
         w.name: {"up": True, "rtt_ms": 0.4, "loss": 0.0} for w in p.fleet.workers}}).encode()
+    return await send_reports(p, [body], n, concurrency)
+
+
+async def send_reports(p, bodies: list[bytes], n: int, concurrency: int = 8) -> float:
+    """`n` probe reports over keep-alive connections, client i % clients sending bodies[pass %
+    len(bodies)] (one pass over all clients per body, so alternating bodies flip each client's
+    report); reports/s."""
+    clients = [c.name for c in p.fleet.clients]
 
     async def sender(k: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
         try:
             for i in range(k, n, concurrency):
                 c = clients[i % len(clients)]
+                body = bodies[(i // len(clients)) % len(bodies)]
                 writer.write(
                     (f"POST /v1/clients/{c}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                      f"Content-Type: application/json\r\nAuthorization: Bearer "
