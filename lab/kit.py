@@ -298,6 +298,28 @@ def build_from(lab: NetLab, gen: Generated, workdir: Path,
     return sl
 
 
+def kill_and_ping(sl: SwitcherLab, sw: SwitcherProc, target: str, ipv6: bool = False) -> float:
+    """Ping `target` from the client every 10 ms, kill w1 (the active worker) and wait until
+    the switcher failed over to w2 and replies come back through it; the traffic gap (s)."""
+    proc = sl.client_host.popen(["ping", *(["-6"] if ipv6 else []), "-n", "-D", "-i", "0.01",
+                                 "-W", "1", target], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True, bufsize=1)
+    ping = Pinger(proc)
+    try:
+        assert poll_until(lambda: len(ping.snapshot()) > 20, 10), f"no replies from {target}"
+        killed_at = time.time()
+        sl.kill_worker("w1")
+        m = sw.wait_for(r"switch w1 -> (w\d) \(failover\) after \d+ ms", 10)
+        assert m and m.group(1) == "w2", sw.text()
+        assert poll_until(lambda: len(ping.replies_after(killed_at)) > 20, 10), \
+            f"traffic to {target} did not come back through the backup"
+        gap = ping.gap_around(killed_at)
+    finally:
+        ping.stop()
+    assert gap is not None
+    return gap
+
+
 # Runs inside a namespace: stdlib only, so it starts fast.
 _HTTP_SNIPPET = """
 import json, sys, urllib.request, urllib.error

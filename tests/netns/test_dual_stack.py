@@ -11,8 +11,6 @@ probes alone and the IPv6 traffic comes back through the backup.
 from __future__ import annotations
 
 import os
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,6 @@ from tests.helpers.tools import require_netns
 from wg_failover.lab import kit
 from wg_failover.lab.gen import generate_fleet
 from wg_failover.lab.netns import NetLab
-from wg_failover.lab.procs import poll_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 
@@ -52,24 +49,10 @@ def test_a_dual_stack_client_fails_over_on_an_ipv6_only_service(tmp_path):
             for w in sl.prefs():
                 assert sw.wait_for(rf"probe: {w} is up", 20), sw.text()
             assert sl.route_holder() == "w1"
-            proc = sl.client_host.popen(
-                ["ping", "-6", "-n", "-D", "-i", "0.01", "-W", "1", SERVICE6],
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
-            ping = kit.Pinger(proc)
-            try:
-                assert poll_until(lambda: len(ping.snapshot()) > 20, 10), "no IPv6 replies"
-                killed_at = time.time()
-                sl.kill_worker("w1")
-                m = sw.wait_for(r"switch w1 -> (w\d) \(failover\) after \d+ ms", 10)
-                assert m and m.group(1) == "w2", sw.text()
-                assert poll_until(lambda: len(ping.replies_after(killed_at)) > 20, 10), \
-                    "IPv6 traffic did not come back through the backup"
-                gap = ping.gap_around(killed_at)
-            finally:
-                ping.stop()
+            gap = kit.kill_and_ping(sl, sw, SERVICE6, ipv6=True)
             peers = sl.client_peers()
             assert set(peers["w2"]) == {*ROUTES, "10.66.0.2/32"}
-            assert gap is not None and gap < 2.0, gap
+            assert gap < 2.0, gap
             print(f"dual-stack: IPv6-only service gap {gap * 1000:.0f} ms over the failover")
         finally:
             sw.stop()

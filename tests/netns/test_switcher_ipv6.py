@@ -8,8 +8,6 @@ both) and its traffic to the IPv6 service is what is measured; the underlay stay
 
 from __future__ import annotations
 
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,6 @@ import pytest
 from wg_failover.lab import kit
 from wg_failover.lab.gen import generate_fleet
 from wg_failover.lab.netns import NetLab
-from wg_failover.lab.procs import poll_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 
@@ -45,20 +42,7 @@ def test_ipv6_tunnels_are_probed_and_fail_over_an_ipv6_only_service(netlab, tmp_
             assert sw.wait_for(rf"probe: {w} is up", 20), sw.text()
         assert "IPv6 tunnel address" not in sw.text()
         assert sl.route_holder() == "w1"
-        proc = sl.client_host.popen(["ping", "-6", "-n", "-D", "-i", "0.01", "-W", "1", SERVICE6],
-                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                    bufsize=1)
-        ping = kit.Pinger(proc)
-        try:
-            assert poll_until(lambda: len(ping.snapshot()) > 20, 10), "no IPv6 ping replies"
-            killed_at = time.time()
-            sl.kill_worker("w1")
-            m = sw.wait_for(r"switch w1 -> (w\d) \(failover\) after \d+ ms", 10)
-            assert m and m.group(1) == "w2", sw.text()
-            assert poll_until(lambda: len(ping.replies_after(killed_at)) > 20, 10), \
-                "IPv6 traffic did not come back through the backup"
-        finally:
-            ping.stop()
+        kit.kill_and_ping(sl, sw, SERVICE6, ipv6=True)
         peers = sl.client_peers()
         assert set(peers["w2"]) == {*ROUTES, "fd66::2/128"}
         assert peers["w1"] == ("fd66::1/128",)
