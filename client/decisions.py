@@ -13,13 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from wg_failover.wire import (
-    AppliedEvent,
-    Assignment,
-    ProbeEvent,
-    RejectedEvent,
-    SwitchEvent,
-)
+from wg_failover.wire import AppliedEvent, Assignment, ProbeEvent, RejectedEvent, SwitchEvent
 
 from .health import DOWN, UNKNOWN, UP, GraySettings, WorkerHealth, gray_verdict
 
@@ -270,9 +264,13 @@ class Decider:
         if g is None or now - self.gray_at < g.hold:
             return []
         verdict = None
+        # No emergency: only onto a worker the responder calls usable (its assignment's worker
+        # and backups), not one it holds down after a heal and would send the client back from.
+        a = self.assignment
         for w in self.order:
             h = self.health[w]
-            if w != self.active and not h.held_down(now, self.settings.hold_down):
+            if w != self.active and not h.held_down(now, self.settings.hold_down) and (
+                    a is None or w == a.worker or w in a.backups):
                 verdict = gray_verdict(active_h, h, g)
                 if verdict is not None:
                     break

@@ -28,7 +28,7 @@ from wg_failover.client.decisions import (
     Switch,
 )
 from wg_failover.client.probe import IcmpProber, echo_request, parse_echo_reply
-from wg_failover.wire import ClientEvent
+from wg_failover.wire import Assignment, ClientEvent
 
 W = ["w1", "w2", "w3"]
 BURST = Settings(k=3, burst_interval=0.01, burst_misses=3)
@@ -111,6 +111,31 @@ def test_ten_percent_loss_in_a_trial_leaves_for_a_clean_backup_and_says_why():
     assert ev["cause"] == "gray-loss" and ev["elapsed_ms"] is None
     assert ClientEvent.validate_python(ev).model_dump(mode="json") == ev
     assert d.health["w1"].held_down(t + 5, 10), "the worker left is held down like a dead one"
+
+
+def test_a_gray_move_goes_only_where_the_responder_agrees():
+    """Chaos campaign (seed 1, 30 minutes): a gray move onto a worker the responder held down
+    after its heal (not in the assignment's backups) was refused and bounced back: three moves
+    for one fault. A gray move is no emergency: it takes the assignment's backups only."""
+    d = Decider(W, GRAY, active="w1")
+    t = warm(d)
+    d.on_assignment(Assignment(client="c1", worker="w1", version=1, backups=("w3",)), t)
+    acts, t = lose_in_trial(d, "w1", t, lost=10, answered=40)
+    [sw] = switches(acts)
+    assert (sw.from_, sw.to, sw.kind) == ("w1", "w3", "gray"), "w2 is not a backup now"
+
+    d = Decider(W, GRAY, active="w1")
+    t = warm(d)
+    d.on_assignment(Assignment(client="c1", worker="w1", version=1, backups=()), t)
+    acts, t = lose_in_trial(d, "w1", t, lost=10, answered=40)
+    assert switches(acts) == [], "no backup the responder calls usable: stay"
+    # ... while a dead active still fails over to any worker that answers (the fast path).
+    acts = []
+    for _ in range(8):
+        t += 0.1
+        acts += d.on_reply("w2", 0.001, t) + d.on_reply("w3", 0.001, t) + d.on_miss("w1", t)
+    [sw] = switches(acts)
+    assert sw.kind == "failover" and sw.to == "w2"
 
 
 def test_a_trial_with_little_loss_ends_and_the_burst_stops():
