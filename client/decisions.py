@@ -15,7 +15,7 @@ from typing import Any
 
 from wg_failover.wire import AppliedEvent, Assignment, ProbeEvent, RejectedEvent, SwitchEvent
 
-from .health import DOWN, UNKNOWN, UP, GraySettings, WorkerHealth, gray_verdict
+from .health import DOWN, UNKNOWN, UP, GraySettings, WorkerHealth, gray_verdict, shared_silence
 
 __all__ = ["DOWN", "UNKNOWN", "UP", "Action", "Decider", "GraySettings", "Note", "Report",
            "Settings", "Switch", "WorkerHealth", "check_version"]
@@ -232,6 +232,8 @@ class Decider:
         active_h = self.health.get(self.active) if self.active else None
         if self.settings.fast_path and active_h is not None and active_h.state == DOWN:
             to = self.best_backup(now, self._quiet_since(active_h))
+            if to is not None and shared_silence(active_h, self.health[to], now):
+                to = None  # every worker went quiet at once: wait for the active's answer too
             if to is None:
                 if not self.active_stuck_noted and self.best_backup(now) is None:
                     out.append(Note(f"active {self.active} is down and no backup answers; "

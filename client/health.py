@@ -56,6 +56,7 @@ class WorkerHealth:
     down_since: float | None = None
     last_reply: float | None = None  # monotonic time of the last answer
     quiet_since: float | None = None  # when the current run of misses began (None: answering)
+    silence: tuple[float, float] | None = None  # the last run of misses an answer ended: (from, to)
     flapped: bool = False  # it was down at least once since the switcher started
     results: deque = field(default_factory=deque)
     rtts: deque = field(default_factory=lambda: deque(maxlen=64))  # recent answers' RTTs
@@ -93,7 +94,7 @@ class WorkerHealth:
         """An answered probe. Returns True when the state changed."""
         self._push(True)
         self.last_rtt = rtt
-        self.last_reply, self.quiet_since = now, None
+        self._end_silence(now)
         if self.state != UP:
             # The first answer after a silence usually waited for a WireGuard handshake: it says
             # nothing about the path's RTT, and would stretch every deadline for a while.
@@ -115,7 +116,7 @@ class WorkerHealth:
         learnt from the answers that beat it only, and jitter would turn into ever more misses."""
         if self.state != UP:
             return  # the next timely answer brings it up
-        self.last_reply, self.quiet_since = now, None
+        self._end_silence(now)
         self.consecutive_misses = 0
         if self.trial and self.trial_lost > 0:
             self.trial_lost -= 1  # late, not lost
@@ -123,6 +124,11 @@ class WorkerHealth:
         if self.srtt is not None:
             self.rttvar += 0.25 * (abs(self.srtt - rtt) - self.rttvar)
             self.srtt += self.alpha * (rtt - self.srtt)
+
+    def _end_silence(self, now: float) -> None:
+        if self.quiet_since is not None:
+            self.silence = (self.quiet_since, now)
+        self.last_reply, self.quiet_since = now, None
 
     def heard_since(self, t: float | None) -> bool:
         """Answered at or after `t` (None: no bound). With the burst, an active worker's silence
@@ -186,3 +192,16 @@ def gray_verdict(active: WorkerHealth, backup: WorkerHealth,
                             f"{g.rtt_samples} answers, {backup.name} {mb * 1000:.1f} ms "
                             f"(limit x{g.rtt_factor:g} and +{g.rtt_min * 1000:g} ms); {clean}")
     return None
+
+
+SHARED_SILENCE = 0.2  # s: "the same moment", and how long the active has to answer after it
+
+
+def shared_silence(active: WorkerHealth, backup: WorkerHealth, now: float) -> bool:
+    """The backup went quiet at about the moment the active did and answers again only since
+    an instant: every worker silent at once is local (the client's host or its WireGuard
+    starved of CPU: the chaos campaign's false failovers), and the active's answer is likely
+    right behind the backup's. The switcher waits SHARED_SILENCE for it before failing over."""
+    s, q = backup.silence, active.quiet_since
+    return s is not None and q is not None and abs(s[0] - q) <= SHARED_SILENCE \
+        and now - s[1] < SHARED_SILENCE

@@ -138,6 +138,49 @@ def test_a_gray_move_goes_only_where_the_responder_agrees():
     assert sw.kind == "failover" and sw.to == "w2"
 
 
+def stall(d: Decider, t: float, seconds: float) -> float:
+    """Every worker silent at once (the client's WireGuard starved of CPU): each misses its
+    probes, 40 ms apart, for `seconds`."""
+    for _ in range(int(seconds / 0.04)):
+        t += 0.04
+        for w in W:
+            assert switches(d.on_miss(w, t)) == []
+    return t
+
+
+def test_a_silence_of_every_worker_at_once_is_local_and_waits_for_the_active():
+    """Chaos campaign under CPU starvation: all three workers silent for 150-400 ms, then the
+    backups' answers processed a moment before the active's made a false failover."""
+    d = Decider(W, BURST, active="w1")
+    t = stall(d, warm(d), 0.3)
+    assert d.health["w1"].state == DOWN
+    acts = d.on_reply("w2", 0.3, t + 0.005) + d.on_reply("w3", 0.3, t + 0.006)
+    assert switches(acts) == [], "the backups came back together with the active's silence"
+    acts = d.on_reply("w1", 0.3, t + 0.02)
+    assert switches(acts) == [] and d.active == "w1" and d.health["w1"].state == UP
+
+    # The active stays silent after the others answered again: it is dead, fail over.
+    d = Decider(W, BURST, active="w1")
+    t = stall(d, warm(d), 0.3)
+    d.on_reply("w2", 0.3, t + 0.005)
+    assert switches(d.on_miss("w1", t + 0.1)) == []
+    [sw] = switches(d.on_reply("w2", 0.001, t + 0.21) + d.on_miss("w1", t + 0.22))
+    assert (sw.from_, sw.to, sw.kind) == ("w1", "w2", "failover")
+
+
+def test_an_active_dead_alone_fails_over_at_once():
+    d = Decider(W, BURST, active="w1")
+    t = warm(d)
+    acts = []
+    for _ in range(6):
+        t += 0.04
+        acts += d.on_reply("w2", 0.001, t) + d.on_reply("w3", 0.001, t) + d.on_miss("w1", t)
+        if switches(acts):
+            break
+    [sw] = switches(acts)
+    assert sw.to == "w2" and sw.kind == "failover"
+
+
 def test_a_trial_with_little_loss_ends_and_the_burst_stops():
     d = Decider(W, GRAY, active="w1")
     t = warm(d)
