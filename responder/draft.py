@@ -79,7 +79,8 @@ def prefs_of(fleet: Fleet) -> dict[str, tuple[str, ...]]:
 
 def worker_views(fleet: Fleet, row_of: Callable[[str], WorkerRow],
                  alerts: Mapping[str, tuple[str, str]],
-                 suspects: Collection[str] = ()) -> dict[str, planner.WorkerView]:
+                 suspects: Collection[str] = (),
+                 fled: Collection[str] = ()) -> dict[str, planner.WorkerView]:
     """The planner's view of every fleet worker (fleet order): its state, and drained when the
     admin drained it or a drain alert is firing for it."""
     drained_by_alert = {w for w, action in alerts.values() if action == "drain"}
@@ -88,7 +89,7 @@ def worker_views(fleet: Fleet, row_of: Callable[[str], WorkerRow],
         row = row_of(w.name)
         views[w.name] = planner.WorkerView(
             w.name, row.state, row.drain_admin or w.name in drained_by_alert, w.capacity,
-            suspect=w.name in suspects, region=w.region)
+            suspect=w.name in suspects, region=w.region, fled=w.name in fled)
     return views
 
 
@@ -139,7 +140,9 @@ class Draft:
                 for c in self.fleet.clients}
 
     def views(self) -> dict[str, planner.WorkerView]:
-        return worker_views(self.fleet, self.worker, self.alerts(), self.suspects())
+        return worker_views(self.fleet, self.worker, self.alerts(), self.suspects(),
+                            suspects_of(self.committed).fleeing(
+                                self.now, self.settings.suspect_window_seconds))
 
     def suspects(self) -> frozenset[str]:
         """Workers marked suspect now (intake/suspect.py)."""

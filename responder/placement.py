@@ -94,6 +94,7 @@ def latency_moves(workers: Mapping[str, WorkerView], clients: Sequence[ClientVie
         r, reason = (settle_rule(rule), R_SETTLE) if info.settle else (rule, R_LATENCY)
         cands = [(info.rtt[n], i, n) for i, n in enumerate(c.prefs)
                  if n != cur and n in workers and n in info.rtt and usable(c, workers[n])
+                 and not workers[n].fled
                  and room(workers[n], load.get(n, 0)) > 0
                  and gain_enough(info.rtt[cur], info.rtt[n], r)
                  and (since := info.better_since.get(n)) is not None

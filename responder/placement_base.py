@@ -34,6 +34,9 @@ class WorkerView:
     capacity: int | None = None  # None: unlimited
     suspect: bool = False  # treated as unavailable until an alert confirms it or the mark expires
     region: str | None = None
+    # Clients left it by their fast path within the suspect window (a quorum not reached yet,
+    # or a mark still settling): no latency move onto it, whose figures predate their flight.
+    fled: bool = False
 
     @property
     def healthy(self) -> bool:

@@ -101,6 +101,15 @@ class Suspects:
                 out.append(w)
         return frozenset(out)
 
+    def fleeing(self, now: float, window: float) -> frozenset[str]:
+        """Workers that clients left by their fast path within `window` seconds, or marked and
+        not over: the latency rule moves nobody onto them (its figures predate the flight;
+        bench/placement_wg.py with default switchers saw two clients moved onto a worker just
+        vacated, and off again by the mark a second later)."""
+        voted = {w for w, v in self.switches.items() if any(t >= now - window
+                                                            for t in v.values())}
+        return frozenset(voted | {w for w, m in self.marks.items() if now < m.until})
+
     def vote(self, d: Draft, client: str, from_worker: str | None, window: float) -> str | None:
         """Count a fast-path switch of `client` away from `from_worker` (inside its change).
         Returns the worker when this vote made the quorum (the mark is set and logged)."""

@@ -149,6 +149,32 @@ def test_suspect_marks_end_when_they_expire_or_once_the_confirmed_worker_is_up_a
     assert s.active(50, up.get) == frozenset()  # back up before the mark's end: not suspect
 
 
+def test_no_latency_move_onto_a_worker_its_clients_just_fled():
+    """bench/placement_wg.py, default switchers: the fast worker's RTT jumped to 150 ms, its
+    clients left it by their fast path, and the re-plan moved two others onto it for latency
+    (their figures still said 5 ms) until the suspect mark moved them off a second later."""
+    cs = [ClientView("a", ("w1", "w2"))]
+    good = {"a": lat({"w1": 100, "w2": 50}, "w1", ["w2"])}
+    ws = {n: WorkerView(n) for n in ("w1", "w2")}
+    assert plan(ws, cs, {"a": "w1"}, good).moves["a"].to_worker == "w2"
+    ws["w2"] = WorkerView("w2", fled=True)
+    assert ws["w2"].healthy, "still usable: a failover may take it"
+    assert plan(ws, cs, {"a": "w1"}, good).moves == {}
+    # Capacity moves still use it: a dead w1's client goes there.
+    ws["w1"] = WorkerView("w1", planner.DOWN)
+    assert plan(ws, cs, {"a": "w1"}, good).moves["a"].to_worker == "w2"
+
+
+def test_fleeing_is_a_recent_switch_away_or_a_mark_not_over():
+    s = Suspects(CollectorRegistry())
+    s.switches["w1"] = {"a": 100.0}
+    assert s.fleeing(104.0, 5) == {"w1"}
+    assert s.fleeing(106.0, 5) == frozenset()
+    s.marks["w2"] = Mark(since=100, until=130, voters=("a", "b"))
+    assert s.fleeing(110.0, 5) == {"w2"}
+    assert s.fleeing(130.0, 5) == frozenset()
+
+
 def test_quorum():
     assert quorum(0, 2, 0.3) == 2
     assert quorum(3, 2, 0.3) == 2  # one client alone never
