@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -38,6 +39,22 @@ def _status(url: str) -> int:
         return 0
 
 
+def _settled_threads(pid: int, quiet: float = 0.3, limit: float = 5.0) -> int:
+    """The thread count once it has not changed for `quiet` seconds: the handler thread of a
+    request just answered may still be ending, and counting it would make the baseline one
+    too high (CI saw "did not take the four connections")."""
+    last, since = _threads(pid), time.monotonic()
+    deadline = since + limit
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        n = _threads(pid)
+        if n != last:
+            last, since = n, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            break
+    return last
+
+
 def _half_open(port: int) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
     s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # no blank line: the request never ends
@@ -61,7 +78,7 @@ def test_half_open_connections_are_dropped_and_capped() -> None:
     held: list[socket.socket] = []
     try:
         assert poll_until(lambda: _status(url) == 200, 20, 0.1), "exporter did not answer"
-        baseline = _threads(proc.pid)
+        baseline = _settled_threads(proc.pid)
 
         held = [_half_open(port) for _ in range(4)]
         # The server accepts them and starts a thread each; a fixed 0.2 s was not always
