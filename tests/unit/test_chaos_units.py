@@ -272,9 +272,27 @@ def test_every_worker_down_at_once_no_hop_through_dead_backups():
         for w in ("w2", "w3"):
             moves += _moves(d.on_miss(w, t))
     assert moves == [] and d.active == "w1"
-    # every worker back: the first that answers takes the routes, once
+    # every worker back within a moment: the backups went quiet with the active (a shared
+    # silence, client/health.py), so the switcher waits for the active's answer: no move
     moves += _moves(d.on_reply("w3", 0.001, 5.0))
     moves += _moves(d.on_reply("w1", 0.001, 5.01) + d.on_reply("w2", 0.001, 5.02))
+    assert moves == [] and d.active == "w1"
+
+
+def test_every_worker_down_then_the_active_stays_dead_one_move_to_the_first_back():
+    d = _decider()
+    for w in ("w2", "w3"):
+        d.on_reply(w, 0.001, 0.28)
+    moves = []
+    for t in (0.35, 0.37, 0.39, 0.41):
+        moves += _moves(d.on_miss("w1", t))
+    for t in (0.43, 0.53, 0.63):
+        for w in ("w2", "w3"):
+            moves += _moves(d.on_miss(w, t))
+    moves += _moves(d.on_reply("w3", 0.001, 5.0) + d.on_miss("w1", 5.05))
+    assert moves == [], "the active has 0.2 s to answer too"
+    moves += _moves(d.on_reply("w3", 0.001, 5.22) + d.on_miss("w1", 5.25))
+    moves += _moves(d.on_reply("w2", 0.001, 5.3) + d.on_miss("w1", 5.35))
     assert moves == [("w1", "w3")]
 
 
