@@ -59,6 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                      default=L.DEFAULT_STREAMS_PER_CLIENT,
                      help="SSE streams and long-polls one client holds at once; a newer one "
                      "closes the oldest (default %(default)d)")
+    lim.add_argument("--http", choices=("httptools", "h11"), default="httptools",
+                     help="HTTP/1.1 parser: httptools (C, about half the CPU per request) or h11 "
+                     "(pure Python); both get the same limits (default %(default)s)")
     lim.add_argument("--request-timeout", type=float, metavar="SECONDS",
                      default=L.DEFAULT_REQUEST_TIMEOUT,
                      help="close a connection whose request (line, headers, body) is not "
@@ -176,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         lifespan="on", backlog=4096, timeout_graceful_shutdown=2,
         # No WebSocket routes: an Upgrade would hand the socket to a protocol the cap and the
         # timeouts do not see.
-        timeout_keep_alive=75, http=protocol_class(limiter), ws="none",
+        timeout_keep_alive=75, http=protocol_class(limiter, args.http), ws="none",
         **(tls.uvicorn_kwargs() if tls is not None else {}),
     )
     server = Server(config, limiter)

@@ -1,4 +1,5 @@
-"""The responder's HTTP server: uvicorn (h11) with limits that hold without a proxy in front.
+"""The responder's HTTP server: uvicorn (httptools, or h11) with limits that hold without a proxy
+in front.
 
 uvicorn alone does not bound what a peer can hold (hardening finding 5): a connection that sends
 nothing, or half a request line, is never timed out (its keep-alive timer starts only after a
@@ -15,6 +16,8 @@ logs a traceback per attempt, up to `backlog` times per turn of the loop. So:
   start) to its last byte; a half-sent request line, headers or body is closed after it.
 - **A write timeout**: a peer that stops reading our answers (a full send buffer) for
   DEFAULT_WRITE_TIMEOUT seconds is dropped.
+- **A request head cap** (MAX_HEAD, as h11's default): a request line and headers larger than
+  it are answered 400 and the connection closed; httptools alone has no cap.
 - **Log lines at a bounded rate**: the loop's exception handler and uvicorn's "Invalid HTTP
   request" lines go through limits.py, one line per kind every few seconds with a count.
 """
@@ -31,6 +34,7 @@ from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, httptools
 
 from .limits import LogLimiter, RepeatFilter
 from .metrics import ConnectionStats
@@ -46,6 +50,7 @@ REFUSING_MAX = 256  # connections being answered 503 at once; past that, closed 
 REFUSE_LINGER = 2.0  # seconds to let a refused peer read the 503 before the socket closes
 RESOURCE_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 SWEEP_EVERY = 0.25  # seconds between looks at incomplete requests (a timeout closes this late)
+MAX_HEAD = 16 * 1024  # bytes of request line and headers (h11's default limit)
 
 
 def file_limit_reserve(nofile: int) -> int:
@@ -61,12 +66,12 @@ class ConnectionLimiter:
         self.limit = limit
         self.request_timeout = request_timeout
         self.write_timeout = write_timeout
-        self.conns: dict[LimitedH11Protocol, None] = {}
-        self.idle: dict[LimitedH11Protocol, None] = {}  # idle the longest first
+        self.conns: dict[Limited, None] = {}
+        self.idle: dict[Limited, None] = {}  # idle the longest first
         # Connections whose request is incomplete (or that sent nothing yet), with the monotonic
         # time it must be complete by. One sweep a SWEEP_EVERY closes the late ones: cheaper on
         # the hot path than a timer per request (a dict insert and pop instead).
-        self.deadlines: dict[LimitedH11Protocol, float] = {}
+        self.deadlines: dict[Limited, float] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self.refusing = 0
         self.closed: Counter[str] = Counter({"cap": 0, "idle": 0, "timeout": 0,
@@ -75,7 +80,7 @@ class ConnectionLimiter:
     def stats(self) -> ConnectionStats:
         return ConnectionStats(open=len(self.conns), limit=self.limit, closed=dict(self.closed))
 
-    def admit(self, proto: LimitedH11Protocol) -> bool:
+    def admit(self, proto: Limited) -> bool:
         if len(self.conns) >= self.limit:
             victim = next(iter(self.idle), None)
             if victim is None:
@@ -89,20 +94,20 @@ class ConnectionLimiter:
         self.idle[proto] = None
         return True
 
-    def busy(self, proto: LimitedH11Protocol) -> None:
+    def busy(self, proto: Limited) -> None:
         self.idle.pop(proto, None)
 
-    def idle_again(self, proto: LimitedH11Protocol) -> None:
+    def idle_again(self, proto: Limited) -> None:
         if proto in self.conns:
             self.idle.pop(proto, None)
             self.idle[proto] = None
 
-    def forget(self, proto: LimitedH11Protocol) -> None:
+    def forget(self, proto: Limited) -> None:
         self.conns.pop(proto, None)
         self.idle.pop(proto, None)
         self.deadlines.pop(proto, None)
 
-    def arm(self, proto: LimitedH11Protocol) -> None:
+    def arm(self, proto: Limited) -> None:
         if proto not in self.deadlines:
             self.deadlines[proto] = time.monotonic() + self.request_timeout
             if self._sweeper is None:
@@ -118,11 +123,15 @@ class ConnectionLimiter:
             else None
 
 
-class LimitedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, admitted by a ConnectionLimiter and timed while a request is
-    incomplete. `limiter` is set on the per-server subclass (`protocol_class`)."""
+class Limited:
+    """Mixed into uvicorn's HTTP protocols: a connection admitted by a ConnectionLimiter and
+    timed while a request is incomplete. `limiter` is set on the per-server subclass
+    (`protocol_class`)."""
 
     limiter: ConnectionLimiter
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    cycle: Any
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -135,7 +144,7 @@ class LimitedH11Protocol(H11Protocol):
         if not self.limiter.admit(self):
             self._refuse(transport)
             return
-        super().connection_made(transport)
+        super().connection_made(transport)  # type: ignore[misc]
         self.limiter.arm(self)
 
     def _refuse(self, transport: asyncio.Transport) -> None:
@@ -158,25 +167,25 @@ class LimitedH11Protocol(H11Protocol):
         if not self.transport.is_closing():
             self.transport.close()
 
-    # ------------------------------------------------------------------ h11 events
+    # ------------------------------------------------------------------ parser events
 
     def data_received(self, data: bytes) -> None:
         if self._refused is not None:
             return  # a refused peer's request: read and dropped
         if self.cycle is None or self.cycle.response_complete:
             self.limiter.arm(self)  # the first byte of a new request on a kept-alive connection
-        super().data_received(data)
+        super().data_received(data)  # type: ignore[misc]
 
-    def handle_events(self) -> None:
-        super().handle_events()
+    def _head_complete(self) -> None:
+        """A complete request head: the app serves it (no longer idle)."""
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
-            self.limiter.busy(self)  # a complete request head: the app serves it
+            self.limiter.busy(self)
             if not cycle.more_body:
                 self.limiter.deadlines.pop(self, None)  # ... and its body is in
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()  # may start a pipelined request (handle_events)
+        super().on_response_complete()  # type: ignore[misc]  # may start a pipelined request
         if self.cycle is not None and self.cycle.response_complete:
             self.limiter.deadlines.pop(self, None)
             if not self.transport.is_closing():
@@ -195,17 +204,17 @@ class LimitedH11Protocol(H11Protocol):
         if self._stall is not None:
             self._stall.cancel()
         self.limiter.forget(self)
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # type: ignore[misc]
 
     # ------------------------------------------------------------------ timeouts
 
     def pause_writing(self) -> None:
-        super().pause_writing()
+        super().pause_writing()  # type: ignore[misc]
         if self._stall is None:
             self._stall = self.loop.call_later(self.limiter.write_timeout, self._write_stalled)
 
     def resume_writing(self) -> None:
-        super().resume_writing()
+        super().resume_writing()  # type: ignore[misc]
         if self._stall is not None:
             self._stall.cancel()
             self._stall = None
@@ -217,8 +226,48 @@ class LimitedH11Protocol(H11Protocol):
         self.transport.abort()  # close() would wait for the buffer the peer does not read
 
 
-def protocol_class(limiter: ConnectionLimiter) -> type[LimitedH11Protocol]:
-    return type("LimitedH11Protocol", (LimitedH11Protocol,), {"limiter": limiter})
+class LimitedH11Protocol(Limited, H11Protocol):
+    def handle_events(self) -> None:
+        super().handle_events()
+        self._head_complete()
+
+
+class LimitedHttpToolsProtocol(Limited, HttpToolsProtocol):
+    _head = 0
+
+    def on_message_begin(self) -> None:
+        self._head = 0
+        super().on_message_begin()
+
+    def _count(self, n: int) -> None:
+        self._head += n
+        if self._head > MAX_HEAD:
+            # Raised through the parser's feed_data: uvicorn answers 400 and closes.
+            raise httptools.HttpParserError(f"request head over {MAX_HEAD} bytes")
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self._head_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self.limiter.deadlines.pop(self, None)
+
+
+def protocol_class(limiter: ConnectionLimiter, parser: str = "httptools") -> type[Limited]:
+    """The server's protocol (`--http`): httptools (C, llhttp) costs 170-190 us of CPU per
+    request where h11 (pure Python) costs 270-290 (bench/reports.py); h11 stays for a peer
+    that only h11 parses the way it expects."""
+    base = LimitedHttpToolsProtocol if parser == "httptools" else LimitedH11Protocol
+    return type(base.__name__, (base,), {"limiter": limiter})
 
 
 def loop_exception_handler(limiter: ConnectionLimiter) -> Any:

@@ -5,6 +5,7 @@ lines in 31 s) and pinned it at 97 % CPU with 25 switch reports a second from on
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import subprocess
 import time
@@ -60,9 +61,14 @@ def test_one_client_holds_at_most_its_streams(responder):
 
 # --------------------------------------------------------------------------- connections
 
+# Both HTTP parsers (--http) carry the same limits (responder/server.py).
+PARSERS = pytest.mark.parametrize("parser", ["httptools", "h11"])
 
-def test_half_open_and_idle_connections_are_closed_within_the_timeout(responder_factory):
-    p = responder_factory(args=["--request-timeout", "2"])
+
+@PARSERS
+def test_half_open_and_idle_connections_are_closed_within_the_timeout(responder_factory,
+                                                                      parser):
+    p = responder_factory(args=["--http", parser, "--request-timeout", "2"])
     idle = open_idle(p.port, 10)  # connected, nothing sent
     half = []
     for i in range(10):  # half a request line, or the line and half the headers
@@ -97,9 +103,10 @@ def test_half_open_and_idle_connections_are_closed_within_the_timeout(responder_
         close_all(socks)
 
 
-def test_connections_are_held_at_the_cap_and_the_api_still_answers(responder_factory):
+@PARSERS
+def test_connections_are_held_at_the_cap_and_the_api_still_answers(responder_factory, parser):
     gen = make_fleet(3, 20)
-    p = responder_factory(gen, args=["--max-connections", "50"])
+    p = responder_factory(gen, args=["--http", parser, "--max-connections", "50"])
     idle = open_idle(p.port, 150)  # the cap + 100
     try:
         # Each new connection took the place of the one idle the longest: the API answers.
@@ -132,6 +139,27 @@ def test_connections_are_held_at_the_cap_and_the_api_still_answers(responder_fac
     assert "Traceback" not in p.log()
 
 
+@PARSERS
+def test_a_request_head_over_the_cap_is_answered_400_and_closed(responder_factory, parser):
+    """httptools alone takes headers without end until the request timeout; the cap (16 KiB, as
+    h11's) ends such a connection at once, and a head under it is served."""
+    p = responder_factory(args=["--http", parser, "--request-timeout", "30"])
+    s = connect(p.port)
+    try:
+        t0 = time.monotonic()
+        with contextlib.suppress(OSError):  # the server may close before it has read it all
+            for _ in range(10):  # 20 KiB of headers, never ended by an empty line
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" if _ == 0 else
+                          b"X-Pad: " + b"a" * 2040 + b"\r\n")
+        assert closed_by_peer(s, 5), "still open: the head is read without end"
+        assert time.monotonic() - t0 < 5
+    finally:
+        close_all([s])
+    r = httpx.get(p.url + "/healthz", headers={"X-Pad": "a" * 12000}, timeout=5)
+    assert r.status_code == 200
+    assert "Invalid HTTP request received" in p.log()
+
+
 def test_at_the_file_limit_one_log_line_and_the_api_comes_back(responder_factory):
     """Lower the running responder's file limit under its connection cap (what the finding hit):
     accept() fails with EMFILE, which is one log line, not one per attempt, and once idle
@@ -157,7 +185,7 @@ def test_at_the_file_limit_one_log_line_and_the_api_comes_back(responder_factory
 def test_repeated_errors_are_logged_rarely(responder_factory):
     p = responder_factory(args=["--log-level", "info"])
     for _ in range(100):
-        request(p.port, "GET", "/\x01bad", timeout=2)  # h11 refuses it: "Invalid HTTP request"
+        request(p.port, "GET", "/\x01bad", timeout=2)  # the parser refuses it (uvicorn's line)
     log = p.log()
     assert 1 <= log.count("Invalid HTTP request received") <= 2, log[-2000:]
     assert "more like it" not in log  # said on the next line of the kind, 10 s later
