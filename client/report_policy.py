@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from wg_failover.wire import ProbeResult
 
@@ -138,16 +138,35 @@ class Tracker:
     """The switcher's memory of its last sent report (the only state the policy needs)."""
 
     def __init__(self, policy: ReportPolicy | None = None,
-                 heartbeat_s: float | None = None) -> None:
+                 heartbeat_s: float | None = None, check_every: float = 0.0) -> None:
         self.policy = policy or ReportPolicy()
         self.heartbeat_s = heartbeat_s  # what the reports say of it (`heartbeat_to_send`)
+        self.own = self.policy.heartbeat  # the switcher's own heartbeat (--report-heartbeat)
+        self.check_every = check_every
         self.last: Sent | None = None
         self.sent = 0
         self.skipped = 0
 
     @classmethod
     def for_switcher(cls, heartbeat: float, check_every: float) -> Tracker:
-        return cls(ReportPolicy(heartbeat=heartbeat), heartbeat_to_send(heartbeat, check_every))
+        return cls(ReportPolicy(heartbeat=heartbeat), heartbeat_to_send(heartbeat, check_every),
+                   check_every)
+
+    def advise(self, advised: float | None) -> bool:
+        """The responder's heartbeat advice (wire.ReportAccepted): the heartbeat becomes the
+        longer of the switcher's own and the advice, at most LONGEST_HEARTBEAT; no advice (an
+        older responder) leaves the switcher's own. True when the heartbeat changed; the next
+        report says the new one (`heartbeat_s`), and the responder keeps votes fresh by it."""
+        beat = min(LONGEST_HEARTBEAT, max(self.own, advised or 0.0))
+        if beat == self.policy.heartbeat:
+            return False
+        self.policy = replace(self.policy, heartbeat=beat)
+        if self.heartbeat_s is not None:
+            self.heartbeat_s = heartbeat_to_send(beat, self.check_every)
+            # The last report promised the old heartbeat, and the responder keeps the vote fresh
+            # by that: the next check says the new one rather than letting the vote lapse.
+            self.last = None
+        return True
 
     def due(self, current: Summary, now: float) -> Decision:
         d = decide(self.last, current, now, self.policy)

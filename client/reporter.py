@@ -15,13 +15,15 @@ import asyncio
 import logging
 import ssl
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
+import pydantic
 
 from wg_failover.backoff import Backoff
 from wg_failover.endpoints import Endpoints
+from wg_failover.wire import ReportAccepted
 
 from .bounds import MAX_BODY
 
@@ -31,7 +33,8 @@ log = logging.getLogger("wg_failover.switcher")
 class Reporter:
     def __init__(self, base_url: str | Sequence[str] | None, client: str, token: str | None,
                  max_queue: int = 200, backoff: Backoff | None = None,
-                 verify: ssl.SSLContext | bool = True) -> None:
+                 verify: ssl.SSLContext | bool = True,
+                 on_advice: Callable[[float | None], None] | None = None) -> None:
         urls = [base_url] if isinstance(base_url, str) else list(base_url or [])
         self.eps = Endpoints(urls) if urls else None
         self.path = f"/v1/clients/{client}/events"
@@ -45,6 +48,9 @@ class Reporter:
         self.wakeup = asyncio.Event()
         self.sent = 0
         self.dropped = 0
+        # Called with the heartbeat advice of each accepted probe report's answer (None: the
+        # responder gave none).
+        self.on_advice = on_advice
 
     @property
     def url(self) -> str | None:
@@ -76,7 +82,7 @@ class Reporter:
                     continue
                 event, url = self.queue[0], self.url or ""
                 try:
-                    status = await self._send(http, url, event)
+                    status, body = await self._send(http, url, event)
                 except (httpx.HTTPError, OSError) as exc:
                     await self._failed(url, event, type(exc).__name__)
                     continue
@@ -95,6 +101,8 @@ class Reporter:
                                 status)
                 else:
                     self.sent += 1
+                    if self.on_advice is not None and event.get("type") == "probe":
+                        self.on_advice(advice_of(body))
 
     async def _failed(self, url: str, event: dict[str, Any], why: str) -> None:
         """`url` did not take `event`: the next URL at once, the backoff once all failed."""
@@ -108,16 +116,17 @@ class Reporter:
         log.debug("report %s not delivered (%s); retry in %.1f s", event.get("type"), why, delay)
         await asyncio.sleep(delay)
 
-    async def _send(self, http: httpx.AsyncClient, url: str, event: dict[str, Any]) -> int:
-        """POST one event; its HTTP status. Only the status matters: the body is read up to a
-        bound (so the connection can be reused) and never kept, whatever its size."""
+    async def _send(self, http: httpx.AsyncClient, url: str,
+                    event: dict[str, Any]) -> tuple[int, bytes]:
+        """POST one event; its HTTP status and answer. The body is read up to a bound (so the
+        connection can be reused) and kept only when it is within it."""
         async with http.stream("POST", url, json=event, headers=self.headers) as r:
-            seen = 0
+            body = bytearray()
             async for chunk in r.aiter_raw():
-                seen += len(chunk)
-                if seen > MAX_BODY:
-                    break  # leaving the block drops the connection with the rest of it
-            return r.status_code
+                body += chunk
+                if len(body) > MAX_BODY:
+                    return r.status_code, b""  # leaving drops the connection with the rest
+            return r.status_code, bytes(body)
 
     async def flush(self, timeout: float) -> None:
         """Give queued events up to `timeout` seconds to go out (for `--once` and shutdown)."""
@@ -125,3 +134,12 @@ class Reporter:
         end = loop.time() + timeout
         while self.queue and loop.time() < end:
             await asyncio.sleep(0.05)
+
+
+def advice_of(body: bytes) -> float | None:
+    """The heartbeat advice of a report's answer (`wire.ReportAccepted`); None when it has none
+    or is not that shape (an older responder, a proxy's page)."""
+    try:
+        return ReportAccepted.model_validate_json(body).heartbeat_s
+    except (pydantic.ValidationError, ValueError):
+        return None

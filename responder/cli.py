@@ -72,6 +72,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                      "(default %(default)g)")
     lim.add_argument("--report-burst", type=int, metavar="N", default=L.REPORT_BURST,
                      help="client reports one client may send at once (default %(default)d)")
+    lim.add_argument("--report-budget", type=float, metavar="PER_SECOND", default=L.REPORT_BUDGET,
+                     help="heartbeat reports a second planned for the whole fleet: each "
+                     "report's answer advises switchers a heartbeat of clients / this many "
+                     "seconds (at most 120; a switcher keeps its own when longer), so the "
+                     "reports' cost stays flat as the fleet grows (default %(default)g)")
     p.set_defaults(func=run)
     sub = p.add_subparsers(dest="responder_command", metavar="COMMAND")
     m = sub.add_parser("migrate", help="copy a SQLite store into an empty PostgreSQL database",
@@ -132,9 +137,11 @@ def _limits(args: argparse.Namespace, nofile: int) -> tuple[L.Limits, int]:
         raise CliError("--request-timeout must be more than 0 and at most 3600 seconds")
     if not 0 < args.report_rate <= 1e6 or not 1 <= args.report_burst <= 1_000_000:
         raise CliError("--report-rate must be more than 0, --report-burst at least 1")
+    if not 0 < args.report_budget <= 1e6:
+        raise CliError("--report-budget must be more than 0 and at most 1000000 a second")
     return L.Limits(max_streams_per_client=args.max_streams_per_client,
                     request_timeout=args.request_timeout, report_rate=args.report_rate,
-                    report_burst=args.report_burst), cap
+                    report_burst=args.report_burst, report_budget=args.report_budget), cap
 
 
 def run(args: argparse.Namespace) -> int:

@@ -27,6 +27,14 @@ REPORT_RATE, REPORT_BURST = 10.0, 20  # per client; a switcher sends one report 
 # switcher sends one per failure it sees, so 1 a second with bursts of 5 is far above need.
 REPLAN_RATE, REPLAN_BURST = 1.0, 5
 LOG_EVERY = 10.0  # seconds between two lines of one kind
+# Unchanged probe reports (heartbeats) a second that the responder plans for, fleet-wide: each
+# report's answer advises a heartbeat of clients / budget seconds (wire.ReportAccepted), so
+# 100,000 switchers send about 2,000 a second, 0.4 core (bench/reports.py), and a fleet of up
+# to 60,000 keeps the switchers' own 30 s. At most ADVICE_CAP: the switchers' longest
+# heartbeat (client/report_policy.py LONGEST_HEARTBEAT; latency placement sets aside figures
+# older than 120 s).
+REPORT_BUDGET = 2000.0
+ADVICE_CAP = 120.0
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,13 @@ class Limits:
     report_burst: int = REPORT_BURST
     replan_rate: float = REPLAN_RATE
     replan_burst: int = REPLAN_BURST
+    report_budget: float = REPORT_BUDGET
+
+
+def advised_heartbeat(clients: int, budget: float) -> float:
+    """The heartbeat (s) that keeps `clients` switchers' heartbeats within `budget` a second:
+    rounded up to a tenth, at least 0.1 (the wire's bound is > 0), at most ADVICE_CAP."""
+    return min(ADVICE_CAP, max(0.1, math.ceil(clients * 10 / budget) / 10))
 
 
 @dataclass

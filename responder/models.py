@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from wg_failover.wire import is_printable
+from wg_failover.wire import ReportAccepted, is_printable
 
 
 class _Lenient(BaseModel):
@@ -95,8 +95,7 @@ class Readiness(BaseModel):
                                "disk full`")
 
 
-class Accepted(BaseModel):
-    accepted: bool
+Accepted = ReportAccepted  # one wire schema: the switcher parses the answer with it
 
 
 # --------------------------------------------------------------------------- errors

@@ -177,6 +177,17 @@ ClientEventModel = Annotated[ProbeEvent | SwitchEvent | AppliedEvent | RejectedE
 ClientEvent = TypeAdapter(ClientEventModel)
 
 
+class ReportAccepted(_Wire):
+    """The answer to a client report (202)."""
+
+    accepted: bool = True
+    # The responder's advice (issue 15, additive): send unchanged probe reports no more often
+    # than this, so the whole fleet's heartbeats fit the responder's report budget
+    # (`--report-budget`); a switcher takes the longer of it and its own heartbeat. None from
+    # responders older than the field.
+    heartbeat_s: float | None = Field(default=None, gt=0, le=300, allow_inf_nan=False)
+
+
 # --------------------------------------------------------------------------- views
 
 

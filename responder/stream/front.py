@@ -40,7 +40,7 @@ from wg_failover.wire import ClientEvent
 from ..deps import check_client
 from ..http import ApiError, bearer_token, error_response, read_json_body, validation_detail
 from ..intake.clients import take_report
-from ..limits import ClientGuard, Limits, retry_after
+from ..limits import ClientGuard, Limits, advised_heartbeat, retry_after
 from ..state import ResponderState
 from ..store import StoreError
 
@@ -119,7 +119,8 @@ async def serve_stream(state: ResponderState, guard: ClientGuard, name: str, sco
 
 async def serve_report(state: ResponderState, guard: ClientGuard, name: str, scope: Scope,
                        receive: Receive, headers: Headers) -> JSONResponse:
-    """One client report (`wg_failover.wire.ClientEvent`) → 202 {"accepted": true}; 429 with
+    """One client report (`wg_failover.wire.ClientEvent`) → 202 `wire.ReportAccepted` (with
+    the heartbeat advice for the fleet's size, `--report-budget`); 429 with
     Retry-After past the client's report rate (before the body is read), or past its smaller
     rate of the reports that re-plan every client (switch, rejected)."""
     if wait := guard.reports.take(name):
@@ -134,7 +135,8 @@ async def serve_report(state: ResponderState, guard: ClientGuard, name: str, sco
         _limited(state, wait,
                  f"more than {guard.limits.replan_rate:g} switch or rejected reports a second")
     await take_report(state, name, ev)
-    return JSONResponse({"accepted": True}, status_code=202)
+    return JSONResponse({"accepted": True, "heartbeat_s": advised_heartbeat(
+        len(state.prefs), guard.limits.report_budget)}, status_code=202)
 
 
 def _limited(state: ResponderState, wait: float, what: str) -> None:

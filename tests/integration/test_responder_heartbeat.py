@@ -69,3 +69,55 @@ def test_heartbeats_keep_the_vote_silence_loses_it(tmp_path):
         assert reporters(p, "w2") == (1.0, 1.0)
     finally:
         p.stop()
+
+
+def test_the_answer_advises_a_heartbeat_for_the_fleets_size_and_the_reporter_takes_it(tmp_path):
+    """50 clients and a budget of 2 heartbeats a second: 25 s each, said in every accepted
+    report's answer (wire.ReportAccepted), read by the switcher's reporter."""
+    import asyncio
+
+    from client.reporter import Reporter
+    from wg_failover.wire import ReportAccepted
+
+    p = ResponderProc.start(tmp_path / "r", make_fleet(2, 50),
+                            args=(*unlimited_reports(), "--report-budget", "2"))
+    try:
+        vote = {"type": "probe", "workers": {"w1": {"up": True, "rtt_ms": 3.0, "loss": 0.0}}}
+        r = post(p, "c1", vote)
+        assert r.status_code == 202
+        assert ReportAccepted.model_validate_json(r.content).heartbeat_s == 25.0
+        # Refused reports carry no advice (the error shape stands).
+        assert "heartbeat_s" not in post(p, "c1", {"type": "probe"}).json()
+
+        async def scenario() -> list[float | None]:
+            got: list[float | None] = []
+            rep = Reporter([p.url], "c2", p.tokens["c2"], on_advice=got.append)
+            task = asyncio.create_task(rep.run())
+            rep.post({"type": "applied", "version": 1, "worker": "w1"})  # no advice: not probe
+            rep.post({**vote, "heartbeat_s": 35.0})
+            for _ in range(100):
+                if rep.sent == 2:
+                    break
+                await asyncio.sleep(0.05)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return got
+
+        assert asyncio.run(scenario()) == [25.0]
+    finally:
+        p.stop()
+    out = ResponderProc.start(tmp_path / "r2", make_fleet(2, 3))  # the default budget
+    try:
+        assert post(out, "c1", vote).json() == {"accepted": True, "heartbeat_s": 0.1}
+    finally:
+        out.stop()
+
+
+def test_the_advice_grows_with_the_fleet_within_its_bounds():
+    from responder.limits import ADVICE_CAP, REPORT_BUDGET, advised_heartbeat
+
+    assert advised_heartbeat(100_000, REPORT_BUDGET) == 50.0  # 2,000 heartbeats a second
+    assert advised_heartbeat(60_000, REPORT_BUDGET) == 30.0  # the switchers' own default
+    assert advised_heartbeat(3, REPORT_BUDGET) == 0.1  # never 0: the wire wants > 0
+    assert advised_heartbeat(100_001, REPORT_BUDGET) == 50.1  # rounded up: within the budget
+    assert advised_heartbeat(10**7, REPORT_BUDGET) == ADVICE_CAP

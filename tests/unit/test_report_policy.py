@@ -260,3 +260,42 @@ def test_reaching_the_responder_again_sends_the_summary_at_the_next_check():
     hook(True)  # back: it may have restarted and forgotten every report
     assert t.due(s, 3.0).why == "first"
     assert seen == [True, False, True]  # the source's own callback still runs
+
+
+def test_the_responders_advice_lengthens_the_heartbeat_never_shortens_it():
+    t = Tracker.for_switcher(30.0, 5.0)
+    s = cur()
+    t.record(s, 0.0)
+    assert not t.advise(None)  # an older responder: the switcher's own stands
+    assert not t.advise(0.5)  # a small fleet: shorter than its own, which stands
+    assert (t.policy.heartbeat, t.heartbeat_s) == (30.0, 35.0)
+    assert t.due(s, 31.0).send  # its own heartbeat is due at 30 s
+    assert t.advise(50.0)  # 100,000 clients at the default budget
+    assert (t.policy.heartbeat, t.heartbeat_s) == (50.0, 55.0)
+    # The last report promised 35 s: the next check says the new heartbeat at once, so the
+    # vote does not lapse in between; then 50 s of quiet.
+    assert t.due(s, 1.0).why == "first"
+    t.record(s, 1.0)
+    assert not t.due(s, 40.0).send and t.due(s, 51.0).send
+    assert not t.advise(50.0)  # the same advice changes nothing (no extra report)
+    assert t.advise(1000.0) and t.policy.heartbeat == 120.0  # at most the longest
+    assert t.advise(10.0) and t.policy.heartbeat == 30.0  # back to its own, not below
+
+
+def test_the_switcher_takes_the_advice_from_its_reporter():
+    sw = _switcher(5.0, 30.0)
+    assert sw.reporter.on_advice == sw.heartbeat_advice
+    sw.heartbeat_advice(75.0)
+    assert sw.reports.policy.heartbeat == 75.0 and sw.reports.heartbeat_s == 80.0
+    sw.handle(sw.decider.on_reply("w1", 0.002, 0.0))
+    assert list(sw.reporter.queue)[-1]["heartbeat_s"] == 80.0
+
+
+def test_advice_is_read_from_the_answer_or_left_out():
+    from client.reporter import advice_of
+
+    assert advice_of(b'{"accepted": true, "heartbeat_s": 50}') == 50.0
+    assert advice_of(b'{"accepted": true}') is None  # an older responder
+    for bad in (b"", b"<html>proxy</html>", b'{"heartbeat_s": -1}', b'{"heartbeat_s": 1e9}',
+                b'{"heartbeat_s": "50"}x', b"[1]"):
+        assert advice_of(bad) is None, bad
