@@ -21,7 +21,8 @@ heartbeat (after, client/report_policy.py).
    `GET /healthz` (the HTTP stack alone). `--repeat` runs alternate; the median is used (the
    machine is shared: CPU per request grows with the load beside it).
 3. Projection for 100,000 switchers: reports/s x CPU per report, before and after (for each
-   `--heartbeats`); goal < 0.5 core.
+   `--heartbeats`, and the heartbeat the responder advises a fleet of that size with its
+   default `--report-budget`, which the switchers take: the default setup); goal < 0.5 core.
 Every loop is bounded; the responder is stopped at the end.
 """
 
@@ -45,7 +46,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from client.health import WorkerHealth  # noqa: E402
-from client.report_policy import ReportPolicy, Summary, Tracker  # noqa: E402
+from client.report_policy import DEFAULT_HEARTBEAT, ReportPolicy, Summary, Tracker  # noqa: E402
+from responder.limits import REPORT_BUDGET, advised_heartbeat  # noqa: E402
 
 PROBE = 0.1  # s, the switcher's default --interval
 FLEET = 100_000
@@ -241,6 +243,10 @@ def main() -> int:
     ap.add_argument("--heartbeats", default="30,60", help="comma-separated heartbeats (s)")
     args = ap.parse_args()
     heartbeats = [float(h) for h in args.heartbeats.split(",") if h]
+    # What 100,000 switchers run with by default: their own 30 s, or the responder's advice.
+    default_hb = max(DEFAULT_HEARTBEAT, advised_heartbeat(FLEET, REPORT_BUDGET))
+    if default_hb not in heartbeats:
+        heartbeats.append(default_hb)
     print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, load average "
           f"{os.getloadavg()[0]:.1f}")
 
@@ -277,7 +283,9 @@ def main() -> int:
               f"{us[kind]:4.0f} us per request (runs {min(u for _, u in runs):.0f}-"
               f"{max(u for _, u in runs):.0f}), i.e. {1e6 / us[kind]:5.0f}/s per core")
 
-    print(f"\n3. {FLEET:,} switchers (goal < {GOAL_CORES} core):")
+    print(f"\n3. {FLEET:,} switchers (goal < {GOAL_CORES} core; the default setup: heartbeat "
+          f"{default_hb:g} s, the responder's advice for {FLEET:,} clients at --report-budget "
+          f"{REPORT_BUDGET:g}):")
     for hb, sim in sims.items():
         per = rates(sim)
         old_rate, new_rate = sum(per["old"].values()), sum(per["new"].values())
@@ -285,7 +293,9 @@ def main() -> int:
         after = FLEET * (per["new"]["plain"] * us[PLAIN]
                          + per["new"]["updown"] * us[COMMIT]) / 1e6
         mix_us = 1e6 * after / (FLEET * new_rate)
-        print(f"   heartbeat {hb:g} s: before {FLEET * old_rate:6.0f} reports/s = {before:.2f} "
+        mark = " (default)" if hb == default_hb else ""
+        print(f"   heartbeat {hb:g} s{mark}: before {FLEET * old_rate:6.0f} reports/s = "
+              f"{before:.2f} "
               f"cores; after {FLEET * new_rate:5.0f} reports/s x {mix_us:.0f} us = {after:.2f} "
               f"cores ({'goal met' if after < GOAL_CORES else 'goal NOT met'}); one core "
               f"sustains {1e6 / mix_us:.0f} reports/s of this mix = "
