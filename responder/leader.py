@@ -67,10 +67,14 @@ OPEN_PATHS = ("/healthz", "/readyz")  # served by a standby too
 READS = ("GET", "HEAD")  # what a follower serves
 
 
-def new_state(fleet: Fleet, store: Store) -> ResponderState:
-    """A responder state with the upkeep checks of the intake (alert expiry)."""
+def new_state(fleet: Fleet, store: Store, app: FastAPI) -> ResponderState:
+    """A responder state with the upkeep checks of the intake (alert expiry) and the app's
+    report budget (`--report-budget`, for the votes' rebuild window)."""
     state = ResponderState(fleet, store)
     state.upkeep.checks.append(lambda: expire_alerts(state))
+    limits = getattr(app.state, "limits", None)
+    if limits is not None:
+        state.report_budget = limits.report_budget
     return state
 
 
@@ -82,7 +86,7 @@ class Solo:
         self.state: ResponderState | None = None
 
     async def start(self) -> None:
-        self.state = new_state(self.fleet, self.store)
+        self.state = new_state(self.fleet, self.store, self.app)
         self.app.state.responder = self.state
         await self.state.start()
         _log_ready(self.state, self.db)
@@ -259,7 +263,7 @@ class Leadership:
         from .store.postgres_lease import Fenced
 
         t0 = _now()
-        state = new_state(self.fleet, Fenced(self.store, term, self.holder))
+        state = new_state(self.fleet, Fenced(self.store, term, self.holder), self.app)
         f = self.follower
         # The follower's open streams become the term's before it starts (its start-up change
         # reaches them); the follower serves reads until the term's state is ready.

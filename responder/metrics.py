@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from wg_failover.wire import ProbeResult
 
+from .limits import advised_heartbeat
 from .planner import REASONS, WorkerView, loads
 
 # A client's probe report counts in the data-plane vote (wgfo_client_observed_*) while it is
@@ -35,6 +36,21 @@ def probe_max_age(heartbeat_s: float | None) -> float:
     """How long a probe report that promised `heartbeat_s` (None: nothing) stays a vote."""
     return PROBE_MAX_AGE if heartbeat_s is None else max(PROBE_MAX_AGE,
                                                          heartbeat_s + HEARTBEAT_GRACE)
+
+
+# What a switcher with the defaults promises (`heartbeat_s`): its 30 s heartbeat and one 5 s
+# check (client/report_policy.py heartbeat_to_send), or the responder's advice and a check.
+SWITCHER_CHECK = 5.0
+SWITCHER_HEARTBEAT_S = 30.0 + SWITCHER_CHECK
+
+
+def rebuild_window(clients: int, budget: float) -> float:
+    """Seconds from the start of a term (a restart, a replica that takes the lead) until every
+    switcher that reports has been heard: the votes live in the leader's memory only. A
+    switcher whose stream reconnected reports within a check; one whose stream stayed on a
+    follower, only at its next heartbeat (the longer of its own and the advice)."""
+    beat = max(SWITCHER_HEARTBEAT_S, advised_heartbeat(clients, budget) + SWITCHER_CHECK)
+    return probe_max_age(beat)
 STATES = ("up", "down", "recovering", "draining")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 DELAY_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
@@ -49,6 +65,7 @@ class Snapshot:
     streams_open: int
     unplaceable: int
     probes: Mapping[str, tuple[float, Mapping[str, ProbeResult]]]  # client -> (time, results)
+    votes_rebuilding: bool = False  # the term is younger than its rebuild_window
 
 
 class Metrics:
@@ -204,6 +221,13 @@ class _StateCollector(Collector):
             if worker is not None:
                 ca.add_metric([client, worker], 1.0)
         yield ca
+
+        rebuilding = GaugeMetricFamily(
+            "wgfo_responder_votes_rebuilding",
+            "1 while the clients' votes are being rebuilt: this responder started leading "
+            "(a restart, a replica taking the lead) less than a switcher heartbeat + 15 s ago")
+        rebuilding.add_metric([], 1.0 if snap.votes_rebuilding else 0.0)
+        yield rebuilding
 
         now = time.time()
         obs_up = GaugeMetricFamily(

@@ -121,3 +121,21 @@ def test_the_advice_grows_with_the_fleet_within_its_bounds():
     assert advised_heartbeat(3, REPORT_BUDGET) == 0.1  # never 0: the wire wants > 0
     assert advised_heartbeat(100_001, REPORT_BUDGET) == 50.1  # rounded up: within the budget
     assert advised_heartbeat(10**7, REPORT_BUDGET) == ADVICE_CAP
+
+
+def test_after_a_restart_the_responder_says_it_rebuilds_the_votes(tmp_path):
+    """A first start has no votes to rebuild; a restart lost them (memory only) and says so for
+    a heartbeat + 15 s (metrics.rebuild_window), which the rules read: a restart faster than a
+    scrape never shows as `up == 0`."""
+    p = ResponderProc.start(tmp_path / "r", make_fleet(2, 3))
+    try:
+        def gauge() -> str:
+            text = httpx.get(f"{p.url}/metrics", timeout=10).text
+            return next(line for line in text.splitlines()
+                        if line.startswith("wgfo_responder_votes_rebuilding "))
+
+        assert gauge() == "wgfo_responder_votes_rebuilding 0.0"
+        p.restart()
+        assert gauge() == "wgfo_responder_votes_rebuilding 1.0"
+    finally:
+        p.stop()

@@ -121,6 +121,9 @@ def test_one_replica_leads_standbys_refuse_and_kill_9_hands_over_with_every_chan
         assert now[c][0] != "w1" and worker != "w1"
     assert sum(now[c][1] for c in now) > sum(acked[c][1] for c in acked)  # w2's failover moved
     assert len(leaders(rest)) == 1
+    # The votes lived in the dead leader's memory: the new one says it rebuilds them (the rules
+    # hold the unreachable signal meanwhile; the responder job never went down).
+    assert "wgfo_responder_votes_rebuilding 1.0" in httpx.get(new.url + "/metrics").text
     r = run("--responder", ",".join(p.url for p in ps), "--token-file", tf, "drain", "w3")
     assert r.returncode == 0, r.stderr  # the killed one, a standby, the leader: in any order
     # The killed replica comes back as a standby.

@@ -58,3 +58,23 @@ def test_each_client_has_its_own_window():
     probes = {"old": (now - 40, up), "hb": (now - 40, down), "fresh": (now - 1, up)}
     share, n = votes(probes, {"hb": probe_max_age(35.0), "gone": 99.0})
     assert (share, n) == (0.5, 2.0)  # "old" (no heartbeat, 40 s) is out; "hb" and "fresh" in
+
+
+def test_the_rebuild_window_covers_the_longest_default_heartbeat():
+    from responder.limits import REPORT_BUDGET
+    from responder.metrics import rebuild_window
+
+    # 30 s heartbeat + a 5 s check + the grace: every default switcher was heard by then.
+    assert rebuild_window(1000, REPORT_BUDGET) == 50.0
+    # 100,000 clients: the advice (50 s) + a check + the grace.
+    assert rebuild_window(100_000, REPORT_BUDGET) == 70.0
+    assert rebuild_window(10**7, REPORT_BUDGET) == 140.0  # the advice's cap, 120 s
+
+
+@pytest.mark.parametrize("rebuilding", [True, False])
+def test_the_gauge_says_whether_the_votes_are_being_rebuilt(rebuilding):
+    m = Metrics()
+    m.watch(lambda: Snapshot(workers={"w1": WorkerView("w1")}, assignments={}, streams_open=0,
+                             unplaceable=0, probes={}, votes_rebuilding=rebuilding))
+    value = m.collector_registry.get_sample_value("wgfo_responder_votes_rebuilding")
+    assert value == (1.0 if rebuilding else 0.0)
