@@ -5,9 +5,12 @@ Namespaces are prefixed `wfrp`."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -32,13 +35,13 @@ def value(text: str, series: str) -> float | None:
     return float(m.group(1)) if m else None
 
 
-def probes_received(sl: kit.SwitcherLab) -> float:
-    return value(metrics(sl), 'wgfo_client_events_total{type="probe"}') or 0.0
-
-
-def test_heartbeats_only_while_nothing_changes_and_a_death_at_once(tmp_path):
+@contextlib.contextmanager
+def switcher_lab(tmp_path: Path, n: int,
+                 *switcher_args: str) -> Iterator[tuple[kit.SwitcherLab, kit.SwitcherProc]]:
+    """Three workers, the responder and one switcher with `switcher_args` that sees every
+    worker up; torn down after. `n` keeps two tests' namespace prefixes apart."""
     require_netns()
-    lab = netns.NetLab(f"wfrp{os.getpid() % 1000:03d}")
+    lab = netns.NetLab(f"wfrp{(os.getpid() + n) % 1000:03d}")
     lab.up()
     sw = None
     try:
@@ -46,10 +49,23 @@ def test_heartbeats_only_while_nothing_changes_and_a_death_at_once(tmp_path):
         sl.start_responder()
         assert sl.responder_url is not None
         sw = sl.start_switcher(tmp_path / "state", sl.responder_url, "--no-gray",
-                               "--report-every", str(CHECK), "--report-heartbeat",
-                               str(HEARTBEAT), "--log-level", "debug")
+                               *switcher_args)
         for w in ("w1", "w2", "w3"):
             assert sw.wait_for(rf"probe: {w} is up", 30), sw.text()
+        yield sl, sw
+    finally:
+        if sw is not None:
+            sw.stop()
+        lab.close()
+
+
+def probes_received(sl: kit.SwitcherLab) -> float:
+    return value(metrics(sl), 'wgfo_client_events_total{type="probe"}') or 0.0
+
+
+def test_heartbeats_only_while_nothing_changes_and_a_death_at_once(tmp_path):
+    with switcher_lab(tmp_path, 0, "--report-every", str(CHECK), "--report-heartbeat",
+                  str(HEARTBEAT), "--log-level", "debug") as (sl, sw):
         assert poll_until(lambda: value(metrics(sl), 'wgfo_client_observed_reporters'
                                         '{worker="w3"}') == 1, 15, 0.5), metrics(sl)
         time.sleep(2 * CHECK)  # the first smoothed RTTs go out ("rtt known")
@@ -74,27 +90,13 @@ def test_heartbeats_only_while_nothing_changes_and_a_death_at_once(tmp_path):
                           == 0, 5, 0.2), sw.text()[-3000:]
         assert time.monotonic() - t_kill < HEARTBEAT - 1
         assert value(metrics(sl), 'wgfo_client_observed_up{worker="w1"}') == 1
-    finally:
-        if sw is not None:
-            sw.stop()
-        lab.close()
 
 
 def test_a_restarted_responder_has_the_votes_back_long_before_the_heartbeat(tmp_path):
     """The responder keeps probe reports in memory: after its restart the switcher's vote must
     not wait for a 60 s heartbeat. It comes at the first check after the stream reconnects."""
-    require_netns()
-    lab = netns.NetLab(f"wfrp{(os.getpid() + 1) % 1000:03d}")
-    lab.up()
-    sw = None
-    try:
-        sl = kit.build(lab, tmp_path / "lab")
-        sl.start_responder()
-        assert sl.responder_url is not None
-        sw = sl.start_switcher(tmp_path / "state", sl.responder_url, "--no-gray",
-                               "--report-every", "1", "--report-heartbeat", "60")
-        for w in ("w1", "w2", "w3"):
-            assert sw.wait_for(rf"probe: {w} is up", 30), sw.text()
+    args = ("--report-every", "1", "--report-heartbeat", "60")
+    with switcher_lab(tmp_path, 1, *args) as (sl, sw):
         reporters = 'wgfo_client_observed_reporters{worker="w1"}'
         assert poll_until(lambda: value(metrics(sl), reporters) == 1, 15, 0.5), metrics(sl)
         time.sleep(3)  # past the start's reports (the first RTTs): the next is the heartbeat
@@ -106,7 +108,3 @@ def test_a_restarted_responder_has_the_votes_back_long_before_the_heartbeat(tmp_
         assert poll_until(lambda: value(metrics(sl), reporters) == 1, 20, 0.5), (
             metrics(sl), sw.text()[-3000:])
         assert time.monotonic() - t_ready < 20
-    finally:
-        if sw is not None:
-            sw.stop()
-        lab.close()
