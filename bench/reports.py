@@ -14,13 +14,15 @@ heartbeat (after, client/report_policy.py).
                      and an outage of 10-60 s every ~60 min, on average.
    Up/down reports go out at once under both policies (the decider's); before, one report every
    `--report-every` s on top; after, a report at a check only when the policy says so.
-2. Responder CPU per report, measured: the real `wg-failover responder` (uvicorn, SQLite) with
+2. Responder CPU per report, measured: the real `wg-failover responder` (uvicorn, SQLite; with
+   `--http httptools`, the default, and the old reports again with `--http h11`) with
    1,000 clients of 3 workers, 8 keep-alive raw HTTP senders, CPU from /proc: a report that changes
    nothing durable (a heartbeat, an RTT change: memory only), the same without `heartbeat_s` (the
    old switchers' report), one that flips a worker up/down (a store commit), and for scale
    `GET /healthz` (the HTTP stack alone). `--repeat` runs alternate; the median is used (the
    machine is shared: CPU per request grows with the load beside it).
-3. Projection for 100,000 switchers: reports/s x CPU per report, before and after (for each
+3. Projection for 100,000 switchers: reports/s x CPU per report, before (a report every 5 s;
+   on h11, as shipped before, and on httptools) and after (for each
    `--heartbeats`, and the heartbeat the responder advises a fleet of that size with its
    default `--report-budget`, which the switchers take: the default setup); goal < 0.5 core.
 Every loop is bounded; the responder is stopped at the end.
@@ -197,21 +199,24 @@ OLD, PLAIN, COMMIT, FLOOR = ("old report (no heartbeat_s)", "heartbeat / RTT cha
                              "up/down change (store commit)", "GET /healthz (HTTP alone)")
 
 
-def measure_responder(n: int, heartbeat_s: float,
-                      repeat: int) -> dict[str, list[tuple[float, float]]]:
-    """kind -> [(requests/s, responder CPU us per request)] over `repeat` alternating runs."""
+def measure_responder(n: int, heartbeat_s: float, repeat: int, http: str = "httptools",
+                      only: tuple[str, ...] = ()) -> dict[str, list[tuple[float, float]]]:
+    """kind -> [(requests/s, responder CPU us per request)] over `repeat` alternating runs, on
+    the responder's `--http` parser; `only` these kinds, if given."""
     from bench.responder import cpu_seconds, send_reports
     from tests.helpers.responder import ResponderProc, unlimited_reports
 
     out: dict[str, list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="wgfo-bench-reports-") as tmp:
         p = ResponderProc.start(Path(tmp) / "r", workers=3, clients=1000,
-                                args=unlimited_reports(), timeout=60)
+                                args=(*unlimited_reports(), "--http", http), timeout=60)
         try:
             up_hb, up_old = probe_body(True, heartbeat_s), probe_body(True, None)
             asyncio.run(send_reports(p, [up_hb], 1000))  # every client's first report
-            kinds = ((OLD, [up_old]), (PLAIN, [up_hb]),
-                     (COMMIT, [probe_body(False, heartbeat_s), up_hb]), (FLOOR, None))
+            kinds = tuple((k, b) for k, b in (
+                (OLD, [up_old]), (PLAIN, [up_hb]),
+                (COMMIT, [probe_body(False, heartbeat_s), up_hb]), (FLOOR, None))
+                if not only or k in only)
             for _ in range(repeat):
                 for kind, bodies in kinds:
                     cpu0 = cpu_seconds(p.pid)
@@ -274,32 +279,43 @@ def main() -> int:
 
     t0 = time.monotonic()
     cost = measure_responder(args.reports, heartbeats[0] + args.report_every, args.repeat)
+    # The baseline as shipped before: h11, the parser the responder ran before httptools.
+    h11 = measure_responder(args.reports, heartbeats[0] + args.report_every, args.repeat,
+                            http="h11", only=(OLD, COMMIT, FLOOR))
     print(f"\n2. responder, 1,000 clients of 3 workers, {args.reports} requests per figure, 8 "
           f"keep-alive senders, {args.repeat} alternating runs ({time.monotonic() - t0:.0f} s):")
-    us = {}
-    for kind, runs in cost.items():
-        us[kind] = statistics.median(u for _, u in runs)
-        print(f"   {kind:<32} {statistics.median(r for r, _ in runs):5.0f}/s; CPU "
-              f"{us[kind]:4.0f} us per request (runs {min(u for _, u in runs):.0f}-"
-              f"{max(u for _, u in runs):.0f}), i.e. {1e6 / us[kind]:5.0f}/s per core")
+    us: dict[str, float] = {}
+    us_h11: dict[str, float] = {}
+    for parser, figs, into in (("httptools", cost, us), ("h11", h11, us_h11)):
+        print(f"   --http {parser}:")
+        for kind, runs in figs.items():
+            into[kind] = statistics.median(u for _, u in runs)
+            print(f"   {kind:<32} {statistics.median(r for r, _ in runs):5.0f}/s; CPU "
+                  f"{into[kind]:4.0f} us per request (runs {min(u for _, u in runs):.0f}-"
+                  f"{max(u for _, u in runs):.0f}), i.e. {1e6 / into[kind]:5.0f}/s per core")
 
     print(f"\n3. {FLEET:,} switchers (goal < {GOAL_CORES} core; the default setup: heartbeat "
           f"{default_hb:g} s, the responder's advice for {FLEET:,} clients at --report-budget "
           f"{REPORT_BUDGET:g}):")
+    per = rates(sims[default_hb])
+    old_rate = sum(per["old"].values())
+    shipped = FLEET * (per["old"]["plain"] * us_h11[OLD]
+                       + per["old"]["updown"] * us_h11[COMMIT]) / 1e6
+    before = FLEET * (per["old"]["plain"] * us[OLD] + per["old"]["updown"] * us[COMMIT]) / 1e6
+    print(f"   before, a report every {args.report_every:g} s: {FLEET * old_rate:.0f} "
+          f"reports/s = {shipped:.2f} cores as shipped before (h11), {before:.2f} on httptools")
     for hb, sim in sims.items():
         per = rates(sim)
-        old_rate, new_rate = sum(per["old"].values()), sum(per["new"].values())
-        before = FLEET * (per["old"]["plain"] * us[OLD] + per["old"]["updown"] * us[COMMIT]) / 1e6
+        new_rate = sum(per["new"].values())
         after = FLEET * (per["new"]["plain"] * us[PLAIN]
                          + per["new"]["updown"] * us[COMMIT]) / 1e6
         mix_us = 1e6 * after / (FLEET * new_rate)
         mark = " (default)" if hb == default_hb else ""
-        print(f"   heartbeat {hb:g} s{mark}: before {FLEET * old_rate:6.0f} reports/s = "
-              f"{before:.2f} "
-              f"cores; after {FLEET * new_rate:5.0f} reports/s x {mix_us:.0f} us = {after:.2f} "
-              f"cores ({'goal met' if after < GOAL_CORES else 'goal NOT met'}); one core "
-              f"sustains {1e6 / mix_us:.0f} reports/s of this mix = "
-              f"{1e6 / mix_us / new_rate:,.0f} switchers")
+        print(f"   after, heartbeat {hb:g} s{mark}: {FLEET * new_rate:5.0f} reports/s x "
+              f"{mix_us:.0f} us = {after:.2f} cores, {shipped / after:.1f}x less than before "
+              f"({'goal met' if after < GOAL_CORES else 'goal NOT met'}); one core sustains "
+              f"{1e6 / mix_us:.0f} reports/s of this mix = {1e6 / mix_us / new_rate:,.0f} "
+              "switchers")
     return 0
 
 
