@@ -18,11 +18,14 @@ decision out, time an argument: tested without I/O (tests/unit/test_report_polic
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from wg_failover.wire import ProbeResult
+
+log = logging.getLogger("wg_failover.switcher")
 
 DEFAULT_HEARTBEAT = 30.0  # seconds (--report-heartbeat)
 # Longer heartbeats are taken as this: the responder's latency placement sets aside a client's
@@ -167,6 +170,14 @@ class Tracker:
             # by that: the next check says the new one rather than letting the vote lapse.
             self.last = None
         return True
+
+    def take_advice(self, advised: float | None) -> None:
+        """`advise`, said in the log when the heartbeat changes (the reporter calls it with
+        each accepted probe report's answer)."""
+        if self.advise(advised):
+            log.info("probe report heartbeat now %.0f s (own %.0f s, the responder advises "
+                     "%s)", self.policy.heartbeat, self.own,
+                     "none" if advised is None else f"{advised:g} s")
 
     def due(self, current: Summary, now: float) -> Decision:
         d = decide(self.last, current, now, self.policy)

@@ -70,7 +70,7 @@ class Switcher:
         # Probe reports go out on a change that matters or a heartbeat (client/report_policy.py).
         self.reports = Tracker.for_switcher(min(opts.report_heartbeat, LONGEST_HEARTBEAT),
                                             opts.report_every)
-        self.reporter.on_advice = self.heartbeat_advice
+        self.reporter.on_advice = self.reports.take_advice  # the responder's, for its fleet
 
     # ------------------------------------------------------------------ start
     def resume(self) -> Decider:
@@ -246,13 +246,6 @@ class Switcher:
         ev = dict(event if event is not None else self.decider.probe_report().event)
         self.reporter.post({**ev, "heartbeat_s": self.reports.heartbeat_s})
         self.reports.record(self.probe_summary(), time.monotonic())
-
-    def heartbeat_advice(self, advised: float | None) -> None:
-        """The responder's heartbeat advice for the fleet's size (its `--report-budget`)."""
-        if self.reports.advise(advised):
-            log.info("probe report heartbeat now %.0f s (own %.0f s, the responder advises "
-                     "%s)", self.reports.policy.heartbeat, self.reports.own,
-                     "none" if advised is None else f"{advised:g} s")
 
     async def _report_probes(self) -> None:
         """Each check, the probe summary goes out if it changed in a way that matters since the

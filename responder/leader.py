@@ -74,7 +74,7 @@ def new_state(fleet: Fleet, store: Store, app: FastAPI) -> ResponderState:
     state.upkeep.checks.append(lambda: expire_alerts(state))
     limits = getattr(app.state, "limits", None)
     if limits is not None:
-        state.report_budget = limits.report_budget
+        state.votes.budget = limits.report_budget
     return state
 
 

@@ -10,8 +10,8 @@ disappears.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 
 from wg_failover.wire import ProbeResult
 
-from .limits import advised_heartbeat
+from .limits import REPORT_BUDGET, advised_heartbeat
 from .planner import REASONS, WorkerView, loads
 
 # A client's probe report counts in the data-plane vote (wgfo_client_observed_*) while it is
@@ -51,6 +51,23 @@ def rebuild_window(clients: int, budget: float) -> float:
     follower, only at its next heartbeat (the longer of its own and the advice)."""
     beat = max(SWITCHER_HEARTBEAT_S, advised_heartbeat(clients, budget) + SWITCHER_CHECK)
     return probe_max_age(beat)
+
+
+@dataclass
+class VoteRebuild:
+    """When a state began to lead, and how long from then its votes are being rebuilt
+    (`rebuild_window`; none after a first start: there were no votes to lose)."""
+
+    budget: float = REPORT_BUDGET  # --report-budget
+    started: float = field(default_factory=time.monotonic)
+    window: float = 0.0
+
+    def begin(self, restart: bool, clients: int) -> None:
+        self.started = time.monotonic()
+        self.window = rebuild_window(clients, self.budget) if restart else 0.0
+
+    def active(self) -> bool:
+        return time.monotonic() - self.started < self.window
 STATES = ("up", "down", "recovering", "draining")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 DELAY_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
@@ -143,6 +160,22 @@ class Metrics:
             self.switches.labels(client=c)
         for kind in ("probe", "switch", "applied", "rejected"):
             self.client_events.labels(type=kind)
+
+    def count_committed(self, moves: Iterable[str], failovers: Iterable[str],
+                        switches: Iterable[str], alert_delays: Iterable[float],
+                        apply_latencies: Iterable[float]) -> None:
+        """A committed change's counts: its moves' reasons, workers failed over, clients that
+        switched, alert and apply delays."""
+        for reason in moves:
+            self.moves.labels(reason=reason).inc()
+        for name in failovers:
+            self.failovers.labels(worker=name).inc()
+        for client in switches:
+            self.switches.labels(client=client).inc()
+        for delay in alert_delays:
+            self.alert_delay.observe(delay)
+        for latency in apply_latencies:
+            self.apply_latency.observe(latency)
 
     def watch(self, snapshot: Callable[[], Snapshot]) -> None:
         """Produce the state gauges from `snapshot()` at every scrape."""

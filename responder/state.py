@@ -25,8 +25,8 @@ from wg_failover.fleet import Fleet
 
 from . import fleetdoc, planner
 from .draft import Draft, ProbeRecord, prefs_of, replan, worker_views
-from .limits import REPORT_BUDGET, LogLimiter, store_errors
-from .metrics import Metrics, Snapshot, rebuild_window
+from .limits import LogLimiter, store_errors
+from .metrics import Metrics, Snapshot, VoteRebuild
 from .notify import Notifiers, build_notifiers, load_plugins
 from .store import (
     PERSISTENT,
@@ -66,12 +66,7 @@ class ResponderState:
         self.keys: dict[str, EnrollKeyRow] = {}  # enrollment keys by id
         self.applied: dict[str, int] = {}  # the newest version each client said it applied
         self._start_doc: FleetDoc | None = None  # the fleet the start-up change commits
-        # When this state began to serve as the leader (start()), and for how long from then the
-        # clients' votes are being rebuilt (metrics.rebuild_window; 0 on a first start: there
-        # were none), by the report budget (`--report-budget`, set by the role).
-        self.term_started = time.monotonic()
-        self.votes_window = 0.0
-        self.report_budget = REPORT_BUDGET
+        self.votes = VoteRebuild()  # after a restart or a new term (its budget: set by the role)
         self.metrics = Metrics()
         self.metrics.known_labels(list(self.worker_by_name), list(self.client_by_name))
         self.metrics.watch(self.metrics_snapshot)
@@ -153,10 +148,9 @@ class ResponderState:
     def metrics_snapshot(self) -> Snapshot:
         current = {c.name: a.worker for c in self.fleet.clients
                    if (a := self.assignments.get(c.name)) is not None}
-        rebuilding = time.monotonic() - self.term_started < self.votes_window
         return Snapshot(workers=self.views(), assignments=current,
                         streams_open=self.hub.streams_open, unplaceable=len(self.unplaceable),
-                        probes=dict(self.probes), votes_rebuilding=rebuilding)
+                        probes=dict(self.probes), votes_rebuilding=self.votes.active())
 
     # ----------------------------------------------------------------- the one write path
 
@@ -221,17 +215,10 @@ class ResponderState:
         if plan is not None:
             self.unplaceable = list(plan.unplaceable)
 
-        for c, a in tx.assignments.items():
-            if c in old_workers and old_workers[c] != a.worker:
-                m.moves.labels(reason=a.reason).inc()
-        for name in after.failovers:
-            m.failovers.labels(worker=name).inc()
-        for client in after.switches:
-            m.switches.labels(client=client).inc()
-        for delay in after.alert_delays:
-            m.alert_delay.observe(delay)
-        for latency in after.apply_latencies:
-            m.apply_latency.observe(latency)
+        m.count_committed([a.reason for c, a in tx.assignments.items()
+                           if c in old_workers and old_workers[c] != a.worker],
+                          after.failovers, after.switches, after.alert_delays,
+                          after.apply_latencies)
 
         if d.worker_changed:
             load = self.loads()
@@ -322,7 +309,6 @@ class ResponderState:
     # ----------------------------------------------------------------- start / stop
 
     async def start(self) -> None:
-        self.term_started = time.monotonic()
         loaded = self.store.load()
         self.keys = loaded.keys
         fleet, served, self._start_doc, problem = fleetdoc.start_fleet(self.file_fleet,
@@ -332,8 +318,7 @@ class ResponderState:
             log.error("%s; serving the stored fleet (version %d) instead", problem,
                       served.version)
         self._serve_fleet(fleet, served)
-        if loaded.workers:  # a restart, or a replica taking the lead: votes were held before
-            self.votes_window = rebuild_window(len(self.prefs), self.report_budget)
+        self.votes.begin(bool(loaded.workers), len(self.prefs))  # workers: a restart, a term
         self.workers = loaded.workers
         # Rows of clients no longer in the fleet stay in the store (a client that comes back
         # continues where it was, versions included) but out of the served and counted state.

@@ -284,8 +284,8 @@ def test_the_responders_advice_lengthens_the_heartbeat_never_shortens_it():
 
 def test_the_switcher_takes_the_advice_from_its_reporter():
     sw = _switcher(5.0, 30.0)
-    assert sw.reporter.on_advice == sw.heartbeat_advice
-    sw.heartbeat_advice(75.0)
+    assert sw.reporter.on_advice == sw.reports.take_advice
+    sw.reporter.on_advice(75.0)
     assert sw.reports.policy.heartbeat == 75.0 and sw.reports.heartbeat_s == 80.0
     sw.handle(sw.decider.on_reply("w1", 0.002, 0.0))
     assert list(sw.reporter.queue)[-1]["heartbeat_s"] == 80.0
