@@ -41,6 +41,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import re
 import resource
 import shutil
@@ -444,6 +445,7 @@ def notify_run(server: PgServer, n_replicas: int, clients: int, rounds: int) -> 
     url = server.create_db()
     work = Path(tempfile.mkdtemp(prefix="wgfo-bench-replicas-"))
     gen = make_fleet(3, clients, hold_down_seconds=1)
+    os.environ.setdefault("WGFO_TEST_RESPONDER_LOG_LEVEL", "info")  # the "slow change" lines
     ps: list[ResponderProc] = []
     rows: list[str] = []
     holders: Holders | None = None
@@ -501,6 +503,9 @@ def notify_run(server: PgServer, n_replicas: int, clients: int, rounds: int) -> 
                   flush=True)
             assert lead.alert(worker, status="resolved",
                               fingerprint=f"bench-notify-{k}").status_code == 200
+        for line in lead.log().splitlines():  # the leader's own part: plan, commit, notify
+            if "slow change" in line and f"{clients} assignments" in line:
+                print("    leader: " + line.split("slow change: ", 1)[-1], flush=True)
         cap = "" if held == clients else f" ({held} streams: see ONE_CAP)"
         # The goal counts from the webhook's send: the leader's plan and commit come first
         # (nothing is told before it is committed), then every replica's streams.
