@@ -68,6 +68,8 @@ class VoteRebuild:
 
     def active(self) -> bool:
         return time.monotonic() - self.started < self.window
+
+
 STATES = ("up", "down", "recovering", "draining")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 DELAY_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
