@@ -10,6 +10,7 @@ once the commit succeeded, so a failed commit (503) leaves memory and metrics as
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol
 
@@ -71,6 +72,9 @@ class AfterCommit:
     applied: dict[str, int] = field(default_factory=dict)  # client -> version it applied
 
 
+_NONE: frozenset[str] = frozenset()  # most clients' unusable set: shared, never built per client
+
+
 def prefs_of(fleet: Fleet) -> dict[str, tuple[str, ...]]:
     """Every client's workers in preference order (its list, else every worker in fleet order)."""
     names = tuple(w.name for w in fleet.workers)
@@ -123,12 +127,11 @@ class Draft:
         out.update(self.tx.alerts_add)
         return out
 
-    def unusable(self, client: str) -> set[str]:
-        s = self.committed.unusable.get(client, set())
+    def unusable(self, client: str) -> AbstractSet[str]:
+        s: AbstractSet[str] = self.committed.unusable.get(client, _NONE)
         if self.tx.unusable_add or self.tx.unusable_del:
-            s = set(s)
-            s |= {w for c, w in self.tx.unusable_add if c == client}
-            s -= {w for c, w in self.tx.unusable_del if c == client}
+            s = (set(s) | {w for c, w in self.tx.unusable_add if c == client}) \
+                - {w for c, w in self.tx.unusable_del if c == client}
         return s
 
     def assignment(self, client: str) -> AssignmentRow | None:
@@ -153,8 +156,9 @@ class Draft:
         return suspects_of(self.committed).active(self.now, state_of)
 
     def client_view(self, name: str) -> planner.ClientView:
+        unusable = self.unusable(name)
         return planner.ClientView(name, self.prefs[name],
-                                  frozenset(self.unusable(name)))
+                                  frozenset(unusable) if unusable else _NONE)
 
     def last_probe(self, client: str) -> ProbeRecord | None:
         return self.after.probes.get(client) or self.committed.probes.get(client)
@@ -217,6 +221,7 @@ def replan(d: Draft) -> planner.Plan:
     version when a client moves, when its backups change, or when an intake function asked for
     one (`assign_reason`)."""
     views = d.views()
+    backups_of = planner.backup_lists(views)
     client_views = [d.client_view(c.name) for c in d.fleet.clients]
     current = d.current_workers()
     figures = (latency.memory_of(d.committed).inputs(current, d.now)
@@ -229,7 +234,7 @@ def replan(d: Draft) -> planner.Plan:
         old = d.assignment(cv.name) or d.committed.retired.get(cv.name)
         move = plan.moves.get(cv.name)
         worker = move.to_worker if move else current[cv.name]
-        backups = planner.backups(cv, worker, views)
+        backups = backups_of(cv, worker)
         forced = d.assign_reason.get(cv.name)
         if old is not None and not move and not forced and old.backups == backups \
                 and old.worker == worker:

@@ -9,6 +9,7 @@ disappears.
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -168,8 +169,9 @@ class Metrics:
                         apply_latencies: Iterable[float]) -> None:
         """A committed change's counts: its moves' reasons, workers failed over, clients that
         switched, alert and apply delays."""
-        for reason in moves:
-            self.moves.labels(reason=reason).inc()
+        # One labels() lookup per reason, not per move: a 30,000-client failover moves 10,000.
+        for reason, n in collections.Counter(moves).items():
+            self.moves.labels(reason=reason).inc(n)
         for name in failovers:
             self.failovers.labels(worker=name).inc()
         for client in switches:

@@ -62,7 +62,8 @@ from .placement_base import usable as _usable
 __all__ = ["DOWN", "R_CAPACITY", "R_DRAIN", "R_FAILOVER", "R_FLEET", "R_INITIAL", "R_LATENCY",
            "R_PREEMPT", "R_SETTLE", "R_SUSPECT", "R_SWITCH", "R_UNUSABLE", "REASONS",
            "RECOVERING", "UP", "ClientLatency", "ClientView", "LatencyRule", "Move", "Plan",
-           "WorkerView", "accept_switch", "backups", "estimates", "gain_enough", "loads", "plan"]
+           "WorkerView", "accept_switch", "backup_lists", "backups", "estimates", "gain_enough",
+           "loads", "plan"]
 
 
 def _why(c: ClientView, cur: str | None, workers: Mapping[str, WorkerView]) -> str | None:
@@ -112,13 +113,18 @@ def plan(
     unlimited_weight = max([len(movers), *finite, 1])
     incoming: dict[str, int] = {}
 
+    # Usable candidates by (preferences, unusable set, current worker): movers share a few.
+    usable_of: dict[tuple[tuple[str, ...], frozenset[str], str | None],
+                    list[tuple[int, WorkerView]]] = {}
     for c, why in movers:
         cur = assign[c.name]
-        cands = [
-            (i, workers[n]) for i, n in enumerate(c.prefs)
-            if n in workers and n != cur and _usable(c, workers[n])
-            and _room(workers[n], load.get(n, 0)) > 0
-        ]
+        shape = (c.prefs, c.unusable, cur)
+        usable = usable_of.get(shape)
+        if usable is None:
+            usable = usable_of[shape] = [(i, workers[n]) for i, n in enumerate(c.prefs)
+                                         if n in workers and n != cur and _usable(c, workers[n])]
+        cands = [item for item in usable
+                 if item[1].capacity is None or _room(item[1], load.get(item[1].name, 0)) > 0]
         if not cands:
             if cur is None or cur not in workers:
                 # Never assigned: give it a worker anyway (over capacity if it must) so it is
@@ -255,6 +261,23 @@ def _preempt(workers: Mapping[str, WorkerView], clients: Sequence[ClientView],
 def backups(c: ClientView, worker: str | None, workers: Mapping[str, WorkerView]) -> list[str]:
     """The client's other usable workers, in preference order: where its switcher may go alone."""
     return [n for n in c.prefs if n != worker and n in workers and _usable(c, workers[n])]
+
+
+def backup_lists(workers: Mapping[str, WorkerView]
+                 ) -> Callable[[ClientView, str | None], list[str]]:
+    """`backups` over one set of worker views, remembered per (preferences, unusable set,
+    worker): a failover at 30,000 clients asks 30,000 times for a handful of answers. Each
+    answer is a new list (rows never share one)."""
+    memo: dict[tuple[tuple[str, ...], frozenset[str], str | None], tuple[str, ...]] = {}
+
+    def of(c: ClientView, worker: str | None) -> list[str]:
+        shape = (c.prefs, c.unusable, worker)
+        got = memo.get(shape)
+        if got is None:
+            got = memo[shape] = tuple(backups(c, worker, workers))
+        return list(got)
+
+    return of
 
 
 def accept_switch(c: ClientView, to_worker: str, current: str | None,

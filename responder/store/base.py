@@ -15,7 +15,9 @@ damaged database, which no retry mends.
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -66,6 +68,21 @@ class AssignmentRow:
     version: int
     reason: str
     since: float
+
+
+def backups_texts() -> Callable[[list[str]], str]:
+    """The stored text of backup lists (JSON), made once per distinct list: a failover writes
+    a row per client, and 30,000 rows share a handful of lists."""
+    memo: dict[tuple[str, ...], str] = {}
+
+    def text(backups: list[str]) -> str:
+        key = tuple(backups)
+        got = memo.get(key)
+        if got is None:
+            got = memo[key] = json.dumps(backups)
+        return got
+
+    return text
 
 
 @dataclass

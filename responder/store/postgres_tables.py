@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from .base import Tx
+from .base import Tx, backups_texts
 from .postgres_lease import MIGRATION as LEADER_MIGRATION
 from .postgres_tail import CHANNEL
 from .postgres_tail import MIGRATION as TAIL_MIGRATION
@@ -198,6 +198,7 @@ def write_tx(conn: psycopg.Connection, tx: Tx) -> list[int]:
             "ELSE other END WHERE id = 1 RETURNING change", (other,)).fetchone()[0])
         # Delivered at the commit, to replicas that LISTEN: a wake-up only (they poll too).
         conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(change)))
+    backups_text = backups_texts()
     _upsert(conn, "workers", "name, state, since, drain_admin", "text text float8 bool",
             [(w.name, w.state, float(w.since), bool(w.drain_admin))
              for w in tx.workers.values()],
@@ -205,7 +206,7 @@ def write_tx(conn: psycopg.Connection, tx: Tx) -> list[int]:
             "drain_admin = excluded.drain_admin")
     _upsert(conn, "assignments", "client, worker, backups, version, reason, since, change",
             "text text text int8 text float8 int8",
-            [(a.client, a.worker, json.dumps(a.backups), int(a.version), a.reason,
+            [(a.client, a.worker, backups_text(a.backups), int(a.version), a.reason,
               float(a.since), change) for a in tx.assignments.values()],
             "(client) DO UPDATE SET worker = excluded.worker, backups = excluded.backups, "
             "version = excluded.version, reason = excluded.reason, since = excluded.since, "

@@ -43,6 +43,7 @@ from .base import (
     StoreError,
     Tx,
     WorkerRow,
+    backups_texts,
 )
 from .sqlite_faults import check_row, damaged, is_name, is_time, reason_of
 from .sqlite_fleet import load_fleet, write_fleet
@@ -308,6 +309,7 @@ class SQLiteStore:
                 raise
 
     def _write(self, db: sqlite3.Connection, tx: Tx) -> list[int]:
+        backups_text = backups_texts()
         db.execute("BEGIN IMMEDIATE")
         db.executemany(
             "INSERT INTO workers (name, state, since, drain_admin) VALUES (?, ?, ?, ?) "
@@ -320,7 +322,7 @@ class SQLiteStore:
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(client) DO UPDATE SET worker=excluded.worker, "
             "backups=excluded.backups, version=excluded.version, reason=excluded.reason, "
             "since=excluded.since",
-            [(a.client, a.worker, json.dumps(a.backups), a.version, a.reason, a.since)
+            [(a.client, a.worker, backups_text(a.backups), a.version, a.reason, a.since)
              for a in tx.assignments.values()],
         )
         db.executemany("DELETE FROM active_alerts WHERE fingerprint = ?",

@@ -260,3 +260,16 @@ def test_room_freed_by_preempt_is_used_by_an_over_full_worker():
     assign = {"c7": None, "c8": "w2", "c14": None}
     after = apply(assign, planner.plan(workers, clients, assign, preempt=True))
     assert after == {"c7": "w2", "c8": "w1", "c14": "w4"}
+
+
+@settings(max_examples=100, deadline=None)
+@given(scenarios())
+def test_property_remembered_backups_are_the_backups_and_never_shared(s):
+    workers, clients, assign, _ = s
+    of = planner.backup_lists(workers)
+    for c in clients * 2:  # the second pass answers from the memo
+        for w in (None, *c.prefs):
+            got = of(c, w)
+            assert got == planner.backups(c, w, workers)
+            got.append("mutated")  # a row's list is its own: the next answer is untouched
+            assert "mutated" not in of(c, w)

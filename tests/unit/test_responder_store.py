@@ -243,8 +243,10 @@ def test_a_new_store_on_a_full_disk_is_one_clear_error(tmp_path):
 
 
 def big_tx(n: int, version: int, last_data: dict | None = None) -> Tx:
-    tx = Tx(assignments={f"c{i}": AssignmentRow(f"c{i}", "w1", ["w2"], version, "failover",
-                                                 float(version)) for i in range(n)},
+    lists = (["w2"], ["w3", "w2"], [])  # rows share a few backup lists (stored text once each)
+    tx = Tx(assignments={f"c{i}": AssignmentRow(f"c{i}", "w1", list(lists[(i + version) % 3]),
+                                                 version, "failover", float(version))
+                         for i in range(n)},
             unusable_add={(f"c{i}", "w2") for i in range(n)},
             dedup={f"k{version}-{i}" for i in range(n)},
             events=[Event("assigned", "w1", f"c{i}", {"v": version}) for i in range(n)])
@@ -272,8 +274,12 @@ def test_a_large_change_commits_whole_or_not_at_all(store_backend):
     rows = store.events(ids[0] - 1, 2 * n)
     assert [r["id"] for r in rows] == ids and [r["client"] for r in rows] == [
         f"c{i}" for i in range(n)]
-    assert {a.version for a in store.load().assignments.values()} == {3}
+    assert store.load().assignments == big_tx(n, 3).assignments
     assert store.seen([f"k3-{i}" for i in range(n)]) == {f"k3-{i}" for i in range(n)}
+    # New rows and rewritten ones in one change (clients that joined, and a failover).
+    mixed = big_tx(n + 300, 4)
+    store.commit(Tx(assignments=mixed.assignments))
+    assert store.load().assignments == mixed.assignments
     store.close()
 
 
