@@ -107,6 +107,14 @@ MIGRATIONS: list[str] = [
     LEADER_MIGRATION,
     # 4: the change log replicas tail to serve reads (postgres_tail.py).
     TAIL_MIGRATION,
+    # 5: a failover rewrites every assignment row: with no index on a column it changes and
+    # room left in each page, PostgreSQL rewrites a row inside its page (a HOT update) and
+    # touches no index (30,000 rows: ~70 ms instead of ~150 ms, write_assignments). Replicas
+    # then read `change > M` by a scan of the table (~5 ms at 30,000 rows).
+    """
+    DROP INDEX assignments_change;
+    ALTER TABLE assignments SET (fillfactor = 70);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = ("meta", "workers", "active_alerts", "assignments", "unusable", "events", "dedup",
@@ -182,6 +190,25 @@ def _upsert(conn: psycopg.Connection, table: str, columns: str, types: str,
                  + on_conflict, params)
 
 
+def write_assignments(conn: psycopg.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Rows of (client, worker, backups, version, reason, since, change): an UPDATE of the
+    rows that exist, then an INSERT of the new ones. Not INSERT ... ON CONFLICT DO UPDATE,
+    which probes the key index per row before it updates (a 30,000-row failover: ~150 ms
+    instead of ~70 ms). Safe without ON CONFLICT: writers of assignments hold the change log's
+    row lock (write_tx), so no other transaction inserts a client in between."""
+    if not rows:
+        return
+    columns = "client, worker, backups, version, reason, since, change"
+    source, params = _source(conn, "assignments", columns,
+                             "text text text int8 text float8 int8", rows)
+    conn.execute(f"UPDATE assignments a SET worker = s.worker, backups = s.backups, "  # type: ignore[call-overload]
+                 f"version = s.version, reason = s.reason, since = s.since, change = s.change "
+                 f"FROM {source} WHERE a.client = s.client", params)
+    conn.execute(f"INSERT INTO assignments ({columns}) SELECT {columns} FROM {source} "  # type: ignore[call-overload]
+                 "WHERE NOT EXISTS (SELECT 1 FROM assignments a WHERE a.client = s.client)",
+                 params)
+
+
 def write_tx(conn: psycopg.Connection, tx: Tx) -> list[int]:
     """Every row of `tx`, inside the caller's transaction; the new events' ids. One statement
     per table the change touches, whatever its size.
@@ -204,13 +231,9 @@ def write_tx(conn: psycopg.Connection, tx: Tx) -> list[int]:
              for w in tx.workers.values()],
             "(name) DO UPDATE SET state = excluded.state, since = excluded.since, "
             "drain_admin = excluded.drain_admin")
-    _upsert(conn, "assignments", "client, worker, backups, version, reason, since, change",
-            "text text text int8 text float8 int8",
-            [(a.client, a.worker, backups_text(a.backups), int(a.version), a.reason,
-              float(a.since), change) for a in tx.assignments.values()],
-            "(client) DO UPDATE SET worker = excluded.worker, backups = excluded.backups, "
-            "version = excluded.version, reason = excluded.reason, since = excluded.since, "
-            "change = excluded.change")
+    write_assignments(conn, [(a.client, a.worker, backups_text(a.backups), int(a.version),
+                              a.reason, float(a.since), change)
+                             for a in tx.assignments.values()])
     if tx.alerts_del:
         conn.execute("DELETE FROM active_alerts WHERE fingerprint = ANY(%s::text[])",
                      (sorted(tx.alerts_del),))

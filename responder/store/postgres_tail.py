@@ -6,10 +6,11 @@ One row, `change_log (change, other)`: every commit that changes what replicas s
 (workers, alerts, unusable workers, the fleet, enrollment keys); each assignment row carries the
 change that wrote it last. The row's lock, held from the bump to the commit, orders those
 commits, so one REPEATABLE READ snapshot that reads change N holds exactly the changes up to N:
-a replica that knew change M reads the assignments with `change > M` (an index) and, only when
-`other > M`, the small tables and (when its version moved) the fleet. The commit also sends
-`NOTIFY wgfo_changes`: a wake-up for replicas that LISTEN, never needed for correctness (they
-poll the row as well).
+a replica that knew change M reads the assignments with `change > M` (a scan of the table:
+migration 5 in postgres_tables.py says why there is no index) and, only when `other > M`, the
+small tables and (when its version moved) the fleet. The commit also sends `NOTIFY
+wgfo_changes`: a wake-up for replicas that LISTEN, never needed for correctness (they poll the
+row as well).
 
 The row readers here also serve PostgresStore.load (one set of checks for both).
 """
