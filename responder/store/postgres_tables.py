@@ -201,8 +201,8 @@ def write_assignments(conn: psycopg.Connection, rows: list[tuple[Any, ...]]) -> 
     columns = "client, worker, backups, version, reason, since, change"
     source, params = _source(conn, "assignments", columns,
                              "text text text int8 text float8 int8", rows)
-    conn.execute(f"UPDATE assignments a SET worker = s.worker, backups = s.backups, "  # type: ignore[call-overload]
-                 f"version = s.version, reason = s.reason, since = s.since, change = s.change "
+    conn.execute("UPDATE assignments a SET worker = s.worker, backups = s.backups, "  # type: ignore[call-overload]
+                 "version = s.version, reason = s.reason, since = s.since, change = s.change "
                  f"FROM {source} WHERE a.client = s.client", params)
     conn.execute(f"INSERT INTO assignments ({columns}) SELECT {columns} FROM {source} "  # type: ignore[call-overload]
                  "WHERE NOT EXISTS (SELECT 1 FROM assignments a WHERE a.client = s.client)",
