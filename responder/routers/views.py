@@ -42,7 +42,11 @@ _cache: WeakKeyDictionary[ResponderState, dict[tuple[str, str], tuple[int, str]]
     WeakKeyDictionary()
 
 
-def _cached(state: ResponderState, kind: str, name: str, make: Callable[[], BaseModel]) -> str:
+_fragments: WeakKeyDictionary[ResponderState, fleetdoc.PeerFragments] = WeakKeyDictionary()
+
+
+def _cached(state: ResponderState, kind: str, name: str,
+            make: Callable[[], BaseModel | str]) -> str:
     views = _cache.setdefault(state, {})
     version = state.fleet_doc.version
     hit = views.get((kind, name))
@@ -50,7 +54,8 @@ def _cached(state: ResponderState, kind: str, name: str, make: Callable[[], Base
         return hit[1]
     if len(views) > 2 * (len(state.worker_by_name) + len(state.client_by_name)) + 100:
         views.clear()  # nodes that left the fleet
-    body = make().model_dump_json()
+    made = make()
+    body = made if isinstance(made, str) else made.model_dump_json()
     views[(kind, name)] = (version, body)
     return body
 
@@ -60,7 +65,8 @@ def worker_peers(state: ResponderState, name: str) -> str:
     w = state.worker_by_name.get(name)
     if w is None:
         raise ApiError(404, f"no worker named {name!r}")
-    return _cached(state, "worker", name, lambda: fleetdoc.peers_of(
+    fragments = _fragments.setdefault(state, fleetdoc.PeerFragments())
+    return _cached(state, "worker", name, lambda: fragments.document(
         state.fleet, w, state.fleet_doc.version, state.epoch))
 
 

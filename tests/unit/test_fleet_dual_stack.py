@@ -3,13 +3,17 @@ client, every address allowed in each worker's peer entry for it, overlap checks
 
 from __future__ import annotations
 
+import base64
+import os
+
 import pytest
 import yaml
 
 from wg_failover.fleet import FleetError, dump_fleet, validate_fleet_data
 from wg_failover.lab.gen import generate_fleet
-from wg_failover.responder.fleetdoc import client_ips, peers_of
+from wg_failover.responder.fleetdoc import PeerFragments, client_ips, peers_of
 from wg_failover.wgquick import render_client, render_worker
+from wg_failover.wire import WorkerPeers
 
 
 def data(**extra: object) -> dict:
@@ -34,6 +38,28 @@ def test_rendered_for_wg_quick_on_the_client_and_allowed_on_every_worker():
                                                        ["10.66.1.3/32"]]
     ips = client_ips(f)
     assert {str(ip) for ip in ips} == {"10.66.1.2", "fd66:1::2", "10.66.1.3"}
+
+
+def test_a_workers_peers_from_remembered_entries_are_the_documents_own_text():
+    """The responder serves a worker's peers from per-client fragments (PeerFragments): the
+    text is exactly the wire document's, and a client whose key or addresses changed gets its
+    new entry, never the remembered one."""
+    f = validate_fleet_data(data(c0=["fd66:1::2/128"]), "t")
+    frags = PeerFragments()
+    for _ in range(2):  # the second round comes from the memo
+        for w in f.workers:
+            text = frags.document(f, w, 7, "0123abcd")
+            assert text == peers_of(f, w, 7, "0123abcd").model_dump_json()
+            assert WorkerPeers.model_validate_json(text).version == 7
+    d = data(c0=["fd66:1::3/128"])
+    d["clients"][1]["public_key"] = base64.b64encode(os.urandom(32)).decode()
+    changed = validate_fleet_data(d, "t")
+    w = changed.workers[0]
+    text = frags.document(changed, w, 8, "0123abcd")
+    assert text == peers_of(changed, w, 8, "0123abcd").model_dump_json()
+    peers = WorkerPeers.model_validate_json(text).peers
+    assert peers[0].allowed_ips == ["10.66.1.2/32", "fd66:1::3/128"]
+    assert peers[1].public_key == d["clients"][1]["public_key"]
 
 
 def test_left_out_when_unset():
