@@ -28,6 +28,14 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Modules marked both_stores run every responder test on SQLite and on PostgreSQL (issue
+    # 15); WGFO_TEST_STORE=postgres runs all the others on PostgreSQL too.
+    if metafunc.definition.get_closest_marker("both_stores") and \
+            "store_kind" in metafunc.fixturenames:
+        metafunc.parametrize("store_kind", ["sqlite", "postgres"])
+
+
 @pytest.fixture
 def netlab():
     """A NetLab with a prefix unique to this test; everything it made is removed afterwards."""

@@ -6,8 +6,8 @@
 
     ResponderProc.start(workdir, gen=None, *, workers=3, clients=4, capacity=None,
                         hold_down_seconds=60, preempt=False, db=None,
-                        timeout=30, env=None, args=(), tls=False, mutual_tls=False
-                        ) -> ResponderProc
+                        timeout=30, env=None, args=(), tls=False, mutual_tls=False,
+                        standby=False, store=None) -> ResponderProc
         Writes a fleet (`gen`, a wg_failover.lab.gen.Generated, else make_fleet(...)) to
         workdir/fleet.yaml, picks a free port on 127.0.0.1, starts the responder with the db at
         `db` (default workdir/responder.db) and waits for /readyz (raises RuntimeError with the
@@ -16,6 +16,7 @@
         arguments after the ones the helper passes (kept for restart()); `("--db", url)` puts
         the state in PostgreSQL (fixture `pg_url`), and with WGFO_TEST_STORE=postgres in the
         environment every responder started without `db` does.
+        `store`: "postgres" does the same for this one (None: WGFO_TEST_STORE).
         `standby`: a replica on PostgreSQL counts as started when /readyz says it is a
         standby (503, "leader": false), not only when it leads.
         `tls`: serve HTTPS with a certificate for 127.0.0.1 from a throwaway CA
@@ -83,6 +84,7 @@ from wg_failover.fleet import Client, Fleet, ResponderSettings, Worker, dump_fle
 from wg_failover.lab import tlsca
 from wg_failover.lab.gen import Generated, sha256_hex
 from wg_failover.lab.procs import stop_process
+from wg_failover.responder.store import describe_location, is_postgres
 from wg_failover.tls import client_context
 
 from .tools import WG_FAILOVER
@@ -146,11 +148,14 @@ def unlimited_reports() -> tuple[str, ...]:
     return ("--report-rate", "100000", "--report-burst", "100000")
 
 
-def _store_args(db: object) -> tuple[str, ...]:
-    """WGFO_TEST_STORE=postgres: a responder started without `db` keeps its state in a fresh
-    PostgreSQL database (tests/helpers/postgres.py) instead of SQLite, so any responder test can
-    be run on that backend too. An explicit `--db` in `args` still wins (it comes later)."""
-    if db is not None or os.environ.get("WGFO_TEST_STORE", "sqlite") != "postgres":
+def _store_args(db: object, store: str | None) -> tuple[str, ...]:
+    """store "postgres" (default: WGFO_TEST_STORE, else "sqlite"): a responder started without
+    `db` keeps its state in a fresh PostgreSQL database (tests/helpers/postgres.py) instead of
+    SQLite, so any responder test can be run on that backend too. An explicit `--db` in `args`
+    still wins (it comes later)."""
+    if store is None:
+        store = os.environ.get("WGFO_TEST_STORE", "sqlite")
+    if db is not None or store != "postgres":
         return ()
     from .postgres import shared_server
 
@@ -189,7 +194,8 @@ class ResponderProc:
               hold_down_seconds: float = 60, preempt: bool = False,
               db: str | os.PathLike[str] | None = None, timeout: float = 30,
               env: dict[str, str] | None = None, args: Sequence[str] = (), tls: bool = False,
-              mutual_tls: bool = False, standby: bool = False) -> ResponderProc:
+              mutual_tls: bool = False, standby: bool = False,
+              store: str | None = None) -> ResponderProc:
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         port = free_port()
@@ -206,7 +212,7 @@ class ResponderProc:
         p = cls(workdir, gen, port, Path(db) if db else workdir / "responder.db")
         p.env = env
         p.standby = standby
-        p.args = (*_store_args(db), *args)
+        p.args = (*_store_args(db, store), *args)
         if tls:
             p._make_tls(mutual_tls)
         p.fleet_path.write_text(dump_fleet(gen.fleet))
@@ -256,11 +262,26 @@ class ResponderProc:
     def _ready(self) -> bool:
         try:
             r = httpx.get(self.url + "/readyz", timeout=1, verify=self.verify)
-            # A standby replica (PostgreSQL, another one leads) is up when it says so.
-            return r.status_code == 200 or (
-                self.standby and r.status_code == 503 and r.json().get("leader") is False)
+            # A standby replica (PostgreSQL, another one leads) is up when it says so; any other
+            # is up once it leads (restarted after kill -9 on PostgreSQL, it follows until the
+            # old lease is over, and would refuse writes).
+            if self.standby:
+                return r.status_code == 200 or (
+                    r.status_code == 503 and r.json().get("leader") is False)
+            return r.status_code == 200 and r.json().get("leader", True) is True
         except (httpx.HTTPError, ValueError):
             return False
+
+    @property
+    def on_postgres(self) -> bool:
+        """Its state is in PostgreSQL (`--db postgresql://...`, or WGFO_TEST_STORE=postgres)."""
+        return any(is_postgres(a) for a in self.args)
+
+    @property
+    def store_shown(self) -> str:
+        """Its store as its logs name it (a URL without its password)."""
+        return describe_location(next((a for a in self.args if is_postgres(a)),
+                                      str(self.db_path)))
 
     def headers(self, who: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[who]}"}
@@ -325,11 +346,19 @@ def alert_payload(worker: str, action: str = "failover", status: str = "firing",
     }
 
 
+@pytest.fixture(name="store_kind")
+def store_kind_fixture() -> str:
+    """The store of responders the factory starts: WGFO_TEST_STORE (sqlite | postgres); a module
+    marked `both_stores` runs each test on both (tests/conftest.py parametrizes this)."""
+    return os.environ.get("WGFO_TEST_STORE", "sqlite")
+
+
 @pytest.fixture(name="responder_factory")
-def responder_factory_fixture(tmp_path):
+def responder_factory_fixture(tmp_path, store_kind):
     started: list[ResponderProc] = []
 
     def start(gen: Generated | None = None, **kw: Any) -> ResponderProc:
+        kw.setdefault("store", store_kind)
         p = ResponderProc.start(tmp_path / f"responder{len(started)}", gen, **kw)
         started.append(p)
         return p

@@ -22,6 +22,9 @@ from tests.helpers.responder import (  # noqa: F401  (the fixtures register by i
 from tests.helpers.wait import poll_until
 from wg_failover.lab.gen import Generated
 
+# Every test here on SQLite and on PostgreSQL (issue 15: the responder's tests on both stores).
+pytestmark = pytest.mark.both_stores
+
 
 def get(p: ResponderProc, path: str, who: str | None = None, headers: dict | None = None,
         **kw) -> httpx.Response:
@@ -501,6 +504,8 @@ def test_kill_9_during_deliveries_loses_nothing_acknowledged(responder_factory):
 
 def test_503_when_the_store_cannot_commit(responder):
     p = responder
+    if p.on_postgres:  # PostgreSQL away: tests/integration/test_responder_postgres.py
+        pytest.skip("holds SQLite's write lock")
     db = sqlite3.connect(p.db_path, isolation_level=None, timeout=5)
     db.execute("BEGIN IMMEDIATE")  # holds the write lock longer than the responder waits
     try:

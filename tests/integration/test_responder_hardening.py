@@ -328,7 +328,7 @@ def test_a_row_an_older_version_poisoned_is_served_again(tmp_path):
     """Databases written before the fix may hold a lone surrogate in event data (as a JSON
     escape); the pages holding it answered 500 for good. Now they are served, the character
     replaced."""
-    p = ResponderProc.start(tmp_path / "r")
+    p = ResponderProc.start(tmp_path / "r", db=tmp_path / "r" / "responder.db")  # SQLite's rows
     try:
         p.stop()
         db = sqlite3.connect(p.db_path)

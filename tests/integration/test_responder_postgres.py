@@ -63,7 +63,7 @@ def migrate(sqlite_path: object, url: str) -> subprocess.CompletedProcess[str]:
 
 def test_migrate_moves_a_store_the_responder_wrote_into_postgresql_as_it_is(
         responder_factory, pg_server: PgServer, pg_url: str, tmp_path):
-    p = responder_factory(clients=6)
+    p = responder_factory(clients=6, db=tmp_path / "source.db")  # SQLite, the source
     assert p.alert("w1").status_code == 200
     assert p.alert("w2", action="drain").status_code == 200
     r = httpx.post(p.url + "/v1/enroll-keys", headers=p.headers("admin"), timeout=10,

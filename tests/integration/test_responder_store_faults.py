@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.helpers.diskfull import fill, small_disk, unfill
 from tests.helpers.responder import WG_FAILOVER, ResponderProc, alert_payload, free_port
@@ -36,6 +37,13 @@ def workers(p: ResponderProc) -> dict[str, dict]:
 
 
 FAILOVERS = 'wgfo_failovers_total{worker="w2"}'
+
+
+@pytest.fixture(name="responder")
+def sqlite_responder(responder_factory, tmp_path) -> ResponderProc:
+    """On SQLite whatever WGFO_TEST_STORE says: these tests damage and fill its file (the
+    PostgreSQL faults: tests/integration/test_responder_postgres.py and _replicas.py)."""
+    return responder_factory(db=tmp_path / "responder.db")
 
 
 # --------------------------------------------------------------------------- a full disk
