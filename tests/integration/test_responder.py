@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import threading
 import time
@@ -500,25 +499,6 @@ def test_kill_9_during_deliveries_loses_nothing_acknowledged(responder_factory):
     assert acked and set(acked) <= seen
     body = alert_payload("w2", "notify", fingerprint=acked[-1], alertname="Load")
     assert post(p, "/v1/alerts", "alert", json=body).json()["status"] == "duplicate"
-
-
-def test_503_when_the_store_cannot_commit(responder):
-    p = responder
-    if p.on_postgres:  # PostgreSQL away: tests/integration/test_responder_postgres.py
-        pytest.skip("holds SQLite's write lock")
-    db = sqlite3.connect(p.db_path, isolation_level=None, timeout=5)
-    db.execute("BEGIN IMMEDIATE")  # holds the write lock longer than the responder waits
-    try:
-        r = p.alert("w1")
-        assert r.status_code == 503 and r.headers["retry-after"] == "1"
-        assert workers(p)["w1"]["state"] == "up"  # memory untouched
-    finally:
-        db.execute("ROLLBACK")
-        db.close()
-    assert metric(p, "wgfo_webhook_deliveries_total", outcome="error") == 1
-    r = p.alert("w1")  # Alertmanager retries: this time it applies
-    assert r.status_code == 200 and r.json()["status"] == "applied"
-    assert workers(p)["w1"]["state"] == "down"
 
 
 # --------------------------------------------------------------------------- CLI

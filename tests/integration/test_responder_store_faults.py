@@ -46,6 +46,23 @@ def sqlite_responder(responder_factory, tmp_path) -> ResponderProc:
     return responder_factory(db=tmp_path / "responder.db")
 
 
+def test_503_when_the_store_cannot_commit(responder):
+    p = responder
+    db = sqlite3.connect(p.db_path, isolation_level=None, timeout=5)
+    db.execute("BEGIN IMMEDIATE")  # holds the write lock longer than the responder waits
+    try:
+        r = p.alert("w1")
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert workers(p)["w1"]["state"] == "up"  # memory untouched
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    assert p.metric('wgfo_webhook_deliveries_total{outcome="error"}') == 1
+    r = p.alert("w1")  # Alertmanager retries: this time it applies
+    assert r.status_code == 200 and r.json()["status"] == "applied"
+    assert workers(p)["w1"]["state"] == "down"
+
+
 # --------------------------------------------------------------------------- a full disk
 
 
