@@ -203,11 +203,15 @@ def in_pool(address: str, pool: str) -> bool:
     return ipaddress.ip_interface(address).ip in ipaddress.ip_network(pool)
 
 
+def peer_entry(c: Client) -> PeerEntry:
+    """A client as one peer of a worker's interface."""
+    return PeerEntry(name=c.name, public_key=c.public_key, allowed_ips=c.host_cidrs)
+
+
 def peers_of(fleet: Fleet, worker: Worker, version: int, epoch: str) -> WorkerPeers:
     """The worker's view: every client allowed on it, as `wg set` wants the peers."""
-    return WorkerPeers(worker=worker.name, version=version, epoch=epoch, peers=[
-        PeerEntry(name=c.name, public_key=c.public_key, allowed_ips=c.host_cidrs)
-        for c in fleet.clients_of(worker)])
+    return WorkerPeers(worker=worker.name, version=version, epoch=epoch,
+                       peers=[peer_entry(c) for c in fleet.clients_of(worker)])
 
 
 class PeerFragments:
@@ -225,12 +229,11 @@ class PeerFragments:
             self.memo.clear()  # entries of clients that left or changed
         parts = []
         for c in fleet.clients_of(worker):
+            # What peer_entry reads: the name, the key and the addresses.
             key = (c.name, c.public_key, c.address, tuple(c.extra_addresses or ()))
             entry = self.memo.get(key)
             if entry is None:
-                entry = self.memo[key] = PeerEntry(
-                    name=c.name, public_key=c.public_key,
-                    allowed_ips=c.host_cidrs).model_dump_json()
+                entry = self.memo[key] = peer_entry(c).model_dump_json()
             parts.append(entry)
         head = WorkerPeers(worker=worker.name, version=version, epoch=epoch,
                            peers=[]).model_dump_json()

@@ -20,7 +20,6 @@ from weakref import WeakKeyDictionary
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel
 
 from wg_failover.wire import ClientView, WorkerPeers
 
@@ -44,8 +43,7 @@ _cache: WeakKeyDictionary[ResponderState, dict[tuple[str, str], tuple[int, str]]
 _fragments: WeakKeyDictionary[ResponderState, fleetdoc.PeerFragments] = WeakKeyDictionary()
 
 
-def _cached(state: ResponderState, kind: str, name: str,
-            make: Callable[[], BaseModel | str]) -> str:
+def _cached(state: ResponderState, kind: str, name: str, make: Callable[[], str]) -> str:
     views = _cache.setdefault(state, {})
     version = state.fleet_doc.version
     hit = views.get((kind, name))
@@ -53,8 +51,7 @@ def _cached(state: ResponderState, kind: str, name: str,
         return hit[1]
     if len(views) > 2 * (len(state.worker_by_name) + len(state.client_by_name)) + 100:
         views.clear()  # nodes that left the fleet
-    made = make()
-    body = made if isinstance(made, str) else made.model_dump_json()
+    body = make()
     views[(kind, name)] = (version, body)
     return body
 
@@ -75,7 +72,7 @@ def client_view(state: ResponderState, name: str) -> str:
     if c is None:
         raise ApiError(404, f"no client named {name!r}")
     return _cached(state, "client", name, lambda: fleetdoc.view_of(
-        state.fleet, c, state.fleet_doc.version, state.epoch))
+        state.fleet, c, state.fleet_doc.version, state.epoch).model_dump_json())
 
 
 async def _long_poll(state: ResponderState, make: Callable[[], str],

@@ -225,12 +225,12 @@ def write_tx(conn: psycopg.Connection, tx: Tx) -> list[int]:
             "ELSE other END WHERE id = 1 RETURNING change", (other,)).fetchone()[0])
         # Delivered at the commit, to replicas that LISTEN: a wake-up only (they poll too).
         conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(change)))
-    backups_text = backups_texts()
     _upsert(conn, "workers", "name, state, since, drain_admin", "text text float8 bool",
             [(w.name, w.state, float(w.since), bool(w.drain_admin))
              for w in tx.workers.values()],
             "(name) DO UPDATE SET state = excluded.state, since = excluded.since, "
             "drain_admin = excluded.drain_admin")
+    backups_text = backups_texts()
     write_assignments(conn, [(a.client, a.worker, backups_text(a.backups), int(a.version),
                               a.reason, float(a.since), change)
                              for a in tx.assignments.values()])
