@@ -148,14 +148,17 @@ def unlimited_reports() -> tuple[str, ...]:
     return ("--report-rate", "100000", "--report-burst", "100000")
 
 
+def default_store() -> str:
+    """The store of responders a test starts without naming one: WGFO_TEST_STORE, else sqlite."""
+    return os.environ.get("WGFO_TEST_STORE", "sqlite")
+
+
 def _store_args(db: object, store: str | None) -> tuple[str, ...]:
-    """store "postgres" (default: WGFO_TEST_STORE, else "sqlite"): a responder started without
-    `db` keeps its state in a fresh PostgreSQL database (tests/helpers/postgres.py) instead of
-    SQLite, so any responder test can be run on that backend too. An explicit `--db` in `args`
-    still wins (it comes later)."""
-    if store is None:
-        store = os.environ.get("WGFO_TEST_STORE", "sqlite")
-    if db is not None or store != "postgres":
+    """store "postgres" (None: default_store()): a responder started without `db` keeps its
+    state in a fresh PostgreSQL database (tests/helpers/postgres.py) instead of SQLite, so any
+    responder test can be run on that backend too. An explicit `--db` in `args` still wins (it
+    comes later)."""
+    if db is not None or (store or default_store()) != "postgres":
         return ()
     from .postgres import shared_server
 
@@ -273,15 +276,19 @@ class ResponderProc:
             return False
 
     @property
+    def store_location(self) -> str:
+        """Where its state is: a PostgreSQL URL in its arguments, else its SQLite file."""
+        return next((a for a in self.args if is_postgres(a)), str(self.db_path))
+
+    @property
     def on_postgres(self) -> bool:
         """Its state is in PostgreSQL (`--db postgresql://...`, or WGFO_TEST_STORE=postgres)."""
-        return any(is_postgres(a) for a in self.args)
+        return is_postgres(self.store_location)
 
     @property
     def store_shown(self) -> str:
         """Its store as its logs name it (a URL without its password)."""
-        return describe_location(next((a for a in self.args if is_postgres(a)),
-                                      str(self.db_path)))
+        return describe_location(self.store_location)
 
     def headers(self, who: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[who]}"}
@@ -350,7 +357,7 @@ def alert_payload(worker: str, action: str = "failover", status: str = "firing",
 def store_kind_fixture() -> str:
     """The store of responders the factory starts: WGFO_TEST_STORE (sqlite | postgres); a module
     marked `both_stores` runs each test on both (tests/conftest.py parametrizes this)."""
-    return os.environ.get("WGFO_TEST_STORE", "sqlite")
+    return default_store()
 
 
 @pytest.fixture(name="responder_factory")
